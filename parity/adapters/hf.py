@@ -1,0 +1,89 @@
+"""The reference: Hugging Face transformers, eager attention, one prompt at a time.
+
+transformers applies RoPE in a module-level ``apply_rotary_pos_emb`` function,
+not a module, so q/k after RoPE are captured by wrapping that function in the
+model's own modeling module for the duration of a run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Sequence
+
+import torch
+
+from parity import checkpoint as ckpt
+from parity.worker.capture import Recorder, config_head_dim, first, hook_common, save
+
+
+class Adapter:
+    def __init__(self, device: str = "cpu"):
+        import transformers
+
+        self.device = device
+        self.transformers = transformers
+
+    def capabilities(self) -> dict[str, Any]:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        return {
+            "engine": "transformers",
+            "versions": {"transformers": self.transformers.__version__, "torch": torch.__version__},
+            "architectures": sorted(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())),
+            "head_sizes": None,  # any
+            "dtypes": ["float32", "float64", "bfloat16", "float16"],
+        }
+
+    def write_checkpoint(self, config: dict[str, Any], seed: int, dir: str) -> dict[str, Any]:
+        return ckpt.write(config, seed, dir)
+
+    def run(self, checkpoint: str, prompts: Sequence[Sequence[int]], decode_steps: int, dtype: str,
+            out: str) -> dict[str, Any]:
+        from transformers import AutoModelForCausalLM
+
+        t0 = time.perf_counter()
+        model = AutoModelForCausalLM.from_pretrained(
+            checkpoint, dtype=getattr(torch, dtype), attn_implementation="eager",
+            use_safetensors=True, trust_remote_code=False,
+        ).to(self.device).eval()
+        t1 = time.perf_counter()
+        rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint))
+        decoder = model.model
+        hooks = hook_common(model, rec, decoder.layers, embed=decoder.embed_tokens, norm=decoder.norm,
+                            residual=first, tokens=lambda t: t[0])  # batch of one prompt
+        modeling = sys.modules[type(decoder).__module__]
+        original = modeling.apply_rotary_pos_emb
+
+        def apply_rotary_pos_emb(q, k, *args, **kwargs):
+            q, k = original(q, k, *args, **kwargs)
+            # [batch=1, heads, seq, head_dim] -> [seq, heads, head_dim]
+            rec.record_layer("q_rot", q[0].transpose(0, 1))
+            rec.record_layer("k_rot", k[0].transpose(0, 1))
+            return q, k
+
+        modeling.apply_rotary_pos_emb = apply_rotary_pos_emb
+        try:
+            with torch.no_grad():
+                for prompt in prompts:
+                    self._generate(model, rec, list(prompt), decode_steps)
+        finally:
+            modeling.apply_rotary_pos_emb = original
+            hooks.remove()
+        t2 = time.perf_counter()
+        result = save(rec.tensors(), out)
+        return {**result, "seconds": {"load": t1 - t0, "forward": t2 - t1, "save": time.perf_counter() - t2}}
+
+    def _generate(self, model, rec: Recorder, prompt: list[int], decode_steps: int) -> None:
+        """Prefill then greedy decode with the KV cache, exactly as an engine serves the prompt."""
+        ids = torch.tensor([prompt], device=self.device)
+        positions = torch.arange(len(prompt), device=self.device)[None]
+        cache = None
+        for _ in range(decode_steps + 1):
+            rec.begin_forward(positions, ids)
+            out = model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            logits = out.logits[0, -1:]
+            rec.record_logits(logits)
+            ids = logits.argmax(-1)[None]
+            positions = positions[:, -1:] + 1

@@ -1,0 +1,118 @@
+"""vLLM, in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so hooks go on the live model.
+
+Conventions normalised here:
+- a decoder layer returns ``(hidden_states, residual)``; the residual stream is their sum;
+- the final norm is fused with the last residual add and returns ``(normed, residual)``;
+- the rotary module returns q/k flattened to ``[tokens, heads * head_dim]``, may be
+  shared by all layers (``get_rope`` caches it) and may update q/k in place;
+- logits are computed only for the tokens that are sampled.
+
+The CUDA path (``--device cuda``) uses the same hooks; it is untested on a GPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from typing import Any, Sequence
+
+# Must be set before vllm is imported.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default reserves far too much
+
+import torch
+
+from parity.worker.capture import Hooks, Recorder, config_head_dim, hook_common, save
+
+
+def _fused_residual(output: Any) -> torch.Tensor:
+    hidden, residual = output
+    return hidden if residual is None else hidden + residual
+
+
+class Adapter:
+    def __init__(self, device: str = "cpu"):
+        import vllm
+
+        self.device = device
+        self.vllm = vllm
+
+    def capabilities(self) -> dict[str, Any]:
+        import transformers
+        from vllm import ModelRegistry
+
+        head_sizes = None
+        if self.device == "cpu":
+            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+            head_sizes = sorted(CPUAttentionBackend.get_supported_head_sizes())
+        return {
+            "engine": "vllm",
+            "versions": {"vllm": self.vllm.__version__, "torch": torch.__version__,
+                         "transformers": transformers.__version__},
+            "architectures": sorted(ModelRegistry.get_supported_archs()),
+            "head_sizes": head_sizes,
+            "dtypes": ["float32", "bfloat16", "float16"],
+        }
+
+    def run(self, checkpoint: str, prompts: Sequence[Sequence[int]], decode_steps: int, dtype: str,
+            out: str) -> dict[str, Any]:
+        from vllm import LLM, SamplingParams
+
+        t0 = time.perf_counter()
+        longest = max(len(p) for p in prompts) + decode_steps + 1
+        llm = LLM(
+            model=checkpoint, skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, seed=0,
+            max_model_len=max(longest, 64), max_num_seqs=max(len(prompts), 1),
+            max_num_batched_tokens=max(2048, longest * len(prompts)),
+            # On CPU this is the fraction of RAM reserved; the default 0.92 fails.
+            gpu_memory_utilization=0.1 if self.device == "cpu" else 0.3,
+            load_format="safetensors", trust_remote_code=False,
+        )
+        try:
+            t1 = time.perf_counter()
+            rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint))
+            hooks: list[Hooks] = llm.apply_model(lambda model: self._install(model, rec))
+            try:
+                params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, detokenize=False)
+                llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+            finally:
+                for h in hooks:
+                    h.remove()
+            t2 = time.perf_counter()
+            result = save(rec.tensors(), out)
+        finally:
+            del llm  # the engine must be unreachable before the distributed state is torn down
+            gc.collect()
+            self._cleanup()
+        return {**result, "seconds": {"load": t1 - t0, "forward": t2 - t1, "save": time.perf_counter() - t2}}
+
+    @staticmethod
+    def _install(model: torch.nn.Module, rec: Recorder) -> Hooks:
+        decoder = model.model
+
+        def begin(*args, **kwargs):
+            names = ("input_ids", "positions")
+            values = {**dict(zip(names, args)), **{k: v for k, v in kwargs.items() if k in names}}
+            rec.begin_forward(values["positions"], values["input_ids"])
+
+        hooks = hook_common(model, rec, decoder.layers, embed=decoder.embed_tokens, norm=decoder.norm,
+                            residual=_fused_residual)
+        hooks.before_forward(decoder, begin)
+        hooks.post(model.logits_processor, lambda m, a, o: rec.record_logits(o))
+        def rotated(module, args, output):
+            q, k = output
+            rec.record_heads("q_rot", q)
+            rec.record_heads("k_rot", k)
+
+        rotaries = {id(layer.self_attn.rotary_emb): layer.self_attn.rotary_emb for layer in decoder.layers}
+        for rotary in rotaries.values():  # a shared object is hooked once, not once per layer
+            hooks.post(rotary, rotated)
+        return hooks
+
+    @staticmethod
+    def _cleanup() -> None:
+        from vllm.distributed import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()

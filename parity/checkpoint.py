@@ -1,0 +1,76 @@
+"""Tiny random-weight checkpoints that carry signal (runs inside the reference worker).
+
+Every backend loads the same files (config.json + model.safetensors), so the
+weights are parity's, never an engine's own dummy loader. Weights are scaled so
+activations stay O(1) through the depth and logits are far from uniform:
+embeddings ~ N(0, 1), matrices ~ N(0, 1/fan_in), and every 1-D parameter (norm
+scales, biases) is its module's own initial value plus N(0, 0.1^2) noise, so a
+norm that is silently skipped or mis-offset (e.g. Gemma's ``1 + weight``) shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+WRITER_VERSION = 1  # bump when the weight recipe changes: it is part of the cache key
+
+
+def build_config(config: dict[str, Any]):
+    from transformers import AutoConfig
+
+    kwargs = dict(config)
+    model_type = kwargs.pop("model_type")
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    seen: set[int] = set()
+    for name, param in model.named_parameters():
+        if id(param) in seen:  # tied weights: initialise once
+            continue
+        seen.add(id(param))
+        noise = torch.randn(param.shape, generator=gen, dtype=torch.float64)
+        if param.dim() == 1:
+            value = param.double() + 0.1 * noise
+        elif "embed" in name or "wte" in name:
+            value = noise
+        else:
+            value = noise / param.shape[-1] ** 0.5
+        param.copy_(value.to(param.dtype))
+
+
+def write(config: dict[str, Any], seed: int, directory: str) -> dict[str, Any]:
+    """Write the checkpoint for ``config`` into ``directory`` atomically; return its summary."""
+    from transformers import AutoModelForCausalLM
+
+    target = Path(directory)
+    if (target / "config.json").exists():
+        return summary(target)
+    hf_config = build_config(config)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    randomize(model, seed)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    # Engines may not look for a generation config; keep the directory minimal and explicit.
+    (tmp / "generation_config.json").unlink(missing_ok=True)
+    (tmp / "parity.json").write_text(json.dumps({"config": config, "seed": seed, "writer": WRITER_VERSION}, indent=1))
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process won the race: its checkpoint is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary(target)
+
+
+def summary(directory: Path) -> dict[str, Any]:
+    files = sorted(p.name for p in directory.iterdir())
+    return {"dir": str(directory), "files": files}

@@ -1,0 +1,1 @@
+"""Code that runs inside an engine's own Python environment (standard library, torch, safetensors)."""
