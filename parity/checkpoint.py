@@ -18,9 +18,6 @@ from typing import Any
 
 import torch
 
-WRITER_VERSION = 1  # bump when the weight recipe changes: it is part of the cache key
-
-
 def build_config(config: dict[str, Any]):
     from transformers import AutoConfig
 
@@ -63,7 +60,7 @@ def write(config: dict[str, Any], seed: int, directory: str) -> dict[str, Any]:
     model.save_pretrained(tmp, safe_serialization=True)
     # Engines may not look for a generation config; keep the directory minimal and explicit.
     (tmp / "generation_config.json").unlink(missing_ok=True)
-    (tmp / "parity.json").write_text(json.dumps({"config": config, "seed": seed, "writer": WRITER_VERSION}, indent=1))
+    (tmp / "parity.json").write_text(json.dumps({"config": config, "seed": seed}, indent=1))
     try:
         os.replace(tmp, target)
     except OSError:  # another process won the race: its checkpoint is identical

@@ -51,7 +51,7 @@ class Adapter:
         rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint))
         decoder = model.model
         hooks = hook_common(model, rec, decoder.layers, embed=decoder.embed_tokens, norm=decoder.norm,
-                            residual=first, tokens=lambda t: t[0])  # batch of one prompt
+                            residual=lambda out, args: first(out), tokens=lambda t: t[0])  # batch of one prompt
         modeling = sys.modules[type(decoder).__module__]
         original = modeling.apply_rotary_pos_emb
 

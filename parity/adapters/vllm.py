@@ -26,7 +26,7 @@ import torch
 from parity.worker.capture import Hooks, Recorder, config_head_dim, hook_common, save
 
 
-def _fused_residual(output: Any) -> torch.Tensor:
+def _fused_residual(output: Any, args: tuple) -> torch.Tensor:
     hidden, residual = output
     return hidden if residual is None else hidden + residual
 
@@ -75,7 +75,7 @@ class Adapter:
             rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint))
             hooks: list[Hooks] = llm.apply_model(lambda model: self._install(model, rec))
             try:
-                params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, detokenize=False)
+                params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, ignore_eos=True, detokenize=False)
                 llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
             finally:
                 for h in hooks:

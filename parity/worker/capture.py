@@ -45,9 +45,11 @@ class TokenRouter:
         self.decode_steps = decode_steps
         self.prefilled = [0] * len(self.prompts)  # prompt tokens seen so far
         self.decoded = [0] * len(self.prompts)  # decode steps seen so far
+        self._routed: set[int] = set()
 
     def route(self, positions: Sequence[int], input_ids: Sequence[int]) -> list[Segment]:
         segments: list[Segment] = []
+        self._routed = set()  # a sequence contributes at most one segment per forward
         start = 0
         n = len(positions)
         while start < n:
@@ -76,14 +78,15 @@ class TokenRouter:
             if len(ids) == 1 and self.prefilled[j] == len(p) and self.decoded[j] < self.decode_steps
             and len(p) + self.decoded[j] == pos
         ]
-        candidates = prefill + decode
+        candidates = [j for j in prefill + decode if j not in self._routed]
         if len(candidates) != 1:
             raise CaptureError(
                 f"cannot attribute {len(ids)} token(s) at position {pos} (ids {ids[:8]}) to exactly one prompt "
                 f"(candidates {candidates}); prompts must have distinct lengths and contents"
             )
         j = candidates[0]
-        if prefill:
+        self._routed.add(j)
+        if j in prefill:
             self.prefilled[j] += len(ids)
             return Segment(j, 0, start, end, samples=self.prefilled[j] == len(self.prompts[j]))
         self.decoded[j] += 1
@@ -203,13 +206,14 @@ class _Unshadow:
 
 
 def hook_common(model: torch.nn.Module, rec: Recorder, layers: Sequence[torch.nn.Module], *,
-                embed: torch.nn.Module, norm: torch.nn.Module, residual: Callable[[Any], torch.Tensor],
+                embed: torch.nn.Module, norm: torch.nn.Module, residual: Callable[[Any, tuple], torch.Tensor],
                 tokens: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, attn: str = "self_attn",
                 mlp: str = "mlp") -> Hooks:
     """Hooks every engine shares: embedding, layer boundaries, attention, MLP and final norm outputs.
 
-    ``residual`` maps a decoder layer's raw output to the full residual stream:
-    this is where each engine's layer-output convention is normalised.
+    ``residual`` maps a decoder layer's raw output and positional arguments to the
+    full residual stream: this is where each engine's layer-output convention is
+    normalised (SGLang's needs the layer's ``forward_batch`` argument).
     ``tokens`` maps a module output to ``[tokens, ...]`` (e.g. drops a batch axis).
     """
     hooks = Hooks()
@@ -217,7 +221,7 @@ def hook_common(model: torch.nn.Module, rec: Recorder, layers: Sequence[torch.nn
     hooks.post(norm, lambda m, a, out: rec.record("final_norm", tokens(first(out))))
     for i, layer in enumerate(layers):
         hooks.pre(layer, lambda m, a, i=i: rec.enter_layer(i))
-        hooks.post(layer, lambda m, a, out: rec.record_layer("residual", tokens(residual(out))))
+        hooks.post(layer, lambda m, a, out: rec.record_layer("residual", tokens(residual(out, a))))
         hooks.post(getattr(layer, attn), lambda m, a, out: rec.record_layer("attn_out", tokens(first(out))))
         hooks.post(getattr(layer, mlp), lambda m, a, out: rec.record_layer("mlp_out", tokens(first(out))))
     return hooks

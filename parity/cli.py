@@ -1,0 +1,175 @@
+"""Command line: parse, hand off, map outcomes to exit codes.
+
+Exit codes: 0 every backend agrees with the reference; 1 a divergence or an
+engine error was found; 2 usage or harness error (nothing was concluded);
+130 interrupted (finished examples are kept in the report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from parity import __version__, profiles, registry
+from parity.backends import BACKENDS, BackendSpec, BackendUsageError
+
+EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where engines run; cuda is untested on a GPU. Default: %(default)r")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="dtype of the engines and of the low-precision reference. Default: %(default)r")
+    p.add_argument("--reference", metavar="PYTHON", default=None,
+                   help="interpreter with transformers for the reference (default: parity's managed environment)")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="per-request limit for a worker before it is killed. Default: %(default)r")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"parity {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="search generated configs for divergences between backends and transformers")
+    run.add_argument("--arch", action="append", metavar="NAME",
+                     help=f"architecture to test (repeatable). Default: all of {', '.join(registry.ARCHITECTURES)}")
+    run.add_argument("--backend", action="append", metavar="NAME[@LABEL][=PYTHON]",
+                     help=f"backend to test (repeatable); NAME in {', '.join(b for b in BACKENDS if b != 'transformers')} "
+                          "(or transformers, to test a patched reference); =PYTHON uses your own environment. Default: vllm")
+    run.add_argument("--patch", action="append", default=[], metavar="LABEL=FILE",
+                     help="run FILE inside that backend's worker after the engine is imported, before any model is built")
+    run.add_argument("--examples", type=int, metavar="N", help="examples per architecture (overrides the profile)")
+    run.add_argument("--profile", choices=list(profiles.PROFILES), default=profiles.DEFAULT,
+                     help="search effort. Default: %(default)r (env PARITY_PROFILE)")
+    run.add_argument("--seed", type=int, help="Hypothesis seed; default: the profile's (ci: fixed)")
+    run.add_argument("--out", type=Path, default=Path("reports/latest"), help="report directory. Default: %(default)s")
+    _common(run)
+
+    rep = sub.add_parser("replay", help="re-run one example of a report exactly")
+    rep.add_argument("report", type=Path)
+    rep.add_argument("example", help="example id (see the report)")
+    rep.add_argument("--out", type=Path, help="report directory. Default: <report dir>/replay-<id>")
+    _common(rep)
+
+    sub.add_parser("archs", help="list the architecture registry")
+    sub.add_parser("schema", help="print the JSON schema of report.json")
+    env = sub.add_parser("env", help="build (or find) parity's managed environment for a backend and print its python")
+    env.add_argument("backend", choices=list(BACKENDS))
+    env.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args, argv)
+    except (BackendUsageError, registry.UnknownArchitecture, ValueError) as exc:
+        print(f"parity: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _harness(fn):
+    from parity.runner import HarnessError
+
+    try:
+        return fn()
+    except HarnessError as exc:
+        print(f"parity: error: {exc}", file=sys.stderr)
+        return None
+
+
+def _reference(args: argparse.Namespace) -> BackendSpec:
+    from parity.backends import parse
+
+    spec = parse(f"transformers@reference={args.reference}" if args.reference else "transformers@reference")
+    return spec
+
+
+def _exit_code(report) -> int:
+    statuses = {s for counts in report.summary.by_backend.values() for s in counts}
+    return EXIT_DIVERGED if statuses & {"diverged", "error"} else EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+    from dataclasses import replace
+
+    from parity.runner import RunConfig, parse_backends, run
+
+    archs = args.arch or list(registry.ARCHITECTURES)
+    for a in archs:
+        registry.get(a)
+    profile = profiles.get(args.profile)
+    if args.examples is not None:
+        if args.examples < 1:
+            raise ValueError(f"--examples must be at least 1, got {args.examples}")
+        profile = replace(profile, max_examples=args.examples)
+    cfg = RunConfig(backends=parse_backends(args.backend or ["vllm"], args.patch), reference=_reference(args),
+                    device=args.device, dtype=args.dtype, out=args.out, timeout=args.timeout,
+                    command=shlex.join(["parity", *argv]), profile=profile.name, seed=args.seed)
+    report = _harness(lambda: run(cfg, archs, profile))
+    if report is None:
+        return EXIT_USAGE
+    print(f"parity: report written to {args.out}/report.json and report.md", file=sys.stderr)
+    return _exit_code(report)
+
+
+def cmd_replay(args: argparse.Namespace, argv: list[str]) -> int:
+    from parity import report as report_mod
+    from parity.example import Example
+    from parity.runner import RunConfig, replay
+
+    old = report_mod.read(args.report)
+    match = [e for e in old.examples if e.id == args.example]
+    if not match:
+        raise ValueError(f"no example {args.example!r} in {args.report}; it holds "
+                         + ", ".join(e.id for e in old.examples[:10]))
+    example = Example.from_json(match[0].model_dump())
+    specs = [BackendSpec(b.engine if b.engine != "transformers" else "transformers", b.label, b.python, tuple(b.patches))
+             for b in old.backends]
+    cfg = RunConfig(backends=specs, reference=_reference(args), device=old.device, dtype=old.dtype,
+                    out=args.out or args.report.parent / f"replay-{example.id}", timeout=args.timeout,
+                    command=shlex.join(["parity", *argv]), profile=old.profile, seed=old.seed)
+    report = _harness(lambda: replay(cfg, example))
+    if report is None:
+        return EXIT_USAGE
+    for r in report.examples[0].results:
+        d = r.first_divergence
+        print(f"{r.backend}: {r.status}" + (f" at {d.tensor} (step {d.step}, rel. L2 {d.rel_l2:.2e})" if d else "")
+              + (f" — {r.reason.splitlines()[0]}" if r.reason else ""))
+    return _exit_code(report)
+
+
+def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
+    for name, spec in registry.ARCHITECTURES.items():
+        print(f"{name:10} {spec.architecture:24} layers {spec.layers[0]}-{spec.layers[1]}, head_dim {spec.head_dims}, "
+              f"partial_rotary {spec.partial_rotary_factors}")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace, argv: list[str]) -> int:
+    from parity.report import Report
+
+    print(json.dumps(Report.model_json_schema(), indent=1))
+    return EXIT_OK
+
+
+def cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
+    from parity import envs
+
+    try:
+        print(envs.ensure(BACKENDS[args.backend], args.device, lambda m: print(m, file=sys.stderr)))
+    except envs.EnvBuildError as exc:
+        print(f"parity: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "replay": cmd_replay, "archs": cmd_archs, "schema": cmd_schema, "env": cmd_env}

@@ -1,0 +1,103 @@
+"""Pure comparison of canonical activations: arrays in, typed records out, all in float64."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from parity import schema, tolerance
+from parity.report import Divergence, Metrics, TensorRow
+
+Tensors = Mapping[str, np.ndarray]
+
+
+def metrics(candidate: np.ndarray, reference: np.ndarray) -> Metrics:
+    """Relative L2, max abs, cosine and the worst token (row) with both values at the worst element."""
+    if candidate.shape != reference.shape:
+        raise ValueError(f"shape {candidate.shape} != reference shape {reference.shape}")
+    c = candidate.astype(np.float64)
+    r = reference.astype(np.float64)
+    finite = bool(np.isfinite(c).all())
+    diff = np.abs(c - r) if finite else np.where(np.isfinite(c), np.abs(c - r), np.inf)
+    ref_norm = float(np.linalg.norm(r))
+    err_norm = float(np.linalg.norm(c - r)) if finite else float("inf")
+    rel = err_norm / ref_norm if ref_norm > 0 else (0.0 if err_norm == 0 else float("inf"))
+    denom = float(np.linalg.norm(c)) * ref_norm
+    cosine = float(np.dot(c.ravel(), r.ravel()) / denom) if finite and denom > 0 else (1.0 if err_norm == 0 else 0.0)
+    worst = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.size else (0,)
+    return Metrics(
+        rel_l2=rel, max_abs=float(diff.max()) if diff.size else 0.0, cosine=cosine,
+        worst_token=int(worst[0]), worst_index=[int(i) for i in worst],
+        candidate_value=float(c[worst]) if diff.size else 0.0,
+        reference_value=float(r[worst]) if diff.size else 0.0,
+        non_finite=not finite,
+    )
+
+
+def relative_l2(candidate: np.ndarray, reference: np.ndarray) -> float:
+    return metrics(candidate, reference).rel_l2
+
+
+def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float], dtype: str,
+            factor: float = 1.0) -> tuple[list[TensorRow], Divergence | None, list[str]]:
+    """Compare every canonical tensor of ``candidate`` with ``reference``.
+
+    ``floors`` gives each tensor's noise floor (see :mod:`parity.tolerance`);
+    ``factor`` widens the band for comparisons where both sides carry error.
+    Returns the rows in execution order, the first divergence, and notes.
+    Decode steps are compared only while both sides fed the same tokens.
+    """
+    rows: list[TensorRow] = []
+    notes: list[str] = []
+    missing = sorted(k for k in reference if k not in candidate)
+    if missing:
+        raise ValueError(f"backend produced no {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    first: Divergence | None = None
+    for key in sorted((k for k in reference if not k.endswith(schema.TOKEN_IDS)), key=_order):
+        step, prompt, name = schema.parse_key(key)
+        kind, layer = schema.parse_name(name)
+        ids = schema.key(step, prompt, schema.TOKEN_IDS)
+        comparable = np.array_equal(candidate[ids], reference[ids])
+        m = metrics(candidate[key], reference[key])
+        limit = factor * tolerance.band(floors[key], dtype)
+        if not comparable:
+            verdict = "skipped"
+        elif m.non_finite or not m.rel_l2 <= limit:
+            verdict = "propagated" if first else "diverged"
+        else:
+            verdict = "ok"
+        row = TensorRow(step=step, prompt=prompt, tensor=name, kind=kind, layer=layer, floor=floors[key], band=limit,
+                        verdict=verdict, **m.model_dump())
+        rows.append(row)
+        if verdict == "diverged":
+            first = Divergence(tensor=name, kind=kind, layer=layer, step=step, prompt=prompt,
+                               reason="non-finite" if m.non_finite else "exceeds noise floor", band=limit,
+                               **m.model_dump())
+    skipped = sorted({(r.step, r.prompt) for r in rows if r.verdict == "skipped"})
+    if skipped:
+        notes.append("decode inputs differ from the reference (greedy tokens disagree) at "
+                     + ", ".join(f"step {s} prompt {p}" for s, p in skipped) + "; those steps were not compared")
+    return rows, first, notes
+
+
+def floors(low: Tensors, exact: Tensors) -> dict[str, float]:
+    """Noise floor per tensor: the reference's own relative error at the dtype under test.
+
+    Where the low-precision reference's decode inputs differ from fp64's (an
+    argmax near-tie), the floor is unknown and set to infinity for that step.
+    """
+    out: dict[str, float] = {}
+    for key, ref in exact.items():
+        if key.endswith(schema.TOKEN_IDS):
+            continue
+        step, prompt, _ = schema.parse_key(key)
+        ids = schema.key(step, prompt, schema.TOKEN_IDS)
+        same_inputs = np.array_equal(low[ids], exact[ids])
+        out[key] = metrics(low[key], ref).rel_l2 if same_inputs else float("inf")
+    return out
+
+
+def _order(key: str) -> tuple[int, tuple[int, int], int]:
+    step, prompt, name = schema.parse_key(key)
+    return step, schema.execution_order(name), prompt

@@ -1,0 +1,53 @@
+"""One parity example: a model config, the seed of its random weights and the prompts to run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# Part of every checkpoint's cache key: bump when parity/checkpoint.py changes the weights it writes.
+CHECKPOINT_RECIPE = 1
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Example:
+    arch: str
+    config: dict[str, Any]
+    weight_seed: int
+    prompts: tuple[tuple[int, ...], ...]
+    decode_steps: int
+
+    @property
+    def id(self) -> str:
+        return _digest(self.to_json())
+
+    @property
+    def checkpoint_id(self) -> str:
+        return _digest([self.config, self.weight_seed, CHECKPOINT_RECIPE])
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["prompts"] = [list(p) for p in self.prompts]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Example:
+        return cls(arch=d["arch"], config=dict(d["config"]), weight_seed=int(d["weight_seed"]),
+                   prompts=tuple(tuple(int(t) for t in p) for p in d["prompts"]),
+                   decode_steps=int(d["decode_steps"]))
+
+    def describe(self) -> str:
+        c = self.config
+        bits = [f"layers={c['num_hidden_layers']}", f"heads={c['num_attention_heads']}/{c['num_key_value_heads']}",
+                f"head_dim={c.get('head_dim')}", f"hidden={c['hidden_size']}"]
+        prf = (c.get("rope_parameters") or {}).get("partial_rotary_factor")
+        if prf is not None:
+            bits.append(f"partial_rotary_factor={prf}")
+        bits.append("prompt_lens=" + ",".join(str(len(p)) for p in self.prompts))
+        return f"{self.arch}(" + " ".join(bits) + ")"

@@ -1,0 +1,60 @@
+"""Run profiles: how hard to search. Registered as Hypothesis settings profiles
+(``parity-dev``, ``parity-ci``, ``parity-nightly``) plus parity's own knobs.
+
+``dev`` is a quick look, ``ci`` gates a change, ``nightly`` searches wide.
+Choose with ``--profile`` or the ``PARITY_PROFILE`` environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    max_examples: int
+    """Examples generated per architecture (shrinking comes on top)."""
+
+    shrink_seconds: float
+    """Wall-clock budget for shrinking one failure; engines are slow, shrinking is not free."""
+
+    decode_steps: int = 2
+    derandomize: bool = False
+    """Same examples on every run (unless --seed is given): for gates comparing two runs."""
+
+
+PROFILES = {
+    "dev": Profile("dev", max_examples=3, shrink_seconds=60),
+    "ci": Profile("ci", max_examples=8, shrink_seconds=240, derandomize=True),
+    "nightly": Profile("nightly", max_examples=120, shrink_seconds=900),
+}
+DEFAULT = os.environ.get("PARITY_PROFILE", "ci")
+
+
+def get(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}") from None
+
+
+def hypothesis_settings(profile: Profile, database_dir: Path, seeded: bool) -> settings:
+    name = f"parity-{profile.name}"
+    settings.register_profile(
+        name,
+        max_examples=profile.max_examples,
+        deadline=None,  # engine start-up dominates and varies: time is budgeted by shrink_seconds
+        derandomize=profile.derandomize and not seeded,
+        database=None if profile.derandomize and not seeded else DirectoryBasedExampleDatabase(str(database_dir)),
+        phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+        report_multiple_bugs=False,
+        print_blob=True,
+    )
+    return settings.get_profile(name)

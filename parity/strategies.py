@@ -1,0 +1,96 @@
+"""Hypothesis strategies for parity examples, composed from small pieces.
+
+Draws are dependent and ordered (kv heads, then the GQA group, then head_dim,
+then hidden size), so every example is valid by construction rather than
+filtered. Each piece draws its first option when shrinking, so a failure
+shrinks to the plainest model that still shows it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+from hypothesis import strategies as st
+
+from parity.example import Example
+from parity.registry import ArchSpec
+
+
+def supported_head_dims(spec: ArchSpec, backend_head_sizes: Iterable[Sequence[int] | None]) -> tuple[int, ...]:
+    """The entry's head sizes that every backend accepts (``None`` from a backend means any)."""
+    dims = list(spec.head_dims)
+    for sizes in backend_head_sizes:
+        if sizes is not None:
+            dims = [d for d in dims if d in set(sizes)]
+    return tuple(dims)
+
+
+@st.composite
+def attention_shapes(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) -> dict[str, int]:
+    if not head_dims:
+        raise ValueError(f"{spec.model_type}: no head size is supported by every selected backend")
+    kv = draw(st.sampled_from(spec.kv_heads))
+    heads = kv * draw(st.sampled_from(spec.gqa_groups))
+    head_dim = draw(st.sampled_from(head_dims))
+    hidden = heads * head_dim
+    if spec.explicit_head_dim:
+        # head_dim decoupled from hidden_size / heads, as in GLM-4 and Gemma.
+        hidden = draw(st.sampled_from([hidden] + [h for h in (64, 128, 256) if h != hidden]))
+    return {"num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": head_dim, "hidden_size": hidden}
+
+
+@st.composite
+def rope_parameters(draw: st.DrawFn, spec: ArchSpec, head_dim: int) -> dict[str, Any]:
+    params: dict[str, Any] = {"rope_type": "default", "rope_theta": draw(st.sampled_from(spec.rope_thetas))}
+    # The rotated width must be a whole number of (even) pairs.
+    factors = [f for f in spec.partial_rotary_factors if (f * head_dim) % 2 == 0 and f * head_dim >= 2]
+    factor = draw(st.sampled_from(factors))
+    if len(spec.partial_rotary_factors) > 1 or factor != 1.0:
+        params["partial_rotary_factor"] = factor
+    return params
+
+
+@st.composite
+def model_configs(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) -> dict[str, Any]:
+    shapes = draw(attention_shapes(spec, head_dims))
+    config: dict[str, Any] = {
+        "model_type": spec.model_type,
+        "architectures": [spec.architecture],
+        **shapes,
+        "num_hidden_layers": draw(st.integers(*spec.layers)),
+        "intermediate_size": draw(st.sampled_from(spec.intermediate_sizes)),
+        "rms_norm_eps": draw(st.sampled_from(spec.rms_norm_eps)),
+        "vocab_size": draw(st.sampled_from(spec.vocab_sizes)),
+        "tie_word_embeddings": draw(st.sampled_from(spec.tie_word_embeddings)),
+        "max_position_embeddings": 256,
+        "rope_parameters": draw(rope_parameters(spec, shapes["head_dim"])),
+        **spec.fixed,
+    }
+    return config
+
+
+@st.composite
+def prompt_batches(draw: st.DrawFn, vocab_size: int, max_prompts: int = 3, max_len: int = 12) -> tuple[tuple[int, ...], ...]:
+    """Prompts of distinct lengths and distinct first tokens.
+
+    Distinct lengths let an engine's flattened decode batch be attributed to
+    prompts by position alone (see parity.worker.capture.TokenRouter).
+    """
+    lengths = draw(st.lists(st.integers(2, max_len), min_size=1, max_size=max_prompts, unique=True))
+    firsts = draw(st.lists(st.integers(0, vocab_size - 1), min_size=len(lengths), max_size=len(lengths), unique=True))
+    token = st.integers(0, vocab_size - 1)
+    return tuple(
+        (first, *draw(st.lists(token, min_size=n - 1, max_size=n - 1))) for first, n in zip(firsts, lengths)
+    )
+
+
+@st.composite
+def examples(draw: st.DrawFn, arch: str, spec: ArchSpec, head_dims: Sequence[int], decode_steps: int) -> Example:
+    config = draw(model_configs(spec, head_dims))
+    return Example(
+        arch=arch,
+        config=config,
+        weight_seed=draw(st.integers(0, 2**31 - 1)),
+        prompts=draw(prompt_batches(config["vocab_size"])),
+        decode_steps=decode_steps,
+    )

@@ -1,0 +1,33 @@
+"""Tolerances derived from a noise floor, not magic numbers.
+
+The reference runs twice: in fp64 (the truth) and in the dtype under test. The
+reference's own error at that dtype, per tensor, is the noise floor: what an
+equally correct implementation with another summation order or kernel can
+differ by. A backend passes a tensor when its error against fp64 stays within
+``FLOOR_FACTOR`` times that floor, and never needs to be better than a few
+units in the last place of the dtype (the floor of an exact op, such as an
+embedding lookup, is zero).
+
+Measured on CPU, fp32: vLLM's error is 0.9x-2x the reference's own floor; bugs
+are 1e-3 and up. A factor of 10 separates them by orders of magnitude on both sides.
+"""
+
+from __future__ import annotations
+
+FLOOR_FACTOR = 10.0
+
+# Unit roundoff per dtype.
+EPS = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+ULPS = 16.0  # smallest band, in units of EPS, for tensors whose floor is ~0
+
+# For engine-vs-engine comparisons both sides carry their own error.
+PAIR_FACTOR = 2.0
+
+
+def band(floor: float, dtype: str) -> float:
+    """Largest relative L2 error a correct backend may show on a tensor with this floor."""
+    try:
+        eps = EPS[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(EPS)}") from None
+    return FLOOR_FACTOR * max(floor, ULPS * eps)
