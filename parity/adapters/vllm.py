@@ -82,11 +82,13 @@ class Adapter:
                     h.remove()
             t2 = time.perf_counter()
             result = save(rec.tensors(), out)
+            t3 = time.perf_counter()
         finally:
             del llm  # the engine must be unreachable before the distributed state is torn down
             gc.collect()
             self._cleanup()
-        return {**result, "seconds": {"load": t1 - t0, "forward": t2 - t1, "save": time.perf_counter() - t2}}
+        return {**result, "seconds": {"load": t1 - t0, "forward": t2 - t1, "save": t3 - t2,
+                                      "teardown": time.perf_counter() - t3}}
 
     @staticmethod
     def _install(model: torch.nn.Module, rec: Recorder) -> Hooks:

@@ -1,96 +1,18 @@
-"""Engine-neutral capture machinery shared by the adapters.
-
-Engines flatten a batch of prompts into one ``[num_tokens, ...]`` tensor and may
-schedule prefill chunks and decode tokens of several prompts in one forward.
-:class:`TokenRouter` attributes every token of a forward to ``(prompt, step)``
-from its position and id alone, so adapters need no engine-internal batch
-metadata. :class:`Recorder` cuts captured tensors along those segments into
-canonical keys (see :mod:`parity.schema`).
+"""Engine-neutral capture machinery shared by the adapters: :class:`Recorder`
+cuts captured tensors along the segments :class:`~parity.worker.routing.TokenRouter`
+finds into canonical keys (see :mod:`parity.schema`), and :class:`Hooks` puts
+them on a live model.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 
 from parity import schema
-
-
-class CaptureError(RuntimeError):
-    """The engine's activations could not be mapped onto the canonical schema."""
-
-
-@dataclass(frozen=True)
-class Segment:
-    prompt: int
-    step: int
-    start: int  # row range in the flattened forward
-    end: int
-    samples: bool  # the engine computes logits for the segment's last token
-
-
-class TokenRouter:
-    """Attributes the tokens of each flattened forward to prompts and steps.
-
-    Requires what the strategies guarantee: prompts of distinct lengths, so a
-    decode token's position names its prompt, and distinct prompts, so a
-    prefill chunk's ids name its prompt.
-    """
-
-    def __init__(self, prompts: Sequence[Sequence[int]], decode_steps: int):
-        self.prompts = [list(p) for p in prompts]
-        self.decode_steps = decode_steps
-        self.prefilled = [0] * len(self.prompts)  # prompt tokens seen so far
-        self.decoded = [0] * len(self.prompts)  # decode steps seen so far
-        self._routed: set[int] = set()
-
-    def route(self, positions: Sequence[int], input_ids: Sequence[int]) -> list[Segment]:
-        segments: list[Segment] = []
-        self._routed = set()  # a sequence contributes at most one segment per forward
-        start = 0
-        n = len(positions)
-        while start < n:
-            end = start + 1
-            p0 = positions[start]
-            while end < n and positions[end] == positions[end - 1] + 1 and self._is_prefill(p0, input_ids[start : end + 1]):
-                end += 1
-            segments.append(self._attribute(positions[start], list(input_ids[start:end]), start, end))
-            start = end
-        return segments
-
-    def _is_prefill(self, p0: int, ids: Sequence[int]) -> bool:
-        # Consecutive positions form one prefill chunk only while they spell a
-        # prompt's next tokens; otherwise the next token starts a new segment
-        # (e.g. decode tokens of two prompts at positions p and p+1).
-        ids = list(ids)
-        return any(self.prefilled[j] == p0 and p[p0 : p0 + len(ids)] == ids for j, p in enumerate(self.prompts))
-
-    def _attribute(self, pos: int, ids: list[int], start: int, end: int) -> Segment:
-        prefill = [
-            j for j, p in enumerate(self.prompts)
-            if self.prefilled[j] == pos and p[pos : pos + len(ids)] == ids
-        ]
-        decode = [
-            j for j, p in enumerate(self.prompts)
-            if len(ids) == 1 and self.prefilled[j] == len(p) and self.decoded[j] < self.decode_steps
-            and len(p) + self.decoded[j] == pos
-        ]
-        candidates = [j for j in prefill + decode if j not in self._routed]
-        if len(candidates) != 1:
-            raise CaptureError(
-                f"cannot attribute {len(ids)} token(s) at position {pos} (ids {ids[:8]}) to exactly one prompt "
-                f"(candidates {candidates}); prompts must have distinct lengths and contents"
-            )
-        j = candidates[0]
-        self._routed.add(j)
-        if j in prefill:
-            self.prefilled[j] += len(ids)
-            return Segment(j, 0, start, end, samples=self.prefilled[j] == len(self.prompts[j]))
-        self.decoded[j] += 1
-        return Segment(j, self.decoded[j], start, end, samples=True)
+from parity.worker.routing import CaptureError, TokenRouter
 
 
 def as_stored(t: torch.Tensor) -> torch.Tensor:

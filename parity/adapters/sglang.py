@@ -1,0 +1,270 @@
+"""SGLang (0.5.x), in-process: a bare ``ModelRunner`` (no server, scheduler, ports or
+tokenizer) driven by this module, so hooks go on the live model.
+
+Conventions normalised here:
+- a decoder layer returns only its own pending contribution and keeps the residual in
+  ``forward_batch.residual_stream``; the full residual stream after a layer is
+  ``sglang.srt.layers.layer_boundary.residual.batch.snapshot(output, forward_batch)``
+  (see ``RESIDUAL_FROM``);
+- ``get_rope`` caches rotary modules process-wide (``_ROPE_DICT``): all layers of a model,
+  and models built one after another in this worker, may share one rotary object, so it is
+  hooked once per model and the cache is cleared after every run (a patched or mutated
+  rotary module must not leak into the next model);
+- the rotary module returns q/k flattened to ``[tokens, heads * head_dim]``;
+- a batch is flattened to ``[num_tokens, ...]``, requests in order; logits are computed
+  only for each request's last token (``next_token_logits``).
+
+On CPU, SGLang needs ``SGLANG_USE_CPU_ENGINE=1`` before import, torchvision's op schemas
+(its PyPI wheel's compiled ops do not load next to CPU torch) and an importable
+``sgl_kernel``: parity's CPU environment vendors a pure-torch stand-in
+(``adapters/sglang_cpu_support``); this module only checks that it is there.
+
+The CUDA path (``--device cuda``) is written but untested on a GPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import os
+import time
+from array import array
+from typing import Any, Sequence
+
+import torch
+
+from parity.worker.capture import Hooks, Recorder, config_head_dim, first, hook_common, save
+
+# Where ``layers.{i}.residual`` comes from, read at every capture. "snapshot": SGLang's
+# residual snapshot, the full residual stream (what transformers' layer returns). "raw":
+# the decoder layer's return value, only its pending contribution; a patch file setting
+# ``parity.adapters.sglang.RESIDUAL_FROM = "raw"`` shows that ignoring the convention is
+# reported as a divergence at ``layers.0.residual``.
+RESIDUAL_FROM = "snapshot"
+
+# Schemas of torchvision 0.28's compiled ops. With them defined before torchvision is
+# first imported, its pure-Python modules import, which ``import sglang`` needs.
+_TORCHVISION_OP_SCHEMAS = (
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+    "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor",
+    "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
+    "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, "
+    "int sampling_ratio, bool aligned) -> Tensor",
+    "qroi_align(Tensor input, Tensor rois, float input_scale, int input_zero_point, "
+    "float rois_scale, int rois_zero_point, float spatial_scale, SymInt pooled_height, "
+    "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor",
+    "roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+    "SymInt pooled_width) -> (Tensor, Tensor)",
+    "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, "
+    "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, "
+    "SymInt height, SymInt width) -> Tensor",
+    "ps_roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+    "SymInt pooled_width, int sampling_ratio) -> (Tensor, Tensor)",
+    "_ps_roi_align_backward(Tensor grad, Tensor rois, Tensor channel_mapping, "
+    "float spatial_scale, SymInt pooled_height, SymInt pooled_width, int sampling_ratio, "
+    "SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor",
+    "ps_roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+    "SymInt pooled_width) -> (Tensor, Tensor)",
+    "_ps_roi_pool_backward(Tensor grad, Tensor rois, Tensor channel_mapping, "
+    "float spatial_scale, SymInt pooled_height, SymInt pooled_width, SymInt batch_size, "
+    "SymInt channels, SymInt height, SymInt width) -> Tensor",
+    "deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, "
+    "SymInt stride_h, SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, "
+    "SymInt dilation_w, SymInt groups, SymInt offset_groups, bool use_mask) -> Tensor",
+    "_deform_conv2d_backward(Tensor grad, Tensor input, Tensor weight, Tensor offset, "
+    "Tensor mask, Tensor bias, SymInt stride_h, SymInt stride_w, SymInt pad_h, "
+    "SymInt pad_w, SymInt dilation_h, SymInt dilation_w, SymInt groups, "
+    "SymInt offset_groups, bool use_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "box_iou_rotated(Tensor boxes1, Tensor boxes2) -> Tensor",
+)
+_torchvision_schemas: torch.library.Library | None = None  # the definitions live as long as this object
+
+
+def _prepare_cpu() -> None:
+    """Make ``import sglang`` work next to CPU torch; must run before sglang is imported."""
+    global _torchvision_schemas
+    os.environ["SGLANG_USE_CPU_ENGINE"] = "1"  # read at import time
+    if _torchvision_schemas is None and not hasattr(torch.ops.torchvision, "nms"):
+        _torchvision_schemas = torch.library.Library("torchvision", "FRAGMENT")
+        for schema in _TORCHVISION_OP_SCHEMAS:
+            _torchvision_schemas.define(schema)
+    if importlib.util.find_spec("sgl_kernel") is None:
+        raise ImportError(
+            "SGLang's CPU engine needs a module named sgl_kernel, and none is importable. parity's "
+            "managed CPU environment vendors a pure-torch stand-in from parity/adapters/sglang_cpu_support; "
+            "in your own environment, copy that sgl_kernel directory into site-packages (CPU machines only: "
+            "it would shadow the real CUDA kernels) or install a CPU build of sglang-kernel."
+        )
+
+
+def _residual(output: Any, args: tuple) -> torch.Tensor:
+    if RESIDUAL_FROM == "raw":
+        return first(output)
+    if RESIDUAL_FROM != "snapshot":
+        raise ValueError(f"RESIDUAL_FROM must be 'snapshot' or 'raw', not {RESIDUAL_FROM!r}")
+    from sglang.srt.layers.layer_boundary.residual import batch as residual_batch
+
+    # Decoder layers are called as layer(positions, hidden_states, forward_batch, ...).
+    return residual_batch.snapshot(output, args[2])
+
+
+class Adapter:
+    def __init__(self, device: str = "cpu"):
+        if device == "cpu":
+            _prepare_cpu()
+        import sglang
+
+        self.device = device
+        self.sglang = sglang
+
+    def capabilities(self) -> dict[str, Any]:
+        import transformers
+        from sglang.srt.models.registry import ModelRegistry
+
+        return {
+            "engine": "sglang",
+            "versions": {"sglang": self.sglang.__version__, "torch": torch.__version__,
+                         "transformers": transformers.__version__},
+            "architectures": sorted(ModelRegistry.get_supported_archs()),
+            "head_sizes": None,  # torch_native attention takes any head size
+            "dtypes": ["float32", "bfloat16", "float16"],
+        }
+
+    def run(self, checkpoint: str, prompts: Sequence[Sequence[int]], decode_steps: int, dtype: str,
+            out: str) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        tokens = sum(len(p) + decode_steps + 1 for p in prompts)
+        try:
+            runner = self._load(checkpoint, dtype, max_total_tokens=max(1024, tokens))
+        except BaseException:
+            _teardown()  # a failed load must not leave process state behind for the next model
+            raise
+        try:
+            t1 = time.perf_counter()
+            rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint))
+            hooks = self._install(runner.model, rec)
+            try:
+                with torch.no_grad():
+                    self._generate(runner, rec, prompts, decode_steps)
+            finally:
+                hooks.remove()
+            t2 = time.perf_counter()
+            result = save(rec.tensors(), out)
+            t3 = time.perf_counter()
+        finally:
+            runner.req_to_token_pool.clear()
+            runner.token_to_kv_pool_allocator.clear()
+            del runner  # unreachable before teardown's gc.collect(), so the model's memory goes now
+            _teardown()
+        return {**result, "seconds": {"load": t1 - t0, "forward": t2 - t1, "save": t3 - t2}}
+
+    def _load(self, checkpoint: str, dtype: str, max_total_tokens: int):
+        """The model-runner set-up of ``sglang.benchmark.one_batch.load_model``, minus the tokenizer."""
+        from sglang.benchmark.one_batch import _init_process_global_configs
+        from sglang.srt.configs.model_config import ModelConfig
+        from sglang.srt.distributed import bootstrap
+        from sglang.srt.model_executor.model_runner import ModelRunner
+        from sglang.srt.runtime_context import SpawnRanks, get_device, get_model, publish, spawn_world_rank
+        from sglang.srt.server_args import PortArgs, ServerArgs
+
+        server_args = ServerArgs(
+            model_path=checkpoint, device=self.device, dtype=dtype, skip_tokenizer_init=True, random_seed=0,
+            # Reference attention on every device: it takes any dtype and head size, and
+            # parity tests the port's layer math, not attention kernels.
+            attention_backend="torch_native", sampling_backend="pytorch",
+            disable_cuda_graph=True,  # hooks do not fire during graph replay
+            disable_radix_cache=True, mem_fraction_static=0.05, max_total_tokens=max_total_tokens,
+        )
+        server_args.resolve_once()
+        port_args = PortArgs.init_new(server_args)
+        publish(server_args, role="scheduler",
+                ranks=SpawnRanks(world_rank=spawn_world_rank(server_args, tp_rank=0, pp_rank=0), gpu_id=0))
+        _init_process_global_configs()
+        model_config = ModelConfig.from_server_args(server_args)
+        bootstrap.init_parallel_runtime(server_args=server_args, device=get_device().device,
+                                        dist_port=port_args.nccl_port)
+        bootstrap.init_layer_runtime(model_config=model_config)
+        runner = ModelRunner(model_config=model_config, mem_fraction_static=server_args.mem_fraction_static,
+                             gpu_id=0, nccl_port=port_args.nccl_port, server_args=server_args)
+        if get_model().is_startup_weight_load_overlap:
+            runner.start_startup_weight_load()
+        runner.alloc_memory_pool()
+        runner.init_attention_backends()
+        runner.init_cuda_graphs()  # with graphs disabled, still sets up the eager runner forward() uses
+        if get_model().is_startup_weight_load_overlap:
+            runner.finalize_startup_weight_load()
+        return runner
+
+    @staticmethod
+    def _install(model: torch.nn.Module, rec: Recorder) -> Hooks:
+        decoder = model.model
+
+        def begin(module, args, kwargs):
+            names = ("input_ids", "positions")
+            values = {**dict(zip(names, args)), **{k: v for k, v in kwargs.items() if k in names}}
+            rec.begin_forward(values["positions"], values["input_ids"])
+
+        hooks = hook_common(model, rec, decoder.layers, embed=decoder.embed_tokens, norm=decoder.norm,
+                            residual=_residual)
+        hooks.pre(decoder, begin, with_kwargs=True)
+
+        def rotated(module, args, output):
+            q, k = output
+            rec.record_heads("q_rot", q)
+            rec.record_heads("k_rot", k)
+
+        rotaries = {id(layer.self_attn.rotary_emb): layer.self_attn.rotary_emb for layer in decoder.layers}
+        for rotary in rotaries.values():  # a shared object is hooked once, not once per layer
+            hooks.post(rotary, rotated)
+        return hooks
+
+    @staticmethod
+    def _generate(runner, rec: Recorder, prompts: Sequence[Sequence[int]], decode_steps: int) -> None:
+        """One batched prefill (extend) of all prompts, then greedy decode steps with the KV cache."""
+        from sglang.benchmark.one_batch import TreeCacheNamespace
+        from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
+        from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+        from sglang.srt.runtime_context import get_schedule
+        from sglang.srt.sampling.sampling_params import SamplingParams
+        from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+        reqs = []
+        for i, ids in enumerate(prompts):
+            req = Req(rid=str(i), origin_input_text="", origin_input_ids=array("q", ids),
+                      sampling_params=SamplingParams(temperature=0, max_new_tokens=decode_steps + 1))
+            req.full_untruncated_fill_ids = req.origin_input_ids
+            req.logprob_start_len = -1  # no prompt logprobs
+            req.extend_end = len(req.origin_input_ids)
+            reqs.append(req)
+        batch = ScheduleBatch.init_new(
+            reqs=reqs, req_to_token_pool=runner.req_to_token_pool,
+            token_to_kv_pool_allocator=runner.token_to_kv_pool_allocator,
+            tree_cache=TreeCacheNamespace(page_size=get_schedule().page_size, device=runner.device,
+                                          token_to_kv_pool_allocator=runner.token_to_kv_pool_allocator),
+            model_config=runner.model_config, enable_overlap=False, spec_algorithm=SpeculativeAlgorithm.NONE,
+        )
+        batch.prepare_for_extend()
+        if batch.input_ids is None:  # staged on the host for the scheduler, which is not running
+            batch.input_ids = batch.prefill_input_ids_cpu.to(batch.device)
+            batch.prefill_input_ids_cpu = None
+        for step in range(decode_steps + 1):
+            if step:
+                batch.input_ids = logits.argmax(-1).to(torch.int64)
+                batch.prepare_for_decode()
+            forward_batch = ForwardBatch.init_new(batch, runner, return_hidden_states_before_norm=False)
+            logits = runner.forward(forward_batch).logits_output.next_token_logits
+            rec.record_logits(logits)
+
+
+def _teardown() -> None:
+    """Undo a model's process-wide state so the next model can be built in this worker."""
+    from sglang.srt.distributed.parallel_state import cleanup_dist_env_and_memory
+    from sglang.srt.layers.rotary_embedding import factory as rope_factory
+    from sglang.srt.runtime_context import reset_context
+
+    cleanup_dist_env_and_memory()
+    reset_context()  # the published ServerArgs and ranks
+    rope_factory._ROPE_DICT.clear()
+    gc.collect()

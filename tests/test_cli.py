@@ -1,0 +1,52 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from parity import cli
+from parity.backends import BackendUsageError, parse
+from parity.registry import UnknownArchitecture, get
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "parity", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--arch", "lama"], "Did you mean 'llama'?"),
+    (["run", "--backend", "vlm"], "Did you mean 'vllm'?"),
+    (["run", "--backend", "vllm=/nonexistent/python"], "does not exist"),
+    (["run", "--patch", "vllm=/nonexistent.py"], "does not exist"),
+    (["run", "--patch", "sglang=x.py"], "no selected backend is labelled 'sglang'"),
+    (["run", "--backend", "vllm", "--backend", "vllm"], "given twice"),
+    (["run", "--examples", "0"], "at least 1"),
+    (["replay", "/nonexistent/report.json", "abc"], "cannot read report"),
+])
+def test_usage_errors_exit_2_with_one_line(args, message):
+    proc = run_cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unwritable_output_directory_is_a_usage_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = run_cli("run", "--out", str(blocker / "sub"))
+    assert proc.returncode == 2 and "not writable" in proc.stderr
+
+
+def test_schema_is_json_schema_of_the_report():
+    proc = run_cli("schema")
+    schema = json.loads(proc.stdout)
+    assert schema["title"] == "Report" and "schema_version" in schema["properties"]
+
+
+def test_backend_syntax():
+    spec = parse(f"vllm@pr={sys.executable}")
+    assert (spec.name, spec.label, spec.python) == ("vllm", "pr", sys.executable)
+    with pytest.raises(BackendUsageError):
+        parse("vllm@=x")
+    with pytest.raises(UnknownArchitecture, match="known: llama"):
+        get("mixtral")
+    assert cli.build_parser().parse_args(["run"]).profile in ("dev", "ci", "nightly")

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from parity import compare, schema, tolerance
+
+
+def acts(seed=0, layers=2, tokens=3, perturb=None, ids=(1, 2, 3)):
+    rng = np.random.default_rng(seed)
+    out = {schema.key(0, 0, schema.TOKEN_IDS): np.array(ids)}
+    names = ["embed"] + [schema.layer_name(i, k) for i in range(layers) for k in schema.LAYER_KINDS] + ["final_norm"]
+    for n in names:
+        out[schema.key(0, 0, n)] = rng.standard_normal((tokens, 8))
+    for name, delta in (perturb or {}).items():
+        out[schema.key(0, 0, name)] = out[schema.key(0, 0, name)] + delta
+    return out
+
+
+def test_metrics_known_values():
+    m = compare.metrics(np.array([[1.0, 2.0], [3.0, 4.5]]), np.array([[1.0, 2.0], [3.0, 4.0]]))
+    assert m.rel_l2 == pytest.approx(0.5 / np.sqrt(30))
+    assert m.max_abs == pytest.approx(0.5)
+    assert m.worst_token == 1 and m.worst_index == [1, 1]
+    assert (m.candidate_value, m.reference_value) == (4.5, 4.0)
+    assert not m.non_finite
+
+
+def test_nan_is_a_divergence_with_reason():
+    ref = acts()
+    cand = acts()
+    cand[schema.key(0, 0, "layers.1.mlp_out")][1, 2] = np.nan
+    floors = {k: 1e-7 for k in ref if not k.endswith("token_ids")}
+    rows, first, _ = compare.compare(cand, ref, floors, "float32")
+    assert first.tensor == "layers.1.mlp_out" and first.reason == "non-finite"
+
+
+def test_first_divergence_follows_execution_order_not_name_order():
+    ref = acts()
+    # errors in layer 1 residual and layer 0 attn_out: layer 0 comes first although 'attn' < 'residual' anyway,
+    # and layer 1 k_rot would sort before layer 0 residual by name
+    cand = acts(perturb={"layers.0.mlp_out": 1.0, "layers.1.k_rot": 1.0})
+    floors = {k: 1e-7 for k in ref if not k.endswith("token_ids")}
+    rows, first, _ = compare.compare(cand, ref, floors, "float32")
+    assert (first.tensor, first.layer, first.kind) == ("layers.0.mlp_out", 0, "mlp_out")
+    verdicts = {r.tensor: r.verdict for r in rows}
+    assert verdicts["layers.0.attn_out"] == "ok" and verdicts["layers.1.k_rot"] == "propagated"
+
+
+def test_noise_below_the_band_passes_and_above_fails():
+    ref = acts()
+    floor = 1e-7
+    floors = {k: floor for k in ref if not k.endswith("token_ids")}
+    limit = tolerance.band(floor, "float32")
+    for scale, expect in ((0.5, None), (2.0, "embed")):
+        cand = {k: (v if k.endswith("token_ids") else v * (1 + scale * limit)) for k, v in ref.items()}
+        _, first, _ = compare.compare(cand, ref, floors, "float32")
+        assert (first.tensor if first else None) == expect
+
+
+def test_different_decode_inputs_are_skipped_not_failed():
+    ref = acts()
+    cand = acts(ids=(1, 2, 4), perturb={"embed": 5.0})
+    floors = {k: 1e-7 for k in ref if not k.endswith("token_ids")}
+    rows, first, notes = compare.compare(cand, ref, floors, "float32")
+    assert first is None and {r.verdict for r in rows} == {"skipped"} and notes
+
+
+def test_band_has_an_ulp_floor_for_exact_ops():
+    assert tolerance.band(0.0, "float32") == pytest.approx(tolerance.FLOOR_FACTOR * tolerance.ULPS * 2**-24)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        tolerance.band(0.0, "int8")

@@ -1,0 +1,52 @@
+import pytest
+
+from parity.worker.routing import CaptureError, TokenRouter
+
+A = [5, 6, 7]
+B = [9, 8, 7, 6]
+
+
+def segs(router, positions, ids):
+    return [(s.prompt, s.step, s.start, s.end, s.samples) for s in router.route(positions, ids)]
+
+
+def test_batched_prefill_then_lockstep_decode():
+    r = TokenRouter([A, B], decode_steps=2)
+    assert segs(r, [0, 1, 2, 0, 1, 2, 3], A + B) == [(0, 0, 0, 3, True), (1, 0, 3, 7, True)]
+    # decode step 1 of A sits at position 3, of B at 4: consecutive positions, two sequences
+    assert segs(r, [3, 4], [11, 12]) == [(0, 1, 0, 1, True), (1, 1, 1, 2, True)]
+    assert segs(r, [4, 5], [13, 14]) == [(0, 2, 0, 1, True), (1, 2, 1, 2, True)]
+
+
+def test_decode_order_does_not_matter_within_a_forward():
+    # lengths 8 and 9: A's second decode and B's first decode share position 9 across steps
+    a, b = list(range(1, 9)), list(range(20, 29))
+    r = TokenRouter([a, b], decode_steps=2)
+    r.route(list(range(8)) + list(range(9)), a + b)
+    assert segs(r, [9, 8], [1, 2]) == [(1, 1, 0, 1, True), (0, 1, 1, 2, True)]
+    assert segs(r, [10, 9], [3, 4]) == [(1, 2, 0, 1, True), (0, 2, 1, 2, True)]
+
+
+def test_chunked_prefill_samples_only_at_the_end():
+    r = TokenRouter([B], decode_steps=1)
+    assert segs(r, [0, 1], B[:2]) == [(0, 0, 0, 2, False)]
+    assert segs(r, [2, 3], B[2:]) == [(0, 0, 0, 2, True)]
+
+
+def test_one_prompt_at_a_time_like_the_reference():
+    r = TokenRouter([A, B], decode_steps=1)
+    assert segs(r, [0, 1, 2], A) == [(0, 0, 0, 3, True)]
+    assert segs(r, [3], [1]) == [(0, 1, 0, 1, True)]
+    assert segs(r, [0, 1, 2, 3], B) == [(1, 0, 0, 4, True)]
+    assert segs(r, [4], [1]) == [(1, 1, 0, 1, True)]
+
+
+def test_unattributable_tokens_raise():
+    r = TokenRouter([A], decode_steps=1)
+    with pytest.raises(CaptureError, match="cannot attribute"):
+        r.route([0, 1], [1, 2])  # not a prefix of any prompt
+    r2 = TokenRouter([A], decode_steps=1)
+    r2.route([0, 1, 2], A)
+    r2.route([3], [4])
+    with pytest.raises(CaptureError):
+        r2.route([4], [4])  # more decode steps than asked for

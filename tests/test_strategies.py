@@ -1,0 +1,32 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
+from parity import registry
+from parity.strategies import examples, supported_head_dims
+
+
+@given(st.data())
+def test_examples_are_valid_by_construction(data):
+    arch = data.draw(st.sampled_from(list(registry.ARCHITECTURES)))
+    spec = registry.get(arch)
+    dims = supported_head_dims(spec, [[32, 64, 80], None])
+    ex = data.draw(examples(arch, spec, dims, decode_steps=2))
+    c = ex.config
+    assert c["num_attention_heads"] % c["num_key_value_heads"] == 0
+    assert c["head_dim"] in (32, 64)
+    assert spec.layers[0] <= c["num_hidden_layers"] <= spec.layers[1]
+    rope = c["rope_parameters"]
+    rotary = rope.get("partial_rotary_factor", 1.0) * c["head_dim"]
+    assert rotary == int(rotary) and int(rotary) % 2 == 0
+    lengths = [len(p) for p in ex.prompts]
+    assert len(set(lengths)) == len(lengths), "the token router needs distinct prompt lengths"
+    assert len({p[0] for p in ex.prompts}) == len(ex.prompts)
+    assert all(0 <= t < c["vocab_size"] for p in ex.prompts for t in p)
+    assert ex.id == type(ex).from_json(ex.to_json()).id
+
+
+def test_head_sizes_are_intersected_with_every_backend():
+    spec = registry.get("llama")
+    assert supported_head_dims(spec, [[32, 64, 128], [64, 128, 256]]) == (64, 128)
+    assert supported_head_dims(spec, [None]) == spec.head_dims
+    assert supported_head_dims(spec, [[16]]) == ()
