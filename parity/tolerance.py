@@ -8,8 +8,10 @@ differ by. A backend passes a tensor when its error against fp64 stays within
 units in the last place of the dtype (the floor of an exact op, such as an
 embedding lookup, is zero).
 
-Measured on CPU, fp32: vLLM's error is 0.9x-2x the reference's own floor; bugs
-are 1e-3 and up. A factor of 10 separates them by orders of magnitude on both sides.
+Measured on CPU, fp32 (ci profile, every tensor of 16 examples): vLLM's error
+is at most 2.9x the reference's own floor, SGLang's 2.1x, vLLM vs SGLang 3.3x
+(against a band of 2 x 10x); the seeded bugs are 1e-2 and up. A factor of 10
+keeps both sides apart by an order of magnitude.
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ FLOOR_FACTOR = 10.0
 
 # Unit roundoff per dtype.
 EPS = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
-ULPS = 16.0  # smallest band, in units of EPS, for tensors whose floor is ~0
+ULPS = 2.0  # floor of exact ops (embedding lookups): a couple of roundings, not zero
 
 # For engine-vs-engine comparisons both sides carry their own error.
 PAIR_FACTOR = 2.0
+
+
+def within(rel_l2: float, band: float, non_finite: bool = False) -> bool:
+    """Whether an error stays inside its band; NaN and non-finite candidates never do."""
+    return not non_finite and rel_l2 <= band
 
 
 def band(floor: float, dtype: str) -> float:
