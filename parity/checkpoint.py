@@ -49,8 +49,6 @@ def write(config: dict[str, Any], seed: int, directory: str) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     target = Path(directory)
-    if (target / "config.json").exists():
-        return summary(target)
     hf_config = build_config(config)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)

@@ -2,7 +2,8 @@
 
 Exit codes: 0 every backend agrees with the reference; 1 a divergence or an
 engine error was found; 2 usage or harness error (nothing was concluded);
-130 interrupted (finished examples are kept in the report).
+130 interrupted (finished examples are kept in the report). ``parity gate``: 0 no
+regression, 1 a regression against the baseline, 2 unreadable or incomparable reports.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -48,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="search effort. Default: %(default)r (env PARITY_PROFILE)")
     run.add_argument("--seed", type=int, help="Hypothesis seed; default: the profile's (ci: fixed)")
     run.add_argument("--out", type=Path, default=Path("reports/latest"), help="report directory. Default: %(default)s")
+    run.add_argument("--resume", action="store_true",
+                     help="reuse the finished examples of an interrupted run's report in --out")
     _common(run)
 
     rep = sub.add_parser("replay", help="re-run one example of a report exactly")
@@ -55,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("example", help="example id (see the report)")
     rep.add_argument("--out", type=Path, help="report directory. Default: <report dir>/replay-<id>")
     _common(rep)
+
+    gate = sub.add_parser("gate", help="exit 1 if a candidate run regressed against a baseline run of the same examples",
+                          description="Rule: see parity/gate.py. Exit 0 no regression, 1 regression, "
+                                      "2 unreadable or incomparable reports.")
+    gate.add_argument("--baseline", type=Path, required=True, metavar="REPORT", help="baseline report.json (or its directory)")
+    gate.add_argument("--candidate", type=Path, required=True, metavar="REPORT", help="candidate report.json (or its directory)")
 
     sub.add_parser("archs", help="list the architecture registry")
     sub.add_parser("schema", help="print the JSON schema of report.json")
@@ -64,9 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (CI cancelling a job) cleans up like Ctrl-C: workers stopped, report kept
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return COMMANDS[args.command](args, argv)
     except (BackendUsageError, registry.UnknownArchitecture, ValueError) as exc:
@@ -113,7 +128,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         profile = replace(profile, max_examples=args.examples)
     cfg = RunConfig(backends=parse_backends(args.backend or ["vllm"], args.patch), reference=_reference(args),
                     device=args.device, dtype=args.dtype, out=args.out, timeout=args.timeout,
-                    command=shlex.join(["parity", *argv]), profile=profile.name, seed=args.seed)
+                    command=shlex.join(["parity", *argv]), profile=profile.name, seed=args.seed,
+                    resume=args.resume)
     report = _harness(lambda: run(cfg, archs, profile))
     if report is None:
         return EXIT_USAGE
@@ -147,6 +163,15 @@ def cmd_replay(args: argparse.Namespace, argv: list[str]) -> int:
     return _exit_code(report)
 
 
+def cmd_gate(args: argparse.Namespace, argv: list[str]) -> int:
+    from parity import gate
+    from parity import report as report_mod
+
+    result = gate.gate(report_mod.read(args.baseline), report_mod.read(args.candidate))
+    print(gate.render(result, str(args.baseline), str(args.candidate)))
+    return EXIT_DIVERGED if result.regressed else EXIT_OK
+
+
 def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
     for name, spec in registry.ARCHITECTURES.items():
         print(f"{name:10} {spec.architecture:24} layers {spec.layers[0]}-{spec.layers[1]}, head_dim {spec.head_dims}, "
@@ -172,4 +197,4 @@ def cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "replay": cmd_replay, "archs": cmd_archs, "schema": cmd_schema, "env": cmd_env}
+COMMANDS = {"run": cmd_run, "replay": cmd_replay, "gate": cmd_gate, "archs": cmd_archs, "schema": cmd_schema, "env": cmd_env}

@@ -35,6 +35,17 @@ def metrics(candidate: np.ndarray, reference: np.ndarray) -> Metrics:
     )
 
 
+def per_token(candidate: np.ndarray, reference: np.ndarray) -> list[float]:
+    """Relative L2 of each token (row): shows whether an error sits at one position or everywhere."""
+    c = candidate.astype(np.float64).reshape(len(candidate), -1)
+    r = reference.astype(np.float64).reshape(len(reference), -1)
+    err = np.where(np.isfinite(c).all(axis=1), np.linalg.norm(np.nan_to_num(c) - r, axis=1), np.inf)
+    ref = np.linalg.norm(r, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(ref > 0, err / ref, np.where(err == 0, 0.0, np.inf))
+    return [float(x) for x in rel]
+
+
 def relative_l2(candidate: np.ndarray, reference: np.ndarray) -> float:
     return metrics(candidate, reference).rel_l2
 
@@ -63,7 +74,7 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
         limit = factor * tolerance.band(floors[key], dtype)
         if not comparable:
             verdict = "skipped"
-        elif m.non_finite or not m.rel_l2 <= limit:
+        elif not tolerance.within(m.rel_l2, limit, m.non_finite):
             verdict = "propagated" if first else "diverged"
         else:
             verdict = "ok"
@@ -73,7 +84,7 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
         if verdict == "diverged":
             first = Divergence(tensor=name, kind=kind, layer=layer, step=step, prompt=prompt,
                                reason="non-finite" if m.non_finite else "exceeds noise floor", band=limit,
-                               **m.model_dump())
+                               per_token=per_token(candidate[key], reference[key]), **m.model_dump())
     skipped = sorted({(r.step, r.prompt) for r in rows if r.verdict == "skipped"})
     if skipped:
         notes.append("decode inputs differ from the reference (greedy tokens disagree) at "

@@ -1,51 +1,62 @@
-"""Markdown rendering of a report: short enough for a PR comment."""
+"""Markdown rendering of a report, sized for a PR comment: the verdict, one short
+table, the first divergence of each failing example, and where the full report is."""
 
 from __future__ import annotations
 
-from parity.report import ExampleRecord, Report
+from pathlib import Path
+
+from parity.report import STATUSES, BackendResult, ExampleRecord, Report
+
+MAX_FAILURES = 10  # rows in the failure table; report.html has the rest
 
 
-def _status_cell(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-
-
-def render(report: Report) -> str:
+def render(report: Report, html: Path | None = None) -> str:
     s = report.summary
+    failing = sorted((ex for ex in report.examples if ex.headline_failure), key=lambda ex: not ex.minimal)
+    verdict = (f"{len(s.failing)} of {s.examples} examples fail" if s.failing else f"all {s.examples} examples pass")
     lines = [
-        "# parity report",
+        f"## parity: {verdict}",
         "",
-        f"{s.examples} examples, profile `{report.profile}`, {report.dtype} on {report.device}, "
-        f"reference transformers {report.reference.versions.get('transformers', '?')}"
-        + ("" if report.complete else " — **incomplete run**"),
+        f"Profile `{report.profile}`, {report.dtype} on {report.device}, reference transformers "
+        f"{report.reference.versions.get('transformers', '?')}" + ("" if report.complete else " — **incomplete run**"),
         "",
-        "| backend | results | max rel. L2 (passing) |",
-        "|---|---|---|",
+        "| backend | " + " | ".join(STATUSES) + " | max rel. L2 (passing) |",
+        "|---" * (len(STATUSES) + 2) + "|",
     ]
     for backend, counts in s.by_backend.items():
         mx = s.max_rel_l2.get(backend)
-        lines.append(f"| {backend} | {_status_cell(counts)} | {'' if mx is None else f'{mx:.2e}'} |")
-    lines += ["", "| architecture | results |", "|---|---|"]
-    lines += [f"| {arch} | {_status_cell(counts)} |" for arch, counts in s.by_arch.items()]
-    failing = [ex for ex in report.examples if ex.failed and ex.role != "shrink"]
+        lines.append(f"| {backend} | " + " | ".join(str(counts.get(st, "")) for st in STATUSES)
+                     + f" | {'' if mx is None else f'{mx:.1e}'} |")
+    lines += ["", "Architectures: " + "; ".join(f"{arch} {_counts(c)}" for arch, c in s.by_arch.items())]
     if failing:
-        lines += ["", "## Failures", "", "| example | backend | status | first divergence | rel. L2 / band | replay |",
-                  "|---|---|---|---|---|---|"]
-        for ex in failing:
-            lines += _failure_rows(ex)
+        rows = [(ex, r) for ex in failing for r in ex.results if r.status in ("diverged", "error")]
+        lines += ["", "| example | backend | first divergence | rel. L2 / band |", "|---|---|---|---|"]
+        lines += [_failure_row(ex, r) for ex, r in rows[:MAX_FAILURES]]
+        if len(rows) > MAX_FAILURES:
+            lines.append(f"| … {len(rows) - MAX_FAILURES} more | | | |")
+        lines += ["", f"Replay: `{failing[0].replay}`"]
+    if html is not None:
+        lines += ["", f"Per-layer plots, heatmaps and per-token errors: `{html}`"]
     versions = "; ".join(f"{b.label}: " + ", ".join(f"{k} {v}" for k, v in b.versions.items()) for b in report.backends)
-    lines += ["", f"Versions — {versions}", "", f"Command: `{report.command}`", ""]
+    lines += ["", "<details><summary>versions and command</summary>", "", versions, "",
+              f"`{report.command}`", "", "</details>", ""]
     return "\n".join(lines)
 
 
-def _failure_rows(ex: ExampleRecord) -> list[str]:
-    out = []
-    name = ex.description + (" **(minimal)**" if ex.minimal else "")
-    for r in ex.results:
-        if r.status not in ("diverged", "error"):
-            continue
-        d = r.first_divergence
-        where = (f"`{d.tensor}` ({'prefill' if d.step == 0 else f'decode {d.step}'}, prompt {d.prompt}, token {d.worst_token})"
-                 if d else (r.reason or "").splitlines()[0][:120])
-        ratio = f"{d.rel_l2:.2e} / {d.band:.1e}" if d else ""
-        out.append(f"| {name} | {r.backend} | {r.status} | {where} | {ratio} | `{ex.replay}` |")
-    return out
+def cell(text: str) -> str:
+    """Text made safe inside a Markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def _failure_row(ex: ExampleRecord, r: BackendResult) -> str:
+    name = f"{ex.description}{' **(minimal)**' if ex.minimal else ''}"
+    d = r.first_divergence
+    if d is None:
+        return f"| {name} | {r.backend} | {r.status}: {cell((r.reason or '').splitlines()[0][:120])} | |"
+    step = "prefill" if d.step == 0 else f"decode {d.step}"
+    return (f"| {name} | {r.backend} | `{d.tensor}` ({step}, prompt {d.prompt}, token {d.worst_token}) "
+            f"| {d.rel_l2:.1e} / {d.band:.1e} |")

@@ -76,6 +76,7 @@ class Worker:
             log.flush()
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
                                           start_new_session=True)  # its own group: we can kill all it spawned
+            log.write(f"=== pid {self._proc.pid}\n".encode())
         self._buffer = b""
         self._pending = 1  # the hello
         try:

@@ -86,13 +86,15 @@ def parity_sessions(parity_config: ParityConfig, pytestconfig: pytest.Config) ->
     # One worker pool per xdist worker.
     worker_id = getattr(pytestconfig, "workerinput", {}).get("workerid", "master")
 
-    def get(backends: list[str] | None = None, patches: list[str] | None = None, dtype: str = "float32"):
+    def get(backends: list[str] | None = None, patches: list[str] | None = None, dtype: str = "float32",
+            timeout: float = 300.0):
         backends = backends or parity_config.backends
-        key = (tuple(backends), tuple(patches or ()), dtype)
+        key = (tuple(backends), tuple(patches or ()), dtype, timeout)
         if key not in parity_config.sessions:
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(backends + [Path(p.split("=", 1)[1]).stem for p in patches or []]))
             cfg = RunConfig(backends=parse_backends(backends, patches or []), device=parity_config.device,
-                            dtype=dtype, out=parity_config.out / worker_id / name, profile=parity_config.profile.name,
+                            dtype=dtype, timeout=timeout, out=parity_config.out / worker_id / name,
+                            profile=parity_config.profile.name,
                             command=f"pytest (parity plugin) backends={backends} patches={patches or []}")
             try:
                 parity_config.sessions[key] = Session(cfg).__enter__()

@@ -4,6 +4,8 @@
 prints it). Records forbid unknown fields so a reader never silently
 misreads a report written by another version; ``schema_version`` says which.
 Writes are atomic: an interrupted run leaves the last complete report.
+Non-finite floats are written as the strings "Infinity" / "NaN" (plain JSON
+has no such numbers) and read back as floats.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,10 +22,13 @@ SCHEMA_VERSION = 1
 Status = Literal["pass", "diverged", "error", "unsupported"]
 Verdict = Literal["ok", "diverged", "propagated", "skipped"]
 Role = Literal["generated", "shrink", "replay"]
+STATUSES: tuple[str, ...] = get_args(Status)
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A NaN/Inf written as null (pydantic's default) could not be read back: a report
+    # holding a non-finite candidate, the very case parity exists for, would be unreadable.
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
 
 
 class Metrics(Record):
@@ -56,6 +61,7 @@ class Divergence(Metrics):
     prompt: int
     band: float
     reason: str
+    per_token: list[float] = Field([], description="relative L2 of each token (row) of this tensor")
 
 
 class BackendResult(Record):
@@ -93,6 +99,11 @@ class ExampleRecord(Record):
     @property
     def failed(self) -> bool:
         return any(r.status in ("diverged", "error") for r in self.results)
+
+    @property
+    def headline_failure(self) -> bool:
+        """Failed, and not merely a step of shrinking (those repeat what the minimal example shows)."""
+        return self.failed and (self.role != "shrink" or self.minimal)
 
 
 class BackendInfo(Record):
@@ -157,15 +168,20 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def write(report: Report, directory: Path) -> None:
-    from parity import markdown
+    from parity import html, markdown
 
     atomic_write(directory / "report.json", report.model_dump_json(indent=1))
-    atomic_write(directory / "report.md", markdown.render(report))
+    atomic_write(directory / "report.md", markdown.render(report, directory / "report.html"))
+    atomic_write(directory / "report.html", html.render(report))
 
 
 def read(path: Path) -> Report:
+    """Read a report.json, or the report.json in a report directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read report {path}: {exc}") from exc
     if data.get("schema_version") != SCHEMA_VERSION:

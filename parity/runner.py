@@ -22,7 +22,7 @@ from safetensors.numpy import load_file
 
 import parity
 from parity import backends as backends_mod
-from parity import compare, envs, registry
+from parity import checkpoint_cache, compare, envs, registry
 from parity import report as report_mod
 from parity.backends import BackendSpec
 from parity.example import Example
@@ -49,6 +49,8 @@ class RunConfig:
     command: str = ""
     profile: str = "ci"
     seed: int | None = None
+    resume: bool = False
+    """Reuse the finished examples of an earlier (interrupted) report in ``out``."""
 
 
 def _log(msg: str) -> None:
@@ -91,7 +93,24 @@ class Session:
         except (WorkerError, envs.EnvBuildError) as exc:
             self.close()
             raise HarnessError(_setup_hint(exc)) from None
+        if self.cfg.resume:
+            self._resume()
         return self
+
+    def _resume(self) -> None:
+        path = self.cfg.out / "report.json"
+        if not path.exists():
+            return
+        try:
+            earlier = report_mod.read(path)
+        except ValueError as exc:
+            raise HarnessError(f"--resume: {exc}") from None
+        mine = (self.cfg.device, self.cfg.dtype, [self.info(w) for w in self.engines])
+        if (earlier.device, earlier.dtype, earlier.backends) != mine:
+            raise HarnessError(f"--resume: {path} was made with other backends, device or dtype; "
+                               f"use another --out or drop --resume")
+        self.records.update((ex.id, ex) for ex in earlier.examples)
+        self.log(f"parity: resuming: {len(earlier.examples)} finished examples reused from {path}")
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
@@ -126,15 +145,15 @@ class Session:
             return self.records[example.id]
         t0 = time.monotonic()
         ckpt = self.cache / "checkpoints" / example.checkpoint_id
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
         acts = self.cfg.out / "activations" / example.id
         acts.mkdir(parents=True, exist_ok=True)
         request = {"checkpoint": str(ckpt), "prompts": [list(p) for p in example.prompts],
                    "decode_steps": example.decode_steps}
         try:
-            self.reference.call("write_checkpoint", self.cfg.timeout, config=example.config,
-                                seed=example.weight_seed, dir=str(ckpt))
-        except WorkerError as exc:
+            checkpoint_cache.ensure(ckpt, lambda: self.reference.call(
+                "write_checkpoint", self.cfg.timeout, config=example.config, seed=example.weight_seed, dir=str(ckpt),
+            ), self.log)
+        except (WorkerError, checkpoint_cache.CorruptCheckpoint) as exc:
             raise HarnessError(f"the reference could not build {example.describe()}: {exc}") from None
 
         runnable: dict[str, Worker] = {}

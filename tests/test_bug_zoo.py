@@ -1,0 +1,38 @@
+"""The bug zoo: each real porting bug, re-injected into a real engine, is caught,
+localized to the right tensor and layer, and shrunk to its minimal witness; and
+the unpatched engine passes that very example (no false alarm).
+
+The fixtures and what is expected of them live in fixtures/zoo.py.
+"""
+
+import pytest
+
+from fixtures.zoo import FIXTURES
+from parity.example import Example
+from parity.profiles import get
+from parity.runner import search
+
+pytestmark = pytest.mark.parity
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=[f.id for f in FIXTURES])
+def test_bug_is_caught_localized_and_shrunk(parity_sessions, fixture):
+    patched = parity_sessions([fixture.backend], [f"{fixture.backend}={fixture.path}"])
+    try:
+        minimal = search(patched, fixture.arch, get("zoo"), seed=0)
+    finally:
+        patched.close()  # this patch set is used by no other test: free its workers now
+    assert minimal is not None, f"{fixture.id} was not caught"
+    record = patched.records[minimal]
+    (result,) = [r for r in record.results if r.backend == fixture.backend]
+    assert result.status == fixture.status, result.reason or result.first_divergence
+    if fixture.status == "error":
+        assert fixture.reason in result.reason, result.reason
+    else:
+        d = result.first_divergence
+        assert d.kind in fixture.kinds and d.layer == fixture.layer, d.tensor
+    assert record.minimal and fixture.minimal(record.config), (fixture.minimal_text, record.description)
+
+    clean = parity_sessions([fixture.backend])
+    verdict = clean.evaluate(Example.from_json(record.model_dump()), role="replay")
+    assert {r.status for r in verdict.results} == {"pass"}, [(r.backend, r.status, r.reason) for r in verdict.results]
