@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "parity"]
+nox.options.sessions = ["tests", "parity"]  # bench and parity-gpu on request
 nox.options.reuse_existing_virtualenvs = True
 
 DEFAULT_BACKENDS = ["vllm", "sglang"]
@@ -37,3 +37,10 @@ def parity_gpu(session: nox.Session) -> None:
     backends = [arg for b in DEFAULT_BACKENDS for arg in ("--backend", b)]
     session.run("parity", "run", "--device", "cuda", "--dtype", "bfloat16", "--profile", "ci",
                 "--out", "reports/latest-gpu", *backends, *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Time parity per example against the bare CPU engines; prints a Markdown table."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/bench.py", *session.posargs)

@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--baseline", type=Path, required=True, metavar="REPORT", help="baseline report.json (or its directory)")
     gate.add_argument("--candidate", type=Path, required=True, metavar="REPORT", help="candidate report.json (or its directory)")
 
-    sub.add_parser("archs", help="list the architecture registry")
+    archs = sub.add_parser("archs", help="list the architecture registry; with --backend, the support matrix")
+    archs.add_argument("--backend", action="append", metavar="NAME[@LABEL][=PYTHON]",
+                       help="also start these backends' workers and ask each engine what it supports (repeatable)")
+    _common(archs)
     sub.add_parser("schema", help="print the JSON schema of report.json")
     env = sub.add_parser("env", help="build (or find) parity's managed environment for a backend and print its python")
     env.add_argument("backend", choices=list(BACKENDS))
@@ -174,8 +177,48 @@ def cmd_gate(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
     for name, spec in registry.ARCHITECTURES.items():
+        features = registry.possible_features(spec)
         print(f"{name:10} {spec.architecture:24} layers {spec.layers[0]}-{spec.layers[1]}, head_dim {spec.head_dims}, "
-              f"partial_rotary {spec.partial_rotary_factors}")
+              f"partial_rotary {spec.partial_rotary_factors}, rope {'/'.join(spec.rope_types)}"
+              + (f", features {', '.join(features)}" if features else ""))
+    if not args.backend:
+        return EXIT_OK
+    import tempfile
+
+    from parity.runner import RunConfig, Session, parse_backends, supports
+
+    with tempfile.TemporaryDirectory(prefix="parity-archs-") as out:
+        cfg = RunConfig(backends=parse_backends(args.backend, []), reference=_reference(args), device=args.device,
+                        dtype=args.dtype, out=Path(out), timeout=args.timeout)
+
+        def matrix(session: Session) -> list[str]:
+            """One row per architecture, one cell per engine: supported, or the engine's reason not."""
+            workers = [session.reference, *session.engines]
+            rows = [f"\n{'':10} " + " ".join(f"{w.label:12}" for w in workers)]
+            notes: list[str] = []
+            for name, spec in registry.ARCHITECTURES.items():
+                cells = []
+                for w in workers:
+                    reason = supports(w.hello, name)
+                    lacking = [f for f in registry.possible_features(spec)
+                               if supports(w.hello, name, {registry.FEATURES[f]: 1})]
+                    cell = "no" if reason else ("partial" if lacking else "yes")
+                    if reason:
+                        notes.append(f"{name} on {w.label}: {reason}")
+                    for f in lacking:
+                        notes.append(f"{name} on {w.label}: {supports(w.hello, name, {registry.FEATURES[f]: 1})}")
+                    cells.append(f"{cell:12}")
+                rows.append(f"{name:10} " + " ".join(cells))
+            return rows + [""] + notes
+
+        def start() -> list[str]:
+            with Session(cfg) as session:
+                return matrix(session)
+
+        lines = _harness(start)
+    if lines is None:
+        return EXIT_USAGE
+    print("\n".join(lines))
     return EXIT_OK
 
 

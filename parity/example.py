@@ -49,5 +49,11 @@ class Example:
         prf = (c.get("rope_parameters") or {}).get("partial_rotary_factor")
         if prf is not None:
             bits.append(f"partial_rotary_factor={prf}")
+        rope_type = (c.get("rope_parameters") or {}).get("rope_type", "default")
+        if rope_type != "default":
+            bits.append(f"rope={rope_type}")
+        for key in ("attention_bias", "sliding_window", "attn_logit_softcapping", "final_logit_softcapping"):
+            if c.get(key) not in (None, False):
+                bits.append(f"{key}={c[key]}")
         bits.append("prompt_lens=" + ",".join(str(len(p)) for p in self.prompts))
         return f"{self.arch}(" + " ".join(bits) + ")"

@@ -2,8 +2,8 @@
 
 Both reports must come from the same dtype, device and profile (otherwise their
 examples and bands are not comparable, :class:`ReportMismatch`) and share at
-least one example id. Examples, and backends of an example, present on one side
-only are listed, never judged.
+least one (example, backend) result. Examples, and backends of an example,
+present on one side only are listed, never judged.
 
 The rule, for each (example, backend) present on both sides — including
 engine-vs-engine results ``a~b`` — and each run judged by its own bands:
@@ -16,7 +16,9 @@ engine-vs-engine results ``a~b`` — and each run judged by its own bands:
   backend's error from the band also separates noise from a real change;
 * **improved** when the baseline diverged or errored and the candidate passes.
 
-A tensor error that stays inside its band never regresses, however it moves.
+A tensor error that stays inside its band never regresses, however it moves. A
+result that passed and is now unsupported is noted, not failed: dropping an
+architecture is a decision, not a numerical regression.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 
 from parity import tolerance
 from parity.markdown import cell
-from parity.report import BackendResult, Report, TensorRow
+from parity.report import BackendResult, Report, TensorRow, step_name
 
 
 class ReportMismatch(ValueError):
@@ -76,20 +78,27 @@ def gate(baseline: Report, candidate: Report) -> GateResult:
         raise ReportMismatch("the reports share no example; gate two runs of the same examples "
                              "(same --arch, --profile and --seed, or replays of the baseline's examples)")
     result = GateResult(only_baseline=[i for i in base if i not in cand],
-                        only_candidate=[i for i in cand if i not in base],
-                        notes=[f"the {side} run is incomplete" for side, rep in (("baseline", baseline),
-                               ("candidate", candidate)) if not rep.complete])
+                        only_candidate=[i for i in cand if i not in base])
+    for side, rep in (("baseline", baseline), ("candidate", candidate)):
+        if not rep.complete:
+            result.notes.append(f"the {side} run is incomplete")
     for ex_id in common:
         b_results = {r.backend: r for r in base[ex_id].results}
         c_results = {r.backend: r for r in cand[ex_id].results}
-        for label in b_results.keys() - c_results.keys():
-            result.notes.append(f"{ex_id}: backend {label} only in the baseline")
-        for label in c_results.keys() - b_results.keys():
-            result.notes.append(f"{ex_id}: backend {label} only in the candidate")
+        for side, mine, other in (("baseline", b_results, c_results), ("candidate", c_results, b_results)):
+            result.notes += [f"{ex_id}: backend {label} only in the {side}" for label in mine if label not in other]
         for label in (lbl for lbl in b_results if lbl in c_results):
             result.compared += 1
             _judge(result, ex_id, base[ex_id].description, b_results[label], c_results[label])
+    if not result.compared:
+        # Otherwise a relabelled backend (vllm@base vs vllm@pr) would pass the gate having judged nothing.
+        raise ReportMismatch(f"no backend label in common (baseline: {', '.join(_labels(baseline))}; candidate: "
+                             f"{', '.join(_labels(candidate))}); run both with the same --backend label")
     return result
+
+
+def _labels(report: Report) -> list[str]:
+    return list(dict.fromkeys(r.backend for ex in report.examples for r in ex.results))
 
 
 def _check_comparable(baseline: Report, candidate: Report) -> None:
@@ -110,15 +119,14 @@ def _judge(result: GateResult, ex_id: str, description: str, b: BackendResult, c
                   and tensor_regressed(rows[(r.step, r.prompt, r.tensor)], r)), None)
     if worse is not None:
         old = rows[(worse.step, worse.prompt, worse.tensor)]
-        step = "prefill" if worse.step == 0 else f"decode {worse.step}"
-        result.regressions.append(change(worse.tensor, f"{step}, prompt {worse.prompt}: rel. L2 {old.rel_l2:.1e} → "
-                                                       f"{worse.rel_l2:.1e} (band {worse.band:.1e})"))
+        result.regressions.append(change(worse.tensor, f"{step_name(worse.step)}, prompt {worse.prompt}: "
+                                         f"rel. L2 {old.rel_l2:.1e} → {worse.rel_l2:.1e} (band {worse.band:.1e})"))
     elif b.status == "pass" and c.status in failing:
         d = c.first_divergence
         result.regressions.append(change(d.tensor if d else None,
                                          d.reason if d else (c.reason or "").splitlines()[0][:200]))
     elif b.status in failing and c.status == "pass":
-        result.improvements.append(change(None, f"max rel. L2 now {c.max_rel_l2:.1e}" if c.max_rel_l2 is not None else ""))
+        result.improvements.append(change(None, "" if c.max_rel_l2 is None else f"max rel. L2 now {c.max_rel_l2:.1e}"))
     elif b.status == "pass" and c.status == "unsupported":
         result.notes.append(f"{ex_id}: {b.backend} passed and is now unsupported: {c.reason}")
 
@@ -132,7 +140,7 @@ def render(result: GateResult, baseline: str = "baseline", candidate: str = "can
                 + (f", {len(result.improvements)} improved)" if result.improvements else ")"))
     lines = [head, "", f"Baseline `{baseline}`, candidate `{candidate}`."]
     if result.regressions:
-        lines += ["", "| example | description | backend | was → now | tensor | detail |", "|---|---|---|---|---|---|"]
+        lines += ["", "| example | description | backend | was → now | tensor | detail |", "|---" * 6 + "|"]
         lines += [f"| `{c.example}` | {c.description} | {c.backend} | {c.was} → {c.now} | "
                   f"{f'`{c.tensor}`' if c.tensor else ''} | {cell(c.detail)} |"
                   for c in result.regressions]

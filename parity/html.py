@@ -2,8 +2,9 @@
 
 No network: CSS, the sorting script and every plot (SVG, drawn here) are inline,
 so the file works as a CI artifact, offline, or attached to an issue. Examples
-are collapsed; failing ones open. Plots show a result's worst error over prompts
-and compared steps per (tensor kind, layer), against the noise-floor band.
+are collapsed; failing ones open (not the steps of shrinking). Plots show a
+result's worst error over prompts and compared steps per (tensor kind, layer),
+against the noise-floor band.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import math
 from html import escape
 
 from parity import schema
-from parity.report import STATUSES, BackendInfo, BackendResult, Divergence, ExampleRecord, Report, TensorRow
+from parity.report import (STATUSES, BackendInfo, BackendResult, Divergence, ExampleRecord, Report, TensorRow,
+                           step_name)
 
 KIND_COLORS = {"q_rot": "#1f77b4", "k_rot": "#ff7f0e", "attn_out": "#2ca02c", "mlp_out": "#9467bd",
                "residual": "#8c564b"}
@@ -121,11 +123,11 @@ def _result(ex: ExampleRecord, r: BackendResult) -> str:
     grid = _worst_by_layer(r.rows)
     if grid:
         out.append('<div class="plots">' + _layer_plot(grid) + _heatmap(grid) + "</div>")
-        others = [row for row in r.rows if row.layer is None and row.verdict != "skipped"]
-        if others:
-            worst = {}
-            for row in others:
+        worst: dict[str, float] = {}
+        for row in r.rows:
+            if row.layer is None and row.verdict != "skipped":
                 worst[row.kind] = max(worst.get(row.kind, 0.0), row.rel_l2)
+        if worst:
             out.append("<p>Outside the layers (worst rel. L2): "
                        + ", ".join(f"{_e(k)} {_num(v)}" for k, v in worst.items()) + "</p>")
     if d and d.per_token:
@@ -136,7 +138,7 @@ def _result(ex: ExampleRecord, r: BackendResult) -> str:
 
 
 def _where(step: int, prompt: int) -> str:
-    return f"{'prefill' if step == 0 else f'decode step {step}'}, prompt {prompt}"
+    return f"{step_name(step)}, prompt {prompt}"
 
 
 # -- plots ----------------------------------------------------------------------
@@ -180,7 +182,7 @@ class _LogAxis:
     def y(self, v: float) -> float:
         t = (math.log10(v) if v > 0 else -math.inf) if v < math.inf else math.inf
         t = min(max(t, self.lo), self.hi)
-        return round(self.bottom - (t - self.lo) / (self.hi - self.lo) * (self.bottom - self.top), 1)
+        return round(self.bottom - (t - self.lo) / (self.hi - self.lo) * (self.bottom - self.top))
 
     def grid(self, left: float, right: float) -> str:
         step = 1 if self.hi - self.lo <= 8 else 2
@@ -198,29 +200,34 @@ def _layer_plot(grid: dict[tuple[str, int], _Cell]) -> str:
     w, h, left, right, top, bottom = 560, 260, 52, 440, 12, 226
     axis = _LogAxis([v for c in grid.values() for v in (c.rel_l2, c.floor, c.band)], top, bottom)
     dx = (right - left) / len(layers)
-    x = {layer: round(left + dx * (i + 0.5), 1) for i, layer in enumerate(layers)}
+    x = {layer: round(left + dx * (i + 0.5)) for i, layer in enumerate(layers)}
     # The band as steps: per layer, from the smallest floor to the largest band of its kinds.
-    upper, lower = [], []
+    upper: list[list[int]] = []
+    lower: list[list[int]] = []
     for layer in layers:
         cells = [grid[(k, layer)] for k in kinds if (k, layer) in grid]
-        hi_y, lo_y = axis.y(max(c.band for c in cells)), axis.y(min(c.floor for c in cells))
-        x0, x1 = round(x[layer] - dx / 2, 1), round(x[layer] + dx / 2, 1)
-        upper += [f"{x0},{hi_y}", f"{x1},{hi_y}"]
-        lower += [f"{x0},{lo_y}", f"{x1},{lo_y}"]
+        x0, x1 = round(x[layer] - dx / 2), round(x[layer] + dx / 2)
+        for line, y in ((upper, axis.y(max(c.band for c in cells))), (lower, axis.y(min(c.floor for c in cells)))):
+            if line and line[-1][1] == y:
+                line[-1][0] = x1
+            else:
+                line += [[x0, y], [x1, y]]
+    band = " ".join(f"{px},{py}" for px, py in upper + lower[::-1])
     svg = [f'<svg class="plot layer-plot" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img">',
            "<title>relative L2 error per layer (log scale), worst over prompts and steps</title>",
            axis.grid(left, right),
-           f'<polygon class="band" points="{" ".join(upper + lower[::-1])}"><title>noise floor to band</title></polygon>']
+           f'<polygon class="band" points="{band}"><title>noise floor to band</title></polygon>']
     for kind in kinds:
         pts = [(layer, grid[(kind, layer)]) for layer in layers if (kind, layer) in grid]
         color = KIND_COLORS[kind]
         svg.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" '
-                   f'points="{" ".join(f"{x[layer]},{axis.y(c.rel_l2)}" for layer, c in pts)}"/>')
+                   f'points="{" ".join(f"{x[layer]},{axis.y(c.rel_l2)}" for layer, c in pts)}"/>'
+                   f'<g stroke="{color}" fill="#fff">')
         for layer, c in pts:
-            fill = color if c.out else "#fff"
-            svg.append(f'<circle cx="{x[layer]}" cy="{axis.y(c.rel_l2)}" r="3.5" fill="{fill}" stroke="{color}">'
-                       f"<title>layers.{layer}.{kind}: rel. L2 {_num(c.rel_l2)}, band {_num(c.band)}, "
-                       f"floor {_num(c.floor)}</title></circle>")
+            fill = f' fill="{color}"' if c.out else ""
+            svg.append(f'<circle cx="{x[layer]}" cy="{axis.y(c.rel_l2)}" r="3.5"{fill}><title>layers.{layer}.{kind}: '
+                       f"{c.rel_l2:.1e} (band {c.band:.1e}, floor {c.floor:.1e})</title></circle>")
+        svg.append("</g>")
     for layer in layers:
         svg.append(f'<text class="tick" x="{x[layer]}" y="{bottom + 14}" text-anchor="middle">{layer}</text>')
     svg.append(f'<text class="tick" x="{(left + right) / 2}" y="{h - 4}" text-anchor="middle">layer</text>'
@@ -262,8 +269,8 @@ def _heatmap(grid: dict[tuple[str, int], _Cell]) -> str:
                 continue
             ratio = c.rel_l2 / c.band if c.band > 0 else math.inf
             svg.append(f'<rect x="{left + j * cw}" y="{y}" width="{cw - 1}" height="{ch - 1}" '
-                       f'fill="{_heat_color(ratio)}"><title>layers.{layer}.{kind}: rel. L2 {_num(c.rel_l2)} '
-                       f"= {ratio:.2g} x band</title></rect>")
+                       f'fill="{_heat_color(ratio)}"><title>layers.{layer}.{kind}: {c.rel_l2:.1e} = {ratio:.2g} x band'
+                       "</title></rect>")
     step = max(1, len(layers) // 16)
     for j in range(0, len(layers), step):
         svg.append(f'<text class="tick" x="{left + j * cw + cw / 2}" y="{top + ch * len(kinds) + 13}" '
@@ -287,14 +294,14 @@ def _token_plot(d: Divergence, tokens: list[int]) -> str:
         y = axis.y(v)
         cls = "worst" if i == d.worst_token else ("out" if not v <= d.band else "in")
         label = f"token {i}" + (f" (id {tokens[i]})" if i < len(tokens) else "")
-        svg.append(f'<rect class="bar {cls}" x="{round(left + i * bw + 1, 1)}" y="{y}" '
-                   f'width="{round(max(bw - 2, 1), 1)}" height="{round(bottom - y, 1)}">'
+        svg.append(f'<rect class="bar {cls}" x="{round(left + i * bw + 1)}" y="{y}" '
+                   f'width="{max(round(bw - 2), 1)}" height="{bottom - y}">'
                    f"<title>{_e(label)}: rel. L2 {_num(v)}</title></rect>")
     svg.append(f'<line class="bandline" x1="{left}" x2="{right}" y1="{band_y}" y2="{band_y}"><title>band '
                f"{_num(d.band)}</title></line>")
     every = max(1, n // 24)
     for i in range(0, n, every):
-        x = round(left + (i + 0.5) * bw, 1)
+        x = round(left + (i + 0.5) * bw)
         svg.append(f'<text class="tick" x="{x}" y="{bottom + 13}" text-anchor="middle">{i}</text>')
         if every == 1 and i < len(tokens):
             svg.append(f'<text class="tick id" x="{x}" y="{bottom + 25}" text-anchor="middle">id {tokens[i]}</text>')

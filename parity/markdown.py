@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from parity.report import STATUSES, BackendResult, ExampleRecord, Report
+from parity.report import STATUSES, BackendResult, ExampleRecord, Report, step_name
 
 MAX_FAILURES = 10  # rows in the failure table; report.html has the rest
 
@@ -18,7 +18,8 @@ def render(report: Report, html: Path | None = None) -> str:
         f"## parity: {verdict}",
         "",
         f"Profile `{report.profile}`, {report.dtype} on {report.device}, reference transformers "
-        f"{report.reference.versions.get('transformers', '?')}" + ("" if report.complete else " — **incomplete run**"),
+        f"{report.reference.versions.get('transformers', '?')}"
+        + ("" if report.complete else " — **incomplete run**"),
         "",
         "| backend | " + " | ".join(STATUSES) + " | max rel. L2 (passing) |",
         "|---" * (len(STATUSES) + 2) + "|",
@@ -57,6 +58,5 @@ def _failure_row(ex: ExampleRecord, r: BackendResult) -> str:
     d = r.first_divergence
     if d is None:
         return f"| {name} | {r.backend} | {r.status}: {cell((r.reason or '').splitlines()[0][:120])} | |"
-    step = "prefill" if d.step == 0 else f"decode {d.step}"
-    return (f"| {name} | {r.backend} | `{d.tensor}` ({step}, prompt {d.prompt}, token {d.worst_token}) "
+    return (f"| {name} | {r.backend} | `{d.tensor}` ({step_name(d.step)}, prompt {d.prompt}, token {d.worst_token}) "
             f"| {d.rel_l2:.1e} / {d.band:.1e} |")

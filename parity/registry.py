@@ -57,24 +57,70 @@ class ArchSpec:
     vocab_sizes: tuple[int, ...] = (256, 1000)
     tie_word_embeddings: tuple[bool, ...] = (False, True)
 
+    attention_bias: tuple[bool, ...] = ()
+    """Values of the config's ``attention_bias`` (q/k/v/o bias); empty: the family has no such knob
+    (Qwen2's q/k/v bias is unconditional, Gemma ports ignore the key)."""
+
+    sliding_windows: tuple[int | None, ...] = ()
+    """Values of ``sliding_window``; empty: the family has no window. ``None`` (no window) first,
+    then windows shorter than the prompts, so the window actually drops keys."""
+
+    knobs: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    """Further family-specific config values to draw, each from its own candidates
+    (plainest first), e.g. Gemma2's soft-capping."""
+
+    rope_types: tuple[str, ...] = ("default",)
+    """RoPE scaling variants (``rope_parameters["rope_type"]``) drawn; "default" first. Only
+    variants transformers and both engines implement the same way (see strategies.ROPE_SCALING)."""
+
     fixed: Mapping[str, Any] = field(default_factory=dict)
     """Config values held constant (e.g. token ids that must fit a tiny vocabulary)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fixed", MappingProxyType(dict(self.fixed)))
+        object.__setattr__(self, "knobs", MappingProxyType(dict(self.knobs)))
         lo, hi = self.layers
         if not 1 <= lo <= hi:
             raise ValueError(f"{self.model_type}: layers must be a range 1 <= lo <= hi, got {self.layers}")
         for name in ("head_dims", "kv_heads", "gqa_groups", "intermediate_sizes", "partial_rotary_factors",
-                     "rope_thetas", "rms_norm_eps", "vocab_sizes", "tie_word_embeddings"):
+                     "rope_thetas", "rms_norm_eps", "vocab_sizes", "tie_word_embeddings", "rope_types"):
             if not getattr(self, name):
                 raise ValueError(f"{self.model_type}: {name} must offer at least one value")
 
+
+# Config features that an engine may lack on some device (e.g. an attention backend
+# without logit soft-capping): feature name -> the config key that turns it on when
+# set (not None). A backend lists what it lacks, with the reason, in its
+# ``capabilities()["unsupported_features"]``; ``runner.Session.supports`` checks both.
+FEATURES: Mapping[str, str] = MappingProxyType({
+    "sliding_window": "sliding_window",
+    "attn_logit_softcapping": "attn_logit_softcapping",
+    "final_logit_softcapping": "final_logit_softcapping",
+})
+
+
+def features(config: Mapping[str, Any]) -> list[str]:
+    """The optional features an example's config turns on."""
+    return [name for name, key in FEATURES.items() if config.get(key) is not None]
+
+
+def possible_features(spec: ArchSpec) -> list[str]:
+    """The optional features some config drawn for ``spec`` may turn on."""
+    candidates: dict[str, tuple[Any, ...]] = {key: (value,) for key, value in spec.fixed.items()}
+    candidates.update(spec.knobs)
+    candidates["sliding_window"] = spec.sliding_windows
+    return [name for name, key in FEATURES.items() if any(v is not None for v in candidates.get(key, ()))]
+
+
+# Token ids of the full-size vocabularies must not index a tiny one.
+_NO_SPECIAL_TOKENS = {"pad_token_id": None, "eos_token_id": None, "bos_token_id": None}
 
 ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
     "llama": ArchSpec(
         model_type="llama",
         architecture="LlamaForCausalLM",
+        attention_bias=(False, True),
+        rope_types=("default", "linear", "llama3", "yarn"),
     ),
     # GLM-4-0414: partial rotary with interleaved pairs, explicit head_dim,
     # q/k/v bias and "sandwich" norms after attention and after the MLP.
@@ -84,6 +130,56 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         partial_rotary_factors=(1.0, 0.5, 0.25, 0.75),
         # Its defaults name token ids of the 151k vocabulary; a tiny vocabulary must not.
         fixed={"pad_token_id": None, "eos_token_id": None},
+    ),
+    # q/k/v projections always carry a bias; head_dim is always hidden / heads.
+    "qwen2": ArchSpec(
+        model_type="qwen2",
+        architecture="Qwen2ForCausalLM",
+        explicit_head_dim=False,
+        rope_types=("default", "linear", "yarn"),
+    ),
+    # Per-head RMSNorm on q and k before RoPE (q_rot/k_rot are after both).
+    "qwen3": ArchSpec(
+        model_type="qwen3",
+        architecture="Qwen3ForCausalLM",
+        attention_bias=(False, True),
+    ),
+    # Sliding-window attention over the whole stack.
+    "mistral": ArchSpec(
+        model_type="mistral",
+        architecture="MistralForCausalLM",
+        sliding_windows=(None, 4, 7),
+        fixed=_NO_SPECIAL_TOKENS,
+    ),
+    # GELU-tanh MLP, RMSNorm scaled by (1 + weight), embeddings scaled by sqrt(hidden)
+    # (so `embed`, the stream entering layer 0, includes the scale).
+    # hidden_activation: the tanh approximation is Gemma's (transformers PR 29402); exact
+    # GELU is the legacy reading of the first released configs.
+    "gemma": ArchSpec(
+        model_type="gemma",
+        architecture="GemmaForCausalLM",
+        tie_word_embeddings=(True, False),
+        knobs={"hidden_activation": ("gelu_pytorch_tanh", "gelu")},
+        fixed=_NO_SPECIAL_TOKENS,
+    ),
+    # Fused qkv_proj and gate_up_proj in the checkpoint itself.
+    "phi3": ArchSpec(
+        model_type="phi3",
+        architecture="Phi3ForCausalLM",
+        explicit_head_dim=False,
+        partial_rotary_factors=(1.0, 0.5, 0.75),
+        fixed=_NO_SPECIAL_TOKENS,
+    ),
+    # Gemma plus: tanh soft-capping of attention scores and of the logits (caps small
+    # enough to bite on O(1) activations), "sandwich" norms after attention and after the
+    # MLP, and sliding-window attention on every other layer (layer_types' default).
+    "gemma2": ArchSpec(
+        model_type="gemma2",
+        architecture="Gemma2ForCausalLM",
+        tie_word_embeddings=(True, False),
+        sliding_windows=(4, 7),
+        knobs={"attn_logit_softcapping": (None, 2.0, 5.0), "final_logit_softcapping": (None, 3.0)},
+        fixed={**_NO_SPECIAL_TOKENS, "hidden_activation": "gelu_pytorch_tanh"},
     ),
 })
 

@@ -71,7 +71,8 @@ class BackendResult(Record):
     first_divergence: Divergence | None = None
     max_rel_l2: float | None = Field(None, description="largest relative L2 over compared tensors")
     notes: list[str] = []
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float] = Field({}, description="worker-side load/forward/save/teardown, then "
+                                      "orchestrator-side wait (submit to reply), transfer and compare")
     rows: list[TensorRow] = []
 
     @model_validator(mode="after")
@@ -94,6 +95,7 @@ class ExampleRecord(Record):
     prompts: list[list[int]]
     decode_steps: int
     replay: str = Field(description="one command that re-runs exactly this example")
+    seconds: dict[str, float] = Field({}, description="orchestrator time: checkpoint, reference, total")
     results: list[BackendResult]
 
     @property
@@ -142,6 +144,10 @@ class Report(Record):
         if self.summary.examples != len(self.examples):
             raise ValueError(f"summary counts {self.summary.examples} examples, report holds {len(self.examples)}")
         return self
+
+
+def step_name(step: int) -> str:
+    return "prefill" if step == 0 else f"decode step {step}"
 
 
 def summarize(examples: list[ExampleRecord]) -> Summary:

@@ -129,13 +129,11 @@ class Session:
 
     # -- one example ------------------------------------------------------
 
-    def supports(self, worker: Worker, arch: str) -> str | None:
-        """None if the backend can run the architecture, else the reason it cannot."""
-        spec = registry.get(arch)
-        if spec.architecture not in worker.hello["architectures"]:
-            versions = " ".join(f"{k} {v}" for k, v in worker.hello["versions"].items())
-            return f"{worker.hello['engine']} ({versions}) does not register {spec.architecture}"
-        return None
+    def supports(self, worker: Worker, arch: str, config: dict[str, Any] | None = None) -> str | None:
+        """None if the backend can run the architecture (and the features ``config`` turns
+        on, see ``registry.FEATURES``), else the reason it cannot, from the engine's own
+        capabilities."""
+        return supports(worker.hello, arch, config)
 
     def known(self, example: Example) -> ExampleRecord | None:
         return self.records.get(example.id)
@@ -155,11 +153,12 @@ class Session:
             ), self.log)
         except (WorkerError, checkpoint_cache.CorruptCheckpoint) as exc:
             raise HarnessError(f"the reference could not build {example.describe()}: {exc}") from None
+        t_ckpt = time.monotonic()
 
         runnable: dict[str, Worker] = {}
         results: dict[str, BackendResult] = {}
         for w in self.engines:
-            reason = self.supports(w, example.arch)
+            reason = self.supports(w, example.arch, example.config)
             if reason:
                 results[w.label] = BackendResult(backend=w.label, status="unsupported", reason=reason)
             else:
@@ -177,6 +176,7 @@ class Session:
             for w in runnable.values():
                 self._drain(w)
             raise HarnessError(f"the reference failed on {example.describe()}: {exc}") from None
+        t_ref = time.monotonic()
         exact = load_file(ref_files["float64"])
         low = load_file(ref_files[self.cfg.dtype])
         if ref_replies[0]["non_finite"]:
@@ -186,9 +186,13 @@ class Session:
         for label, w in runnable.items():
             try:
                 reply = w.receive(self.cfg.timeout)
+                t1 = time.monotonic()
                 captured[label] = load_file(reply["file"])
+                t2 = time.monotonic()
                 results[label] = self._judge(label, captured[label], exact, floors, 1.0)
-                results[label].seconds = {k: round(v, 3) for k, v in reply["seconds"].items()}
+                results[label].seconds = {k: round(v, 3) for k, v in {
+                    **reply["seconds"], "wait": t1 - t_ckpt, "transfer": t2 - t1, "compare": time.monotonic() - t2,
+                }.items()}
             except (WorkerError, ValueError) as exc:
                 reason = exc.reason + "\n" + "\n".join(exc.log_tail.splitlines()[-12:]) if isinstance(exc, WorkerError) else str(exc)
                 results[label] = BackendResult(backend=label, status="error", reason=reason)
@@ -203,6 +207,8 @@ class Session:
             decode_steps=example.decode_steps,
             replay=f"parity replay {shlex.quote(str(self.cfg.out / 'report.json'))} {example.id}",
             results=list(results.values()),
+            seconds={k: round(v, 3) for k, v in {
+                "checkpoint": t_ckpt - t0, "reference": t_ref - t_ckpt, "total": time.monotonic() - t0}.items()},
         )
         self.records[example.id] = record
         self._progress(record, time.monotonic() - t0)
@@ -262,6 +268,20 @@ class Session:
         rep = self.report(complete)
         report_mod.write(rep, self.cfg.out)
         return rep
+
+
+def supports(hello: dict[str, Any], arch: str, config: dict[str, Any] | None = None) -> str | None:
+    """The one place support is decided: a worker's capabilities (its hello) against an
+    architecture and, given a config, the optional features it turns on."""
+    spec = registry.get(arch)
+    versions = " ".join(f"{k} {v}" for k, v in hello["versions"].items())
+    if spec.architecture not in hello["architectures"]:
+        return f"{hello['engine']} ({versions}) does not register {spec.architecture}"
+    lacking = hello.get("unsupported_features") or {}
+    for feature in registry.features(config or {}):
+        if feature in lacking:
+            return f"{hello['engine']} ({versions}) does not support {feature}: {lacking[feature]}"
+    return None
 
 
 class _Failed(Exception):

@@ -39,9 +39,33 @@ def attention_shapes(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) 
     return {"num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": head_dim, "hidden_size": hidden}
 
 
+MAX_POSITIONS = 256  # max_position_embeddings of every generated config
+
+# Parameters of each RoPE scaling variant, as transformers names them; the first
+# value of each is the plainest. "dynamic" is left out on purpose: transformers
+# rescales only once a sequence outgrows original_max_position_embeddings, while
+# vLLM's and SGLang's DynamicNTK rotary precomputes the scaled base for every length.
+ROPE_SCALING: dict[str, dict[str, tuple[Any, ...]]] = {
+    "default": {},
+    "linear": {"factor": (2.0, 4.0, 0.5)},
+    "llama3": {"factor": (8.0, 2.0), "low_freq_factor": (1.0, 2.0), "high_freq_factor": (4.0, 8.0),
+               "original_max_position_embeddings": (64, 16)},
+    "yarn": {"factor": (4.0, 2.0), "original_max_position_embeddings": (64, 16),
+             "beta_fast": (32.0, 16.0), "beta_slow": (1.0, 2.0)},
+}
+
+
+@st.composite
+def rope_scaling(draw: st.DrawFn, spec: ArchSpec) -> dict[str, Any]:
+    """A ``rope_type`` from the entry's variants and that variant's parameters."""
+    rope_type = draw(st.sampled_from(spec.rope_types))
+    return {"rope_type": rope_type,
+            **{k: draw(st.sampled_from(values)) for k, values in ROPE_SCALING[rope_type].items()}}
+
+
 @st.composite
 def rope_parameters(draw: st.DrawFn, spec: ArchSpec, head_dim: int) -> dict[str, Any]:
-    params: dict[str, Any] = {"rope_type": "default", "rope_theta": draw(st.sampled_from(spec.rope_thetas))}
+    params: dict[str, Any] = {**draw(rope_scaling(spec)), "rope_theta": draw(st.sampled_from(spec.rope_thetas))}
     # The rotated width must be a whole number of (even) pairs.
     factors = [f for f in spec.partial_rotary_factors if (f * head_dim) % 2 == 0 and f * head_dim >= 2]
     factor = draw(st.sampled_from(factors))
@@ -62,11 +86,25 @@ def model_configs(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) -> 
         "rms_norm_eps": draw(st.sampled_from(spec.rms_norm_eps)),
         "vocab_size": draw(st.sampled_from(spec.vocab_sizes)),
         "tie_word_embeddings": draw(st.sampled_from(spec.tie_word_embeddings)),
-        "max_position_embeddings": 256,
+        "max_position_embeddings": MAX_POSITIONS,
         "rope_parameters": draw(rope_parameters(spec, shapes["head_dim"])),
+        **draw(optional_knobs(spec)),
         **spec.fixed,
     }
     return config
+
+
+@st.composite
+def optional_knobs(draw: st.DrawFn, spec: ArchSpec) -> dict[str, Any]:
+    """Knobs only some families have: drawn only where the entry offers values."""
+    knobs: dict[str, Any] = {}
+    if spec.attention_bias:
+        knobs["attention_bias"] = draw(st.sampled_from(spec.attention_bias))
+    if spec.sliding_windows:
+        knobs["sliding_window"] = draw(st.sampled_from(spec.sliding_windows))
+    for key, values in spec.knobs.items():
+        knobs[key] = draw(st.sampled_from(values))
+    return knobs
 
 
 @st.composite

@@ -107,6 +107,11 @@ def test_reports_without_common_examples_are_refused():
         gate(report(example("a", result("vllm"))), report(example("b", result("vllm"))))
 
 
+def test_reports_without_common_backend_labels_are_refused():
+    with pytest.raises(ReportMismatch, match="no backend label in common .*base.*pr"):
+        gate(report(example("a", result("base"))), report(example("a", result("pr"))))
+
+
 def test_cli_exit_codes(tmp_path):
     base = report(example("a", result("vllm")))
     runs = {"base": base, "worse": report(example("a", result("vllm", {"layers.0.q_rot": float("nan")}))),

@@ -12,7 +12,22 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "patches"
 pytestmark = pytest.mark.parity
 
 
-@pytest.mark.parametrize("arch", list(registry.ARCHITECTURES))
+# Divergences parity found in SGLang 0.5.23 itself (see docs in the registry entries):
+# kept visible as expected failures, not hidden by narrowing the strategies.
+SGLANG_BUGS = {
+    "gemma": "GemmaMLP hard-codes exact GELU (GeluAndMul('none')), ignoring hidden_activation="
+             "'gelu_pytorch_tanh': layers.0.mlp_out off by ~2e-4",
+    "phi3": "Phi3ForCausalLM (LlamaAttention) reads partial_rotary_factor only as a top-level config "
+            "attribute; transformers 5 configs keep it in rope_parameters, so RoPE rotates the full head",
+}
+
+
+def _arch_params():
+    return [pytest.param(a, marks=pytest.mark.xfail(reason=SGLANG_BUGS[a], strict=False)) if a in SGLANG_BUGS else a
+            for a in registry.ARCHITECTURES]
+
+
+@pytest.mark.parametrize("arch", _arch_params())
 def test_three_way_agreement_prefill_and_decode(parity_sessions, arch):
     session = parity_sessions(["vllm", "sglang"])
     minimal = search(session, arch, get("dev"), seed=2)
@@ -21,7 +36,13 @@ def test_three_way_agreement_prefill_and_decode(parity_sessions, arch):
     assert records
     for ex in records:
         by_backend = {r.backend: r for r in ex.results}
-        assert set(by_backend) == {"vllm", "sglang", "vllm~sglang"}
+        if by_backend["sglang"].status == "unsupported":
+            # a feature SGLang's CPU attention lacks (e.g. soft-capping): said, never passed
+            assert "does not support" in by_backend["sglang"].reason
+            assert set(by_backend) == {"vllm", "sglang"}
+            del by_backend["sglang"]
+        else:
+            assert set(by_backend) == {"vllm", "sglang", "vllm~sglang"}
         for r in by_backend.values():
             assert r.status == "pass" and r.max_rel_l2 < 1e-5
             steps = {row.step for row in r.rows if row.verdict == "ok"}

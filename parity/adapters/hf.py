@@ -14,7 +14,11 @@ from typing import Any, Sequence
 import torch
 
 from parity import checkpoint as ckpt
-from parity.worker.capture import Recorder, config_head_dim, first, hook_common, save
+from parity.worker.capture import Hooks, NullRecorder, Recorder, config_head_dim, first, hook_common, save
+
+
+def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
 
 
 class Adapter:
@@ -39,7 +43,7 @@ class Adapter:
         return ckpt.write(config, seed, dir)
 
     def run(self, checkpoint: str, prompts: Sequence[Sequence[int]], decode_steps: int, dtype: str,
-            out: str) -> dict[str, Any]:
+            out: str, capture: bool = True) -> dict[str, Any]:
         from transformers import AutoModelForCausalLM
 
         t0 = time.perf_counter()
@@ -48,9 +52,22 @@ class Adapter:
             use_safetensors=True, trust_remote_code=False,
         ).to(self.device).eval()
         t1 = time.perf_counter()
-        rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint))
+        rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint)) if capture else NullRecorder()
+        hooks = self._install(model, rec) if capture else Hooks()
+        try:
+            with torch.no_grad():
+                for prompt in prompts:
+                    self._generate(model, rec, list(prompt), decode_steps)
+        finally:
+            hooks.remove()
+        t2 = time.perf_counter()
+        result = save(rec.tensors(), out) if capture else {}
+        return {**result, "seconds": {"load": t1 - t0, "forward": t2 - t1, "save": time.perf_counter() - t2}}
+
+    @staticmethod
+    def _install(model, rec: Recorder) -> Hooks:
         decoder = model.model
-        hooks = hook_common(model, rec, decoder.layers, embed=decoder.embed_tokens, norm=decoder.norm,
+        hooks = hook_common(model, rec, decoder.layers, layer_input=_layer_input, norm=decoder.norm,
                             residual=lambda out, args: first(out), tokens=lambda t: t[0])  # batch of one prompt
         modeling = sys.modules[type(decoder).__module__]
         original = modeling.apply_rotary_pos_emb
@@ -62,17 +79,8 @@ class Adapter:
             rec.record_layer("k_rot", k[0].transpose(0, 1))
             return q, k
 
-        modeling.apply_rotary_pos_emb = apply_rotary_pos_emb
-        try:
-            with torch.no_grad():
-                for prompt in prompts:
-                    self._generate(model, rec, list(prompt), decode_steps)
-        finally:
-            modeling.apply_rotary_pos_emb = original
-            hooks.remove()
-        t2 = time.perf_counter()
-        result = save(rec.tensors(), out)
-        return {**result, "seconds": {"load": t1 - t0, "forward": t2 - t1, "save": time.perf_counter() - t2}}
+        hooks.replace(modeling, "apply_rotary_pos_emb", apply_rotary_pos_emb)
+        return hooks
 
     def _generate(self, model, rec: Recorder, prompt: list[int], decode_steps: int) -> None:
         """Prefill then greedy decode with the KV cache, exactly as an engine serves the prompt."""

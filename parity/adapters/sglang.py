@@ -5,7 +5,8 @@ Conventions normalised here:
 - a decoder layer returns only its own pending contribution and keeps the residual in
   ``forward_batch.residual_stream``; the full residual stream after a layer is
   ``sglang.srt.layers.layer_boundary.residual.batch.snapshot(output, forward_batch)``
-  (see ``RESIDUAL_FROM``);
+  (see ``RESIDUAL_FROM``); ports not yet moved onto the stream (Gemma, Gemma2) still
+  return ``(hidden_states, residual)``, whose sum is the stream;
 - ``get_rope`` caches rotary modules process-wide (``_ROPE_DICT``): all layers of a model,
   and models built one after another in this worker, may share one rotary object, so it is
   hooked once per model and the cache is cleared after every run (a patched or mutated
@@ -33,7 +34,7 @@ from typing import Any, Sequence
 
 import torch
 
-from parity.worker.capture import Hooks, Recorder, config_head_dim, first, hook_common, save
+from parity.worker.capture import Hooks, NullRecorder, Recorder, config_head_dim, first, hook_common, save
 
 # Where ``layers.{i}.residual`` comes from, read at every capture. "snapshot": SGLang's
 # residual snapshot, the full residual stream (what transformers' layer returns). "raw":
@@ -104,10 +105,20 @@ def _residual(output: Any, args: tuple) -> torch.Tensor:
         return first(output)
     if RESIDUAL_FROM != "snapshot":
         raise ValueError(f"RESIDUAL_FROM must be 'snapshot' or 'raw', not {RESIDUAL_FROM!r}")
+    if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], torch.Tensor):
+        # Ports not (yet) on the residual stream (e.g. Gemma, Gemma2) keep the older
+        # vLLM-like convention: (hidden_states, residual), the stream is their sum.
+        hidden, residual = output
+        return hidden + residual
     from sglang.srt.layers.layer_boundary.residual import batch as residual_batch
 
     # Decoder layers are called as layer(positions, hidden_states, forward_batch, ...).
     return residual_batch.snapshot(output, args[2])
+
+
+def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    # Decoder layers are called as layer(positions, hidden_states, forward_batch, residual).
+    return args[1] if len(args) > 1 else kwargs["hidden_states"]
 
 
 class Adapter:
@@ -130,10 +141,28 @@ class Adapter:
             "architectures": sorted(ModelRegistry.get_supported_archs()),
             "head_sizes": None,  # torch_native attention takes any head size
             "dtypes": ["float32", "bfloat16", "float16"],
+            "unsupported_features": self._unsupported_features(),
         }
 
+    @staticmethod
+    def _unsupported_features() -> dict[str, str]:
+        """Features of ``parity.registry.FEATURES`` that the attention backend parity uses lacks.
+
+        Read from the backend's own code: a torch_native backend that never reads a layer's
+        ``logit_cap`` computes plain softmax attention, so soft-capped models would run, but wrongly.
+        """
+        import inspect
+
+        from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
+
+        lacking = {}
+        if "logit_cap" not in inspect.getsource(TorchNativeAttnBackend):
+            lacking["attn_logit_softcapping"] = (
+                "its torch_native attention backend (the one that runs on CPU) ignores RadixAttention.logit_cap")
+        return lacking
+
     def run(self, checkpoint: str, prompts: Sequence[Sequence[int]], decode_steps: int, dtype: str,
-            out: str) -> dict[str, Any]:
+            out: str, capture: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
         tokens = sum(len(p) + decode_steps + 1 for p in prompts)
         try:
@@ -143,15 +172,15 @@ class Adapter:
             raise
         try:
             t1 = time.perf_counter()
-            rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint))
-            hooks = self._install(runner.model, rec)
+            rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint)) if capture else NullRecorder()
+            hooks = self._install(runner.model, rec) if capture else Hooks()
             try:
                 with torch.no_grad():
                     self._generate(runner, rec, prompts, decode_steps)
             finally:
                 hooks.remove()
             t2 = time.perf_counter()
-            result = save(rec.tensors(), out)
+            result = save(rec.tensors(), out) if capture else {}
             t3 = time.perf_counter()
         finally:
             runner.req_to_token_pool.clear()
@@ -206,7 +235,7 @@ class Adapter:
             values = {**dict(zip(names, args)), **{k: v for k, v in kwargs.items() if k in names}}
             rec.begin_forward(values["positions"], values["input_ids"])
 
-        hooks = hook_common(model, rec, decoder.layers, embed=decoder.embed_tokens, norm=decoder.norm,
+        hooks = hook_common(model, rec, decoder.layers, layer_input=_layer_input, norm=decoder.norm,
                             residual=_residual)
         hooks.pre(decoder, begin, with_kwargs=True)
 

@@ -4,7 +4,9 @@ Conventions normalised here:
 - a decoder layer returns ``(hidden_states, residual)``; the residual stream is their sum;
 - the final norm is fused with the last residual add and returns ``(normed, residual)``;
 - the rotary module returns q/k flattened to ``[tokens, heads * head_dim]``, may be
-  shared by all layers (``get_rope`` caches it) and may update q/k in place;
+  shared by all layers (``get_rope`` caches it process-wide, so it is hooked once per
+  model and the cache is cleared after every run: a patched or mutated rotary module
+  must not leak into the next model) and may update q/k in place;
 - logits are computed only for the tokens that are sampled.
 
 The CUDA path (``--device cuda``) uses the same hooks; it is untested on a GPU.
@@ -12,7 +14,6 @@ The CUDA path (``--device cuda``) uses the same hooks; it is untested on a GPU.
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from typing import Any, Sequence
@@ -29,6 +30,11 @@ from parity.worker.capture import Hooks, Recorder, config_head_dim, hook_common,
 def _fused_residual(output: Any, args: tuple) -> torch.Tensor:
     hidden, residual = output
     return hidden if residual is None else hidden + residual
+
+
+def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    # Decoder layers are called as layer(positions, hidden_states, residual).
+    return args[1] if len(args) > 1 else kwargs["hidden_states"]
 
 
 class Adapter:
@@ -57,7 +63,7 @@ class Adapter:
         }
 
     def run(self, checkpoint: str, prompts: Sequence[Sequence[int]], decode_steps: int, dtype: str,
-            out: str) -> dict[str, Any]:
+            out: str, capture: bool = True) -> dict[str, Any]:
         from vllm import LLM, SamplingParams
 
         t0 = time.perf_counter()
@@ -73,7 +79,7 @@ class Adapter:
         try:
             t1 = time.perf_counter()
             rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint))
-            hooks: list[Hooks] = llm.apply_model(lambda model: self._install(model, rec))
+            hooks: list[Hooks] = llm.apply_model(lambda model: self._install(model, rec)) if capture else []
             try:
                 params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, ignore_eos=True, detokenize=False)
                 llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
@@ -81,11 +87,10 @@ class Adapter:
                 for h in hooks:
                     h.remove()
             t2 = time.perf_counter()
-            result = save(rec.tensors(), out)
+            result = save(rec.tensors(), out) if capture else {}
             t3 = time.perf_counter()
         finally:
-            del llm  # the engine must be unreachable before the distributed state is torn down
-            gc.collect()
+            del llm  # unreachable before the teardown's own gc.collect(), so its memory goes now
             self._cleanup()
         return {**result, "seconds": {"load": t1 - t0, "forward": t2 - t1, "save": t3 - t2,
                                       "teardown": time.perf_counter() - t3}}
@@ -99,7 +104,7 @@ class Adapter:
             values = {**dict(zip(names, args)), **{k: v for k, v in kwargs.items() if k in names}}
             rec.begin_forward(values["positions"], values["input_ids"])
 
-        hooks = hook_common(model, rec, decoder.layers, embed=decoder.embed_tokens, norm=decoder.norm,
+        hooks = hook_common(model, rec, decoder.layers, layer_input=_layer_input, norm=decoder.norm,
                             residual=_fused_residual)
         hooks.before_forward(decoder, begin)
         hooks.post(model.logits_processor, lambda m, a, o: rec.record_logits(o))
@@ -116,5 +121,7 @@ class Adapter:
     @staticmethod
     def _cleanup() -> None:
         from vllm.distributed import cleanup_dist_env_and_memory
+        from vllm.model_executor.layers import rotary_embedding
 
         cleanup_dist_env_and_memory()
+        rotary_embedding._ROPE_DICT.clear()

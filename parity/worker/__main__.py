@@ -7,6 +7,7 @@ user's patch files, then serves requests from stdin until ``shutdown`` or EOF.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import runpy
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
                 runpy.run_path(patch, run_name="parity_patch")
             except BaseException as exc:
                 raise RuntimeError(f"patch {patch} failed to apply: {type(exc).__name__}: {exc}") from exc
+        # Engines collect garbage after every model; the engine import's millions of
+        # objects never die, so keep them out of every later collection.
+        gc.freeze()
         hello = {"protocol": protocol.PROTOCOL_VERSION, "pid": os.getpid(), "python": sys.executable,
                  **adapter.capabilities()}
         protocol.write(replies, {"ok": True, "result": hello})

@@ -110,36 +110,63 @@ class Hooks:
             fn(*args, **kwargs)
             return original(*args, **kwargs)
 
-        module.forward = forward
-        self._handles.append(_Unshadow(module))
+        self.replace(module, "forward", forward)
+
+    def replace(self, owner: Any, name: str, value: Any) -> None:
+        """Set ``owner.name = value`` until :meth:`remove` (e.g. a module-level function)."""
+        self._handles.append(_Restore(owner, name))
+        setattr(owner, name, value)
 
     def remove(self) -> None:
-        for h in self._handles:
+        for h in reversed(self._handles):
             h.remove()
         self._handles.clear()
 
 
-class _Unshadow:
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
+class _Restore:
+    def __init__(self, owner: Any, name: str):
+        self.owner, self.name = owner, name
+        self.had_own = name in vars(owner)
+        self.old = vars(owner).get(name)
 
     def remove(self) -> None:
-        del self.module.forward
+        if self.had_own:
+            setattr(self.owner, self.name, self.old)
+        else:  # the attribute came from the class: drop the instance's shadow
+            delattr(self.owner, self.name)
+
+
+class NullRecorder(Recorder):
+    """Records nothing: for runs that time the bare engine (benchmarks)."""
+
+    def __init__(self) -> None:
+        super().__init__([], 0, 1)
+
+    def begin_forward(self, positions: torch.Tensor, input_ids: torch.Tensor) -> None:
+        pass
+
+    def record_logits(self, logits: torch.Tensor) -> None:
+        pass
 
 
 def hook_common(model: torch.nn.Module, rec: Recorder, layers: Sequence[torch.nn.Module], *,
-                embed: torch.nn.Module, norm: torch.nn.Module, residual: Callable[[Any, tuple], torch.Tensor],
+                layer_input: Callable[[tuple, dict], torch.Tensor], norm: torch.nn.Module,
+                residual: Callable[[Any, tuple], torch.Tensor],
                 tokens: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, attn: str = "self_attn",
                 mlp: str = "mlp") -> Hooks:
     """Hooks every engine shares: embedding, layer boundaries, attention, MLP and final norm outputs.
 
+    ``embed`` is the hidden state entering the first decoder layer, taken by
+    ``layer_input(args, kwargs)`` of that layer's call: the token embedding with any
+    scale a family applies outside the embedding module (Gemma's sqrt(hidden), which
+    transformers folds into its embedding module and engines apply in place after it).
     ``residual`` maps a decoder layer's raw output and positional arguments to the
     full residual stream: this is where each engine's layer-output convention is
     normalised (SGLang's needs the layer's ``forward_batch`` argument).
     ``tokens`` maps a module output to ``[tokens, ...]`` (e.g. drops a batch axis).
     """
     hooks = Hooks()
-    hooks.post(embed, lambda m, a, out: rec.record("embed", tokens(first(out))))
+    hooks.pre(layers[0], lambda m, a, kw: rec.record("embed", tokens(layer_input(a, kw))), with_kwargs=True)
     hooks.post(norm, lambda m, a, out: rec.record("final_norm", tokens(first(out))))
     for i, layer in enumerate(layers):
         hooks.pre(layer, lambda m, a, i=i: rec.enter_layer(i))
