@@ -36,6 +36,8 @@ class ParityConfig:
     profile: profiles.Profile
     device: str
     out: Path
+    seed: int | None
+    archs: list[str] | None
     sessions: dict[tuple, object] = field(default_factory=dict)
 
 
@@ -48,6 +50,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="search effort: dev, ci or nightly. Default: %(default)r")
     group.addoption(f"{PREFIX}device", default="cpu", choices=["cpu", "cuda"], metavar="DEVICE",
                     help="device engines run on (cuda is untested on a GPU). Default: %(default)r")
+    group.addoption(f"{PREFIX}seed", default=None, type=int, metavar="SEED",
+                    help="Hypothesis seed for parity searches. Default: the profile's")
+    group.addoption(f"{PREFIX}arch", action="append", default=None, metavar="NAME",
+                    help="architectures for parity.pytest_search (repeatable). Default: all")
     group.addoption(f"{PREFIX}out", default=None, metavar="DIR",
                     help="directory for the reports parity tests write. Default: pytest's basetemp")
 
@@ -60,7 +66,28 @@ def pytest_configure(config: pytest.Config) -> None:
         profile=profiles.get(config.getoption(f"{PREFIX}profile")),
         device=config.getoption(f"{PREFIX}device"),
         out=Path(out) if out else Path(config.rootpath) / ".parity" / "pytest",
+        seed=config.getoption(f"{PREFIX}seed"),
+        archs=config.getoption(f"{PREFIX}arch"),
     )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On the controller, merge what every process wrote for one backend set into ``<out>/<backends>/``."""
+    config = session.config
+    state = config.stash.get(_KEY, None)
+    if state is None or hasattr(config, "workerinput"):
+        return
+    for s in state.sessions.values():  # workers of this process first, so their reports are final
+        s.close()
+    state.sessions.clear()
+    from parity import report as report_mod
+
+    groups: dict[str, list[Path]] = {}
+    for part in sorted(state.out.glob("*/*/report.json")):  # <out>/<xdist worker>/<backends>/report.json
+        groups.setdefault(part.parent.name, []).append(part)
+    for name, parts in groups.items():
+        merged = report_mod.merge([report_mod.read(p) for p in parts], command="pytest (parity plugin, merged)")
+        report_mod.write(merged, state.out / name)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -166,6 +166,23 @@ def summarize(examples: list[ExampleRecord]) -> Summary:
                    failing=[ex.id for ex in examples if ex.failed])
 
 
+def merge(reports: list[Report], command: str) -> Report:
+    """One report from the partial reports of one run split over processes (pytest-xdist)."""
+    if not reports:
+        raise ValueError("nothing to merge")
+    first = reports[0]
+    for r in reports[1:]:
+        if (r.device, r.dtype, r.profile, r.seed, r.backends) != (first.device, first.dtype, first.profile, first.seed,
+                                                                   first.backends):
+            raise ValueError("cannot merge reports of different backends, device, dtype, profile or seed")
+    examples = {ex.id: ex for r in reports for ex in r.examples}
+    ordered = sorted(examples.values(), key=lambda ex: (ex.arch, ex.id))
+    return first.model_copy(update={
+        "command": command, "examples": ordered, "summary": summarize(ordered),
+        "complete": all(r.complete for r in reports),
+    })
+
+
 def atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
