@@ -107,8 +107,7 @@ def _harness(fn):
 def _reference(args: argparse.Namespace) -> BackendSpec:
     from parity.backends import parse
 
-    spec = parse(f"transformers@reference={args.reference}" if args.reference else "transformers@reference")
-    return spec
+    return parse(f"transformers@reference={args.reference}" if args.reference else "transformers@reference")
 
 
 def _exit_code(report) -> int:
@@ -151,8 +150,7 @@ def cmd_replay(args: argparse.Namespace, argv: list[str]) -> int:
         raise ValueError(f"no example {args.example!r} in {args.report}; it holds "
                          + ", ".join(e.id for e in old.examples[:10]))
     example = Example.from_json(match[0].model_dump())
-    specs = [BackendSpec(b.engine if b.engine != "transformers" else "transformers", b.label, b.python, tuple(b.patches))
-             for b in old.backends]
+    specs = [BackendSpec(b.engine, b.label, b.python, tuple(b.patches)) for b in old.backends]
     cfg = RunConfig(backends=specs, reference=_reference(args), device=old.device, dtype=old.dtype,
                     out=args.out or args.report.parent / f"replay-{example.id}", timeout=args.timeout,
                     command=shlex.join(["parity", *argv]), profile=old.profile, seed=old.seed)
@@ -192,22 +190,24 @@ def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
                         dtype=args.dtype, out=Path(out), timeout=args.timeout)
 
         def matrix(session: Session) -> list[str]:
-            """One row per architecture, one cell per engine: supported, or the engine's reason not."""
+            """One row per architecture, one cell per worker: yes, partial (some features the family
+            may turn on are lacking) or no, with the engine's reasons below the table."""
             workers = [session.reference, *session.engines]
-            rows = [f"\n{'':10} " + " ".join(f"{w.label:12}" for w in workers)]
+            rows = ["", f"{'':10} " + " ".join(f"{w.label:12}" for w in workers)]
             notes: list[str] = []
             for name, spec in registry.ARCHITECTURES.items():
                 cells = []
                 for w in workers:
-                    reason = supports(w.hello, name)
-                    lacking = [f for f in registry.possible_features(spec)
-                               if supports(w.hello, name, {registry.FEATURES[f]: 1})]
-                    cell = "no" if reason else ("partial" if lacking else "yes")
-                    if reason:
-                        notes.append(f"{name} on {w.label}: {reason}")
-                    for f in lacking:
-                        notes.append(f"{name} on {w.label}: {supports(w.hello, name, {registry.FEATURES[f]: 1})}")
+                    reasons = [supports(w.hello, name)]
+                    if reasons[0] is None:
+                        reasons = [supports(w.hello, name, {registry.FEATURES[f]: True})
+                                   for f in registry.possible_features(spec)]
+                        reasons = [r for r in reasons if r]
+                        cell = "partial" if reasons else "yes"
+                    else:
+                        cell = "no"
                     cells.append(f"{cell:12}")
+                    notes += [f"{name} on {w.label}: {r}" for r in reasons]
                 rows.append(f"{name:10} " + " ".join(cells))
             return rows + [""] + notes
 
