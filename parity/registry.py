@@ -153,14 +153,13 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
     ),
     # GELU-tanh MLP, RMSNorm scaled by (1 + weight), embeddings scaled by sqrt(hidden)
     # (so `embed`, the stream entering layer 0, includes the scale).
-    # hidden_activation: the tanh approximation is Gemma's (transformers PR 29402); exact
-    # GELU is the legacy reading of the first released configs.
+    # The activation is named twice, as in released configs: transformers reads hidden_act,
+    # vLLM hidden_activation (tanh approximation, transformers PR 29402).
     "gemma": ArchSpec(
         model_type="gemma",
         architecture="GemmaForCausalLM",
         tie_word_embeddings=(True, False),
-        knobs={"hidden_activation": ("gelu_pytorch_tanh", "gelu")},
-        fixed=_NO_SPECIAL_TOKENS,
+        fixed={**_NO_SPECIAL_TOKENS, "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh"},
     ),
     # Fused qkv_proj and gate_up_proj in the checkpoint itself.
     "phi3": ArchSpec(
@@ -179,7 +178,9 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         tie_word_embeddings=(True, False),
         sliding_windows=(4, 7),
         knobs={"attn_logit_softcapping": (None, 2.0, 5.0), "final_logit_softcapping": (None, 3.0)},
-        fixed={**_NO_SPECIAL_TOKENS, "hidden_activation": "gelu_pytorch_tanh"},
+        # Released Gemma-2 configs carry both keys; SGLang 0.5.23 reads only hidden_act
+        # (a transformers-5-only config fails to load there with an AttributeError).
+        fixed={**_NO_SPECIAL_TOKENS, "hidden_activation": "gelu_pytorch_tanh", "hidden_act": "gelu_pytorch_tanh"},
     ),
 })
 
