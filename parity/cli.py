@@ -111,8 +111,7 @@ def _reference(args: argparse.Namespace) -> BackendSpec:
 
 
 def _exit_code(report) -> int:
-    statuses = {s for counts in report.summary.by_backend.values() for s in counts}
-    return EXIT_DIVERGED if statuses & {"diverged", "error"} else EXIT_OK
+    return EXIT_DIVERGED if report.summary.failing else EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:

@@ -36,6 +36,10 @@ def render(report: Report, html: Path | None = None) -> str:
         if len(rows) > MAX_FAILURES:
             lines.append(f"| … {len(rows) - MAX_FAILURES} more | | | |")
         lines += ["", f"Replay: `{failing[0].replay}`"]
+    known = sorted({r.known_issue for ex in report.examples for r in ex.results if r.known_issue})
+    if known:
+        lines += ["", "Known engine issues (reported as diverged, not failing; parity/known_issues.py):", ""]
+        lines += [f"- {k}" for k in known]
     if html is not None:
         lines += ["", f"Per-layer plots, heatmaps and per-token errors: `{html}`"]
     versions = "; ".join(f"{b.label}: " + ", ".join(f"{k} {v}" for k, v in b.versions.items()) for b in report.backends)

@@ -158,7 +158,9 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
     "gemma": ArchSpec(
         model_type="gemma",
         architecture="GemmaForCausalLM",
-        tie_word_embeddings=(True, False),
+        # Released Gemmas tie embeddings and both engines build no lm_head for them
+        # (vLLM refuses an untied checkpoint's lm_head, SGLang silently ignores it).
+        tie_word_embeddings=(True,),
         fixed={**_NO_SPECIAL_TOKENS, "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh"},
     ),
     # Fused qkv_proj and gate_up_proj in the checkpoint itself.
@@ -175,7 +177,7 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
     "gemma2": ArchSpec(
         model_type="gemma2",
         architecture="Gemma2ForCausalLM",
-        tie_word_embeddings=(True, False),
+        tie_word_embeddings=(True,),  # as for gemma
         sliding_windows=(4, 7),
         knobs={"attn_logit_softcapping": (None, 2.0, 5.0), "final_logit_softcapping": (None, 3.0)},
         # Released Gemma-2 configs carry both keys; SGLang 0.5.23 reads only hidden_act

@@ -22,7 +22,7 @@ from safetensors.numpy import load_file
 
 import parity
 from parity import backends as backends_mod
-from parity import checkpoint_cache, compare, envs, registry
+from parity import checkpoint_cache, compare, envs, known_issues, registry
 from parity import report as report_mod
 from parity.backends import BackendSpec
 from parity.example import Example
@@ -201,6 +201,12 @@ class Session:
         for a, b in combinations(captured, 2):
             pair = f"{a}~{b}"
             results[pair] = self._judge(pair, captured[a], captured[b], floors, PAIR_FACTOR)
+        for label, result in results.items():
+            if result.first_divergence is not None:
+                engines = [(w.hello["engine"], w.hello["versions"].get(w.hello["engine"], "")) for w in
+                           (self.workers[part] for part in label.split("~"))]
+                result.known_issue = known_issues.explain(engines, example.arch, example.config,
+                                                          result.first_divergence.kind)
         record = ExampleRecord(
             id=example.id, arch=example.arch, role=role, description=example.describe(), config=example.config,
             weight_seed=example.weight_seed, prompts=[list(p) for p in example.prompts],

@@ -12,22 +12,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "patches"
 pytestmark = pytest.mark.parity
 
 
-# Divergences parity found in SGLang 0.5.23 itself (see docs in the registry entries):
-# kept visible as expected failures, not hidden by narrowing the strategies.
-SGLANG_BUGS = {
-    "gemma": "GemmaMLP hard-codes exact GELU (GeluAndMul('none')), ignoring hidden_activation="
-             "'gelu_pytorch_tanh': layers.0.mlp_out off by ~2e-4",
-    "phi3": "Phi3ForCausalLM (LlamaAttention) reads partial_rotary_factor only as a top-level config "
-            "attribute; transformers 5 configs keep it in rope_parameters, so RoPE rotates the full head",
-}
-
-
-def _arch_params():
-    return [pytest.param(a, marks=pytest.mark.xfail(reason=SGLANG_BUGS[a], strict=False)) if a in SGLANG_BUGS else a
-            for a in registry.ARCHITECTURES]
-
-
-@pytest.mark.parametrize("arch", _arch_params())
+@pytest.mark.parametrize("arch", list(registry.ARCHITECTURES))
 def test_three_way_agreement_prefill_and_decode(parity_sessions, arch):
     session = parity_sessions(["vllm", "sglang"])
     minimal = search(session, arch, get("dev"), seed=2)
@@ -44,6 +29,9 @@ def test_three_way_agreement_prefill_and_decode(parity_sessions, arch):
         else:
             assert set(by_backend) == {"vllm", "sglang", "vllm~sglang"}
         for r in by_backend.values():
+            if r.known_issue:  # an SGLang bug parity found and diagnosed (parity/known_issues.py)
+                assert r.status == "diverged" and r.backend != "vllm" and r.known_issue.startswith("sglang")
+                continue
             assert r.status == "pass" and r.max_rel_l2 < 1e-5
             steps = {row.step for row in r.rows if row.verdict == "ok"}
             assert steps == set(range(ex.decode_steps + 1)), "prefill and every decode step compared"

@@ -1,0 +1,77 @@
+"""The README's bug-zoo detection table: every fixture of fixtures/zoo.py searched from
+scratch against its patched engine, as tests/test_bug_zoo.py does; prints Markdown.
+
+"Found after" counts the examples the search generated up to the first failing one,
+and their seconds (checkpoint, reference and engine, as the session timed them);
+"Search" is the whole search, shrinking included, without worker start-up.
+Checkpoints and Hypothesis' example database go to a fresh directory, so nothing is
+replayed from earlier runs; engine environments are reused.
+
+    python benchmarks/zoo_table.py [--only s1_vllm_rotary_dim_halved_per_layer ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # fixtures/ is not an installed package
+
+from fixtures.zoo import FIXTURES, Fixture  # noqa: E402
+from parity import envs  # noqa: E402
+from parity.profiles import get  # noqa: E402
+from parity.runner import RunConfig, Session, parse_backends, search  # noqa: E402
+
+PROFILE = get("zoo")
+SEED = 0  # as tests/test_bug_zoo.py
+
+
+def row(fixture: Fixture, out: Path) -> str:
+    cfg = RunConfig(backends=parse_backends([fixture.backend], [f"{fixture.backend}={fixture.path}"]),
+                    out=out / fixture.id, profile=PROFILE.name, seed=SEED, command="benchmarks/zoo_table.py")
+    with Session(cfg) as session:
+        t0 = time.monotonic()
+        minimal = search(session, fixture.arch, PROFILE, SEED)
+        searched = time.monotonic() - t0
+        records = list(session.records.values())
+    patch = f"[`{fixture.id}`](fixtures/patches/{fixture.path.name})"
+    if minimal is None:
+        return f"| {fixture.bug} | {fixture.backend} | {patch} | **no** | | | | | {searched:.0f} s |"
+    generated = [r for r in records if r.role == "generated"]
+    found = next(i for i, r in enumerate(generated, 1) if r.failed)
+    seconds = sum(r.seconds.get("total", 0.0) for r in generated[:found])
+    record = session.records[minimal]
+    (result,) = [r for r in record.results if r.backend == fixture.backend]
+    d = result.first_divergence
+    where = f"`{d.tensor}` (rel L2 {d.rel_l2:.1e})" if d else result.status
+    expected = result.status == fixture.status and d is not None and d.kind in fixture.kinds \
+        and d.layer == fixture.layer and fixture.minimal(record.config)
+    return (f"| {fixture.bug} | {fixture.backend} | {patch} | yes | {'yes' if expected else '**no**'} | {where} "
+            f"| {record.description} | {found} ex, {seconds:.0f} s | {searched:.0f} s |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=None, help="fixture ids (patch file stems)")
+    args = parser.parse_args()
+    chosen = [f for f in FIXTURES if args.only is None or f.id in args.only]
+    with tempfile.TemporaryDirectory(prefix="parity-zoo-") as tmp:
+        cache = Path(tmp) / "cache"
+        cache.mkdir()
+        (cache / "envs").symlink_to(envs.cache_dir() / "envs", target_is_directory=True)
+        os.environ["PARITY_CACHE_DIR"] = str(cache)
+        rows = [row(f, Path(tmp) / "out") for f in chosen]
+    print(f"Profile `{PROFILE.name}` ({PROFILE.max_examples} examples, shrink budget {PROFILE.shrink_seconds:.0f} s), "
+          f"seed {SEED}, CPU, float32. As expected: first divergence and minimal config as fixtures/zoo.py states.\n")
+    print("| bug | engine | patch | caught | as expected | first divergence | minimal config | found after | search |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

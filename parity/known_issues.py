@@ -1,0 +1,68 @@
+"""Divergences parity found in released engines, investigated and written up.
+
+A result whose first divergence matches an entry is still reported as
+``diverged``, with the entry's diagnosis attached as ``known_issue``. It does
+not fail the run (exit code) or drive the search (no shrinking), so a known
+engine bug neither hides new ones nor costs a shrink per example. Entries name
+the engine version they were diagnosed on; a newer engine is held to ``pass``
+again. Delete an entry when the engine fixes the bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+
+@dataclass(frozen=True)
+class KnownIssue:
+    engine: str
+    version: str
+    """Engine version the diagnosis was made on (exact match)."""
+
+    arch: str
+    kinds: tuple[str, ...]
+    """First-divergence tensor kinds the bug explains."""
+
+    applies: Callable[[Mapping[str, Any]], bool]
+    """Which configs trigger it."""
+
+    diagnosis: str
+
+
+def _partial_rotary(config: Mapping[str, Any]) -> bool:
+    return (config.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0) < 1.0
+
+
+KNOWN_ISSUES: tuple[KnownIssue, ...] = (
+    KnownIssue(
+        "vllm", "0.32.0", "qwen3", ("attn_out",), lambda c: bool(c.get("attention_bias")),
+        "vLLM's Qwen3Attention builds o_proj without bias (qwen3.py) and its loader drops the checkpoint's "
+        "o_proj.bias as an 'extra GPTQ bias'; transformers applies attention_bias to o_proj too",
+    ),
+    KnownIssue(
+        "sglang", "0.5.23", "gemma", ("mlp_out",), lambda c: True,
+        "SGLang GemmaMLP hard-codes exact GELU (GeluAndMul('none')) and ignores the config's "
+        "gelu_pytorch_tanh; layer 0's MLP output is off by ~2e-4 relative",
+    ),
+    KnownIssue(
+        "sglang", "0.5.23", "phi3", ("q_rot", "k_rot"), _partial_rotary,
+        "SGLang's Phi3 (LlamaAttention) reads partial_rotary_factor only as a top-level config attribute; "
+        "transformers 5 keeps it in rope_parameters, so SGLang rotates the whole head",
+    ),
+    KnownIssue(
+        "sglang", "0.5.23", "mistral", ("attn_out",), lambda c: c.get("sliding_window") is not None,
+        "SGLang's Mistral (LlamaForCausalLM) never reads sliding_window: it attends to the whole prompt "
+        "once a prompt outgrows the window",
+    ),
+)
+
+
+def explain(engines: Iterable[tuple[str, str]], arch: str, config: Mapping[str, Any], kind: str) -> str | None:
+    """The diagnosis of a known issue explaining a divergence of ``kind`` on any of ``engines`` (name, version)."""
+    for engine, version in engines:
+        for issue in KNOWN_ISSUES:
+            if (issue.engine, issue.version, issue.arch) == (engine, version, arch) and kind in issue.kinds \
+                    and issue.applies(config):
+                return f"{engine} {version}: {issue.diagnosis}"
+    return None
