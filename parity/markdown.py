@@ -13,7 +13,9 @@ MAX_FAILURES = 10  # rows in the failure table; report.html has the rest
 def render(report: Report, html: Path | None = None) -> str:
     s = report.summary
     failing = sorted((ex for ex in report.examples if ex.headline_failure), key=lambda ex: not ex.minimal)
-    verdict = (f"{len(s.failing)} of {s.examples} examples fail" if s.failing else f"all {s.examples} examples pass")
+    known = sorted({r.known_issue for ex in report.examples for r in ex.results if r.known_issue})
+    verdict = (f"{len(s.failing)} of {s.examples} examples fail" if s.failing
+               else f"no failure in {s.examples} examples" + (f" ({len(known)} known engine issues)" if known else ""))
     lines = [
         f"## parity: {verdict}",
         "",
@@ -36,7 +38,6 @@ def render(report: Report, html: Path | None = None) -> str:
         if len(rows) > MAX_FAILURES:
             lines.append(f"| … {len(rows) - MAX_FAILURES} more | | | |")
         lines += ["", f"Replay: `{failing[0].replay}`"]
-    known = sorted({r.known_issue for ex in report.examples for r in ex.results if r.known_issue})
     if known:
         lines += ["", "Known engine issues (reported as diverged, not failing; parity/known_issues.py):", ""]
         lines += [f"- {k}" for k in known]
