@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from difflib import get_close_matches
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
+
+from parity.registry import did_you_mean
 
 
 class BackendUsageError(ValueError):
@@ -128,9 +129,7 @@ def get(name: str) -> BackendDef:
     try:
         return BACKENDS[name]
     except KeyError:
-        close = get_close_matches(name, list(BACKENDS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise BackendUsageError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}.{hint}") from None
+        raise BackendUsageError(f"unknown backend {name!r}; {did_you_mean(name, BACKENDS)}") from None
 
 
 def parse(text: str) -> BackendSpec:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 
 class UnknownArchitecture(KeyError):
@@ -187,13 +187,18 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
 })
 
 
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """The hint that ends an unknown-name error: what is known, and the closest match."""
+    known = list(known)
+    close = get_close_matches(name, known, n=1)
+    return f"known: {', '.join(known)}." + (f" Did you mean {close[0]!r}?" if close else "")
+
+
 def get(name: str) -> ArchSpec:
     try:
         return ARCHITECTURES[name]
     except KeyError:
-        close = get_close_matches(name, list(ARCHITECTURES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UnknownArchitecture(
-            f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}.{hint} "
+            f"unknown architecture {name!r}; {did_you_mean(name, ARCHITECTURES)} "
             f"(to add one, add an entry to ARCHITECTURES in parity/registry.py)"
         ) from None

@@ -34,7 +34,8 @@ from typing import Any, Sequence
 
 import torch
 
-from parity.worker.capture import Hooks, NullRecorder, Recorder, config_head_dim, first, hook_common, save
+from parity.worker.capture import (Hooks, NullRecorder, Recorder, config_head_dim, first, forward_inputs, hook_common,
+                                    hook_rotaries, save)
 
 # Where ``layers.{i}.residual`` comes from, read at every capture. "snapshot": SGLang's
 # residual snapshot, the full residual stream (what transformers' layer returns). "raw":
@@ -229,24 +230,11 @@ class Adapter:
     @staticmethod
     def _install(model: torch.nn.Module, rec: Recorder) -> Hooks:
         decoder = model.model
-
-        def begin(module, args, kwargs):
-            names = ("input_ids", "positions")
-            values = {**dict(zip(names, args)), **{k: v for k, v in kwargs.items() if k in names}}
-            rec.begin_forward(values["positions"], values["input_ids"])
-
         hooks = hook_common(model, rec, decoder.layers, layer_input=_layer_input, norm=decoder.norm,
                             residual=_residual)
-        hooks.pre(decoder, begin, with_kwargs=True)
+        hooks.pre(decoder, lambda m, a, kw: rec.begin_forward(*forward_inputs(a, kw)), with_kwargs=True)
 
-        def rotated(module, args, output):
-            q, k = output
-            rec.record_heads("q_rot", q)
-            rec.record_heads("k_rot", k)
-
-        rotaries = {id(layer.self_attn.rotary_emb): layer.self_attn.rotary_emb for layer in decoder.layers}
-        for rotary in rotaries.values():  # a shared object is hooked once, not once per layer
-            hooks.post(rotary, rotated)
+        hook_rotaries(hooks, rec, decoder.layers)
         return hooks
 
     @staticmethod

@@ -24,7 +24,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default reserve
 
 import torch
 
-from parity.worker.capture import Hooks, Recorder, config_head_dim, hook_common, save
+from parity.worker.capture import Hooks, Recorder, config_head_dim, forward_inputs, hook_common, hook_rotaries, save
 
 
 def _fused_residual(output: Any, args: tuple) -> torch.Tensor:
@@ -98,24 +98,11 @@ class Adapter:
     @staticmethod
     def _install(model: torch.nn.Module, rec: Recorder) -> Hooks:
         decoder = model.model
-
-        def begin(*args, **kwargs):
-            names = ("input_ids", "positions")
-            values = {**dict(zip(names, args)), **{k: v for k, v in kwargs.items() if k in names}}
-            rec.begin_forward(values["positions"], values["input_ids"])
-
         hooks = hook_common(model, rec, decoder.layers, layer_input=_layer_input, norm=decoder.norm,
                             residual=_fused_residual)
-        hooks.before_forward(decoder, begin)
+        hooks.before_forward(decoder, lambda *a, **kw: rec.begin_forward(*forward_inputs(a, kw)))
         hooks.post(model.logits_processor, lambda m, a, o: rec.record_logits(o))
-        def rotated(module, args, output):
-            q, k = output
-            rec.record_heads("q_rot", q)
-            rec.record_heads("k_rot", k)
-
-        rotaries = {id(layer.self_attn.rotary_emb): layer.self_attn.rotary_emb for layer in decoder.layers}
-        for rotary in rotaries.values():  # a shared object is hooked once, not once per layer
-            hooks.post(rotary, rotated)
+        hook_rotaries(hooks, rec, decoder.layers)
         return hooks
 
     @staticmethod

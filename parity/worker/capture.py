@@ -195,3 +195,27 @@ def save(tensors: dict[str, torch.Tensor], out: str) -> dict[str, Any]:
     save_file({k: t.contiguous() for k, t in tensors.items()}, tmp)
     os.replace(tmp, out)
     return {"file": out, "tensors": len(tensors), "non_finite": non_finite}
+
+
+def forward_inputs(args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(positions, input_ids)`` of an engine decoder's ``forward(input_ids, positions, ...)`` call."""
+    names = ("input_ids", "positions")
+    values = {**dict(zip(names, args)), **{k: v for k, v in kwargs.items() if k in names}}
+    return values["positions"], values["input_ids"]
+
+
+def hook_rotaries(hooks: Hooks, rec: Recorder, layers: Sequence[torch.nn.Module]) -> None:
+    """q/k after RoPE from engine rotary modules returning ``(q, k)`` flattened to ``[tokens, heads * head_dim]``.
+
+    ``get_rope`` caches one rotary object for all layers with the same settings: a
+    shared object is hooked once (the Recorder knows the current layer), not once per layer.
+    """
+    def rotated(module: torch.nn.Module, args: Any, output: Any) -> None:
+        q, k = output
+        rec.record_heads("q_rot", q)
+        rec.record_heads("k_rot", k)
+
+    rotaries = {id(layer.self_attn.rotary_emb): layer.self_attn.rotary_emb for layer in layers}
+    for rotary in rotaries.values():
+        hooks.post(rotary, rotated)
+
