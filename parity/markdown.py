@@ -44,6 +44,12 @@ def render(report: Report, html: Path | None = None) -> str:
     if html is not None:
         lines += ["", f"Per-layer plots, heatmaps and per-token errors: `{html}`"]
     versions = "; ".join(f"{b.label}: " + ", ".join(f"{k} {v}" for k, v in b.versions.items()) for b in report.backends)
+    if s.coverage:
+        lines += ["", "<details><summary>coverage: knob values exercised</summary>", ""]
+        lines += [f"- **{arch}**: " + "; ".join(f"{knob} " + ", ".join(f"{v} ({n})" for v, n in sorted(vals.items()))
+                                              for knob, vals in knobs.items())
+                  for arch, knobs in s.coverage.items()]
+        lines += ["", "</details>"]
     lines += ["", "<details><summary>versions and command</summary>", "", versions, "",
               f"`{report.command}`", "", "</details>", ""]
     return "\n".join(lines)

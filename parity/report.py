@@ -126,6 +126,8 @@ class Summary(Record):
     max_rel_l2: dict[str, float] = Field(description="backend -> largest relative L2 over passing examples")
     failing: list[str] = Field(description="ids of examples with a diverged or error result not explained "
                                            "by a known engine issue")
+    coverage: dict[str, dict[str, dict[str, int]]] = Field(
+        {}, description="arch -> knob -> value -> number of examples: what the run actually exercised")
 
 
 class Report(Record):
@@ -167,7 +169,35 @@ def summarize(examples: list[ExampleRecord]) -> Summary:
             if r.status == "pass" and r.max_rel_l2 is not None:
                 max_rel[r.backend] = max(max_rel.get(r.backend, 0.0), r.max_rel_l2)
     return Summary(examples=len(examples), by_backend=by_backend, by_arch=by_arch, max_rel_l2=max_rel,
-                   failing=[ex.id for ex in examples if ex.failed])
+                   failing=[ex.id for ex in examples if ex.failed], coverage=coverage(examples))
+
+
+def _knobs(ex: ExampleRecord) -> dict[str, Any]:
+    c = ex.config
+    rope = c.get("rope_parameters") or {}
+    heads, kv, head_dim = c.get("num_attention_heads"), c.get("num_key_value_heads"), c.get("head_dim")
+    return {
+        "layers": c.get("num_hidden_layers"), "head_dim": head_dim,
+        "gqa_group": heads // kv if heads and kv else None,
+        "head_dim_decoupled": head_dim * heads != c["hidden_size"] if head_dim and heads and "hidden_size" in c else None,
+        "partial_rotary_factor": rope.get("partial_rotary_factor", 1.0), "rope_type": rope.get("rope_type", "default"),
+        "rope_theta": rope.get("rope_theta"), "rms_norm_eps": c.get("rms_norm_eps"),
+        "tie_word_embeddings": c.get("tie_word_embeddings"), "attention_bias": c.get("attention_bias"),
+        "sliding_window": c.get("sliding_window"), "vocab_size": c.get("vocab_size"),
+        "prompts": len(ex.prompts), "decode_steps": ex.decode_steps,
+    }
+
+
+def coverage(examples: list[ExampleRecord]) -> dict[str, dict[str, dict[str, int]]]:
+    """Which knob values the examples exercised, per architecture (knobs a family lacks are left out)."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for ex in examples:
+        for knob, value in _knobs(ex).items():
+            if value is None:
+                continue
+            counts = out.setdefault(ex.arch, {}).setdefault(knob, {})
+            counts[str(value)] = counts.get(str(value), 0) + 1
+    return out
 
 
 def merge(reports: list[Report], command: str) -> Report:
