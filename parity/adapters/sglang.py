@@ -205,7 +205,10 @@ class Adapter:
             # parity tests the port's layer math, not attention kernels.
             attention_backend="torch_native", sampling_backend="pytorch",
             disable_cuda_graph=True,  # hooks do not fire during graph replay
-            disable_radix_cache=True, mem_fraction_static=0.05, max_total_tokens=max_total_tokens,
+            # On CPU SGLang budgets the KV cache from host free memory measured before and after
+            # loading: another engine starting meanwhile (vLLM, in the next worker) can eat a small
+            # budget and fail the load. A wide budget is harmless: max_total_tokens caps the pool.
+            disable_radix_cache=True, mem_fraction_static=0.25, max_total_tokens=max_total_tokens,
         )
         server_args.resolve_once()
         port_args = PortArgs.init_new(server_args)
