@@ -4,7 +4,6 @@ test is a transformers worker with a fault patch (fast to start), judged
 against the clean reference."""
 
 import json
-import os
 import re
 import signal
 import subprocess

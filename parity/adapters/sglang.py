@@ -269,13 +269,17 @@ class Adapter:
         if batch.input_ids is None:  # staged on the host for the scheduler, which is not running
             batch.input_ids = batch.prefill_input_ids_cpu.to(batch.device)
             batch.prefill_input_ids_cpu = None
-        for step in range(decode_steps + 1):
-            if step:
-                batch.input_ids = logits.argmax(-1).to(torch.int64)
-                batch.prepare_for_decode()
+        def forward() -> torch.Tensor:
             forward_batch = ForwardBatch.init_new(batch, runner, return_hidden_states_before_norm=False)
             logits = runner.forward(forward_batch).logits_output.next_token_logits
             rec.record_logits(logits)
+            return logits
+
+        logits = forward()  # prefill
+        for _ in range(decode_steps):
+            batch.input_ids = logits.argmax(-1).to(torch.int64)
+            batch.prepare_for_decode()
+            logits = forward()
 
 
 def _teardown() -> None:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from parity import schema
-from parity.worker.routing import CaptureError, TokenRouter
+from parity.worker.routing import CaptureError, Segment, TokenRouter
 
 
 def as_stored(t: torch.Tensor) -> torch.Tensor:
