@@ -51,6 +51,23 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "transformers 5 keeps it in rope_parameters, so SGLang rotates the whole head",
     ),
     KnownIssue(
+        "sglang", "0.5.23", "stablelm", ("q_rot", "k_rot"),
+        lambda c: (c.get("rope_parameters") or {}).get("partial_rotary_factor", 0.25) != 0.25,
+        "SGLang's StableLM reads the top-level partial_rotary_factor attribute, which transformers 5 fills with "
+        "its backward-compatible default 0.25 (and writes to config.json) next to the rope_parameters it "
+        "applies itself; any other factor is rotated over a quarter of the head",
+    ),
+    KnownIssue(
+        "sglang", "0.5.23", "stablelm", ("logits",), lambda c: bool(c.get("tie_word_embeddings")),
+        "SGLang's StableLM never ties lm_head to embed_tokens: with tie_word_embeddings the checkpoint has no "
+        "lm_head.weight and the head keeps its uninitialised memory (logits off by up to 1e11 relative)",
+    ),
+    KnownIssue(
+        "sglang", "0.5.23", "gpt_j", ("logits",), lambda c: True,
+        "SGLang's GPTJForCausalLM builds and loads lm_head with a bias, but LogitsProcessor.forward has no "
+        "bias argument and the model never adds it: logits lack lm_head.bias",
+    ),
+    KnownIssue(
         "sglang", "0.5.23", "mistral", ("attn_out",), lambda c: c.get("sliding_window") is not None,
         "SGLang's Mistral (LlamaForCausalLM) never reads sliding_window: it attends to the whole prompt "
         "once a prompt outgrows the window",

@@ -24,6 +24,26 @@ class UnknownArchitecture(KeyError):
 
 
 @dataclass(frozen=True)
+class ModuleNames:
+    """Where a family keeps the modules parity hooks, as its checkpoint names them.
+
+    Engines mirror the checkpoint's names to load its weights, so one set of names
+    serves transformers and every engine port of the family.
+    """
+
+    decoder: str = "model"
+    """The decoder stack under the causal-LM head (GPT-J: ``transformer``)."""
+    layers: str = "layers"
+    """The list of decoder layers, under ``decoder`` (GPT-J: ``h``)."""
+    final_norm: str = "norm"
+    """The norm after the last layer, under ``decoder`` (GPT-J: ``ln_f``)."""
+    attention: str = "self_attn"
+    """The attention block of a layer (GPT-J: ``attn``)."""
+    mlp: str = "mlp"
+    """The MLP block of a layer."""
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     model_type: str
     """transformers ``model_type``; the checkpoint's config is ``AutoConfig.for_model(model_type, ...)``."""
@@ -76,9 +96,21 @@ class ArchSpec:
     fixed: Mapping[str, Any] = field(default_factory=dict)
     """Config values held constant (e.g. token ids that must fit a tiny vocabulary)."""
 
+    config_keys: Mapping[str, str] = field(default_factory=dict)
+    """The family's own names for the config keys the strategies draw, where they differ
+    (StableLM's ``layer_norm_eps`` for ``rms_norm_eps``). Written under the family's name,
+    so the report's config is the checkpoint's config.json."""
+
+    rotary_dim_key: str | None = None
+    """Config key stating the rotated width in dimensions (GPT-J's ``rotary_dim``) for a family
+    that reads no ``rope_parameters``; the drawn partial_rotary_factor becomes that width."""
+
+    modules: ModuleNames = ModuleNames()
+    """Module names for capture, if the family's differ from Llama's."""
+
     def __post_init__(self) -> None:
-        object.__setattr__(self, "fixed", MappingProxyType(dict(self.fixed)))
-        object.__setattr__(self, "knobs", MappingProxyType(dict(self.knobs)))
+        for name in ("fixed", "knobs", "config_keys"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         lo, hi = self.layers
         if not 1 <= lo <= hi:
             raise ValueError(f"{self.model_type}: layers must be a range 1 <= lo <= hi, got {self.layers}")
@@ -97,6 +129,27 @@ FEATURES: Mapping[str, str] = MappingProxyType({
     "attn_logit_softcapping": "attn_logit_softcapping",
     "final_logit_softcapping": "final_logit_softcapping",
 })
+
+
+def family_config(spec: ArchSpec, drawn: Mapping[str, Any]) -> dict[str, Any]:
+    """The family's config for a config drawn under parity's key names (see ``ArchSpec.config_keys``)."""
+    config = {spec.config_keys.get(k, k): v for k, v in drawn.items()}
+    if spec.rotary_dim_key:
+        rope = config.pop("rope_parameters")
+        config[spec.rotary_dim_key] = int(rope.get("partial_rotary_factor", 1.0) * config["head_dim"])
+    return config
+
+
+def canonical_config(arch: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` under parity's key names again: what coverage counts across families."""
+    spec = ARCHITECTURES.get(arch)
+    if spec is None:  # a report from a build with other entries
+        return dict(config)
+    renamed = {v: k for k, v in spec.config_keys.items()}
+    out = {renamed.get(k, k): v for k, v in config.items()}
+    if spec.rotary_dim_key and spec.rotary_dim_key in out and out.get("head_dim"):
+        out["rope_parameters"] = {"partial_rotary_factor": out.pop(spec.rotary_dim_key) / out["head_dim"]}
+    return out
 
 
 def features(config: Mapping[str, Any]) -> list[str]:
@@ -163,12 +216,13 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         tie_word_embeddings=(True,),
         fixed={**_NO_SPECIAL_TOKENS, "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh"},
     ),
-    # Fused qkv_proj and gate_up_proj in the checkpoint itself.
+    # Fused qkv_proj and gate_up_proj in the checkpoint itself; LongRoPE as in Phi-3-128k.
     "phi3": ArchSpec(
         model_type="phi3",
         architecture="Phi3ForCausalLM",
         explicit_head_dim=False,
         partial_rotary_factors=(1.0, 0.5, 0.75),
+        rope_types=("default", "longrope"),
         fixed=_NO_SPECIAL_TOKENS,
     ),
     # Gemma plus: tanh soft-capping of attention scores and of the logits (caps small
@@ -183,6 +237,33 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         # Released Gemma-2 configs carry both keys; SGLang 0.5.23 reads only hidden_act
         # (a transformers-5-only config fails to load there with an AttributeError).
         fixed={**_NO_SPECIAL_TOKENS, "hidden_activation": "gelu_pytorch_tanh", "hidden_act": "gelu_pytorch_tanh"},
+    ),
+    # Partial rotary (a quarter of each head by default, rotate-half pairs on the leading
+    # slice) and LayerNorm with a bias instead of RMSNorm; optional q/k/v bias.
+    "stablelm": ArchSpec(
+        model_type="stablelm",
+        architecture="StableLmForCausalLM",
+        explicit_head_dim=False,
+        partial_rotary_factors=(0.25, 0.5, 1.0),
+        knobs={"use_qkv_bias": (False, True)},
+        config_keys={"rms_norm_eps": "layer_norm_eps"},
+        fixed=_NO_SPECIAL_TOKENS,
+    ),
+    # Parallel attention and MLP off one LayerNorm, interleaved (rotate-every-two) RoPE on
+    # the first rotary_dim dimensions, fixed base 10000, a biased lm_head, no GQA; other
+    # config and module names (transformer.h[i].attn, ln_f).
+    "gpt_j": ArchSpec(
+        model_type="gptj",
+        architecture="GPTJForCausalLM",
+        explicit_head_dim=False,
+        gqa_groups=(1,),
+        partial_rotary_factors=(1.0, 0.5, 0.25),
+        rope_thetas=(10000.0,),
+        tie_word_embeddings=(False,),  # vLLM asserts an untied lm_head
+        config_keys={"rms_norm_eps": "layer_norm_epsilon", "intermediate_size": "n_inner"},
+        rotary_dim_key="rotary_dim",
+        modules=ModuleNames(decoder="transformer", layers="h", final_norm="ln_f", attention="attn"),
+        fixed={**_NO_SPECIAL_TOKENS, "activation_function": "gelu_new"},
     ),
 })
 

@@ -17,6 +17,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from parity.registry import ARCHITECTURES, canonical_config
+
 SCHEMA_VERSION = 1
 
 Status = Literal["pass", "diverged", "error", "unsupported"]
@@ -173,7 +175,7 @@ def summarize(examples: list[ExampleRecord]) -> Summary:
 
 
 def _knobs(ex: ExampleRecord) -> dict[str, Any]:
-    c = ex.config
+    c = canonical_config(ex.arch, ex.config)
     rope = c.get("rope_parameters") or {}
     heads, kv, head_dim = c.get("num_attention_heads"), c.get("num_key_value_heads"), c.get("head_dim")
     return {
@@ -185,6 +187,7 @@ def _knobs(ex: ExampleRecord) -> dict[str, Any]:
         "tie_word_embeddings": c.get("tie_word_embeddings"), "attention_bias": c.get("attention_bias"),
         "sliding_window": c.get("sliding_window"), "vocab_size": c.get("vocab_size"),
         "prompts": len(ex.prompts), "decode_steps": ex.decode_steps,
+        **{k: c.get(k) for k in getattr(ARCHITECTURES.get(ex.arch), "knobs", {})},
     }
 
 

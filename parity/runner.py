@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from itertools import combinations
 from pathlib import Path
@@ -146,7 +146,7 @@ class Session:
         acts = self.cfg.out / "activations" / example.id
         acts.mkdir(parents=True, exist_ok=True)
         request = {"checkpoint": str(ckpt), "prompts": [list(p) for p in example.prompts],
-                   "decode_steps": example.decode_steps}
+                   "decode_steps": example.decode_steps, "modules": asdict(registry.get(example.arch).modules)}
         try:
             checkpoint_cache.ensure(ckpt, lambda: self.reference.call(
                 "write_checkpoint", self.cfg.timeout, config=example.config, seed=example.weight_seed, dir=str(ckpt),

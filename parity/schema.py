@@ -9,8 +9,8 @@ name                   shape                        meaning
 =====================  ===========================  =====================================
 ``token_ids``          ``[tokens]`` int64           ids fed to the model at this step
 ``embed``              ``[tokens, hidden]``         output of the token embedding
-``layers.{i}.q_rot``   ``[tokens, heads, head_dim]`` q right after RoPE (full head_dim)
-``layers.{i}.k_rot``   ``[tokens, kv_heads, head_dim]`` k right after RoPE
+``layers.{i}.q_rot``   ``[tokens, heads, head_dim]`` q as attention takes it in (after q norm, RoPE; whole head)
+``layers.{i}.k_rot``   ``[tokens, kv_heads, head_dim]`` k likewise (this forward's tokens)
 ``layers.{i}.attn_out`` ``[tokens, hidden]``        attention output (after o_proj, before any post-norm)
 ``layers.{i}.mlp_out`` ``[tokens, hidden]``         MLP output (before any post-norm)
 ``layers.{i}.residual`` ``[tokens, hidden]``        the full residual stream after layer i

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 from hypothesis import strategies as st
 
 from parity.example import Example
-from parity.registry import ArchSpec
+from parity.registry import ArchSpec, family_config
 
 
 def supported_head_dims(spec: ArchSpec, backend_head_sizes: Iterable[Sequence[int] | None]) -> tuple[int, ...]:
@@ -48,10 +48,17 @@ MAX_POSITIONS = 256  # max_position_embeddings of every generated config
 ROPE_SCALING: dict[str, dict[str, tuple[Any, ...]]] = {
     "default": {},
     "linear": {"factor": (2.0, 4.0, 0.5)},
+    # An original context of 8 is outgrown by most prompts and by decoding: llama3 and yarn
+    # rescale statically, so positions past it must agree too.
     "llama3": {"factor": (8.0, 2.0), "low_freq_factor": (1.0, 2.0), "high_freq_factor": (4.0, 8.0),
-               "original_max_position_embeddings": (64, 16)},
-    "yarn": {"factor": (4.0, 2.0), "original_max_position_embeddings": (64, 16),
+               "original_max_position_embeddings": (64, 16, 8)},
+    "yarn": {"factor": (4.0, 2.0), "original_max_position_embeddings": (64, 16, 8),
              "beta_fast": (32.0, 16.0), "beta_slow": (1.0, 2.0)},
+    # Plus per-frequency short/long factors (see longrope_factors). Sequences stay within the
+    # original context: past it, transformers switches to the long factors per sequence once
+    # it outgrows the context, vLLM uses them for every token whenever max_model_len exceeds
+    # it, SGLang per batch once any position does; three conventions, no reference answer.
+    "longrope": {"original_max_position_embeddings": (64, 128)},
 }
 
 
@@ -71,7 +78,20 @@ def rope_parameters(draw: st.DrawFn, spec: ArchSpec, head_dim: int) -> dict[str,
     factor = draw(st.sampled_from(factors))
     if len(spec.partial_rotary_factors) > 1 or factor != 1.0:
         params["partial_rotary_factor"] = factor
+    if params["rope_type"] == "longrope":
+        params.update(draw(longrope_factors(int(factor * head_dim) // 2)))
     return params
+
+
+@st.composite
+def longrope_factors(draw: st.DrawFn, pairs: int) -> dict[str, list[float]]:
+    """LongRoPE's per-frequency rescale factors, one per rotated pair, rising from 1 on the
+    fastest pair to a top value on the slowest (the shape of released Phi-3 configs)."""
+    def ramp(top: float) -> list[float]:
+        return [1.0 + (top - 1.0) * i / max(pairs - 1, 1) for i in range(pairs)]
+
+    return {"short_factor": ramp(draw(st.sampled_from((1.0, 1.5)))),
+            "long_factor": ramp(draw(st.sampled_from((4.0, 16.0))))}
 
 
 @st.composite
@@ -91,7 +111,7 @@ def model_configs(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) -> 
         **draw(optional_knobs(spec)),
         **spec.fixed,
     }
-    return config
+    return family_config(spec, config)
 
 
 @st.composite

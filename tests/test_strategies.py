@@ -11,7 +11,9 @@ def test_examples_are_valid_by_construction(data):
     spec = registry.get(arch)
     dims = supported_head_dims(spec, [[32, 64, 80], None])
     ex = data.draw(examples(arch, spec, dims, decode_steps=2))
-    c = ex.config
+    # Written under the family's own key names, counted under parity's.
+    assert set(spec.config_keys.values()) <= set(ex.config) and not set(spec.config_keys) & set(ex.config)
+    c = registry.canonical_config(arch, ex.config)
     assert c["num_attention_heads"] % c["num_key_value_heads"] == 0
     assert c["head_dim"] in (32, 64)
     assert spec.layers[0] <= c["num_hidden_layers"] <= spec.layers[1]
@@ -23,6 +25,14 @@ def test_examples_are_valid_by_construction(data):
     assert len({p[0] for p in ex.prompts}) == len(ex.prompts)
     assert all(0 <= t < c["vocab_size"] for p in ex.prompts for t in p)
     assert ex.id == type(ex).from_json(ex.to_json()).id
+
+
+def test_gptj_states_the_rotated_width_in_dimensions():
+    drawn = {"head_dim": 64, "rms_norm_eps": 1e-5, "intermediate_size": 96,
+             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}}
+    written = registry.family_config(registry.get("gpt_j"), drawn)
+    assert written == {"head_dim": 64, "layer_norm_epsilon": 1e-5, "n_inner": 96, "rotary_dim": 16}
+    assert registry.canonical_config("gpt_j", written)["rope_parameters"]["partial_rotary_factor"] == 0.25
 
 
 def test_head_sizes_are_intersected_with_every_backend():

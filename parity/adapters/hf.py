@@ -1,8 +1,12 @@
 """The reference: Hugging Face transformers, eager attention, one prompt at a time.
 
-transformers applies RoPE in a module-level ``apply_rotary_pos_emb`` function,
-not a module, so q/k after RoPE are captured by wrapping that function in the
-model's own modeling module for the duration of a run.
+q/k after RoPE are captured where attention takes them in, after any q/k norm and
+with a partially rotated head put back together (engines' rotary modules return
+them the same way): transformers' module-level ``eager_attention_forward`` of the
+model's own modeling module, or, in families that predate the attention
+interface (GPT-J), the attention module's own ``_attn``. Both are wrapped for the
+duration of a run. Keys arrive concatenated with the cached ones: the last rows
+are this forward's.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from parity import checkpoint as ckpt
-from parity.worker.capture import Hooks, NullRecorder, Recorder, config_head_dim, first, hook_common, save
+from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, config_head_dim, first, hook_common, save
 
 
 def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -43,7 +47,7 @@ class Adapter:
         return ckpt.write(config, seed, dir)
 
     def run(self, checkpoint: str, prompts: Sequence[Sequence[int]], decode_steps: int, dtype: str,
-            out: str, capture: bool = True) -> dict[str, Any]:
+            out: str, capture: bool = True, modules: dict[str, str] | None = None) -> dict[str, Any]:
         from transformers import AutoModelForCausalLM
 
         t0 = time.perf_counter()
@@ -53,7 +57,7 @@ class Adapter:
         ).to(self.device).eval()
         t1 = time.perf_counter()
         rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint)) if capture else NullRecorder()
-        hooks = self._install(model, rec) if capture else Hooks()
+        hooks = self._install(Parts(model, modules), rec) if capture else Hooks()
         try:
             with torch.no_grad():
                 for prompt in prompts:
@@ -65,21 +69,33 @@ class Adapter:
         return {**result, "seconds": {"load": t1 - t0, "forward": t2 - t1, "save": time.perf_counter() - t2}}
 
     @staticmethod
-    def _install(model, rec: Recorder) -> Hooks:
-        decoder = model.model
-        hooks = hook_common(model, rec, decoder.layers, layer_input=_layer_input, norm=decoder.norm,
-                            residual=lambda out, args: first(out), tokens=lambda t: t[0])  # batch of one prompt
-        modeling = sys.modules[type(decoder).__module__]
-        original = modeling.apply_rotary_pos_emb
+    def _install(parts: Parts, rec: Recorder) -> Hooks:
+        hooks = hook_common(rec, parts, layer_input=_layer_input, residual=lambda layer, out, args: first(out),
+                            tokens=lambda t: t[0])  # batch of one prompt
 
-        def apply_rotary_pos_emb(q, k, *args, **kwargs):
-            q, k = original(q, k, *args, **kwargs)
+        def record_qk(query: torch.Tensor, key: torch.Tensor) -> None:
             # [batch=1, heads, seq, head_dim] -> [seq, heads, head_dim]
-            rec.record_layer("q_rot", q[0].transpose(0, 1))
-            rec.record_layer("k_rot", k[0].transpose(0, 1))
-            return q, k
+            rec.record_layer("q_rot", query[0].transpose(0, 1))
+            rec.record_layer("k_rot", key[0, :, -query.shape[-2]:].transpose(0, 1))
 
-        hooks.replace(modeling, "apply_rotary_pos_emb", apply_rotary_pos_emb)
+        modeling = sys.modules[type(parts.decoder).__module__]
+        if hasattr(modeling, "eager_attention_forward"):
+            original = modeling.eager_attention_forward
+
+            def eager_attention_forward(module, query, key, *args, **kwargs):
+                record_qk(query, key)
+                return original(module, query, key, *args, **kwargs)
+
+            hooks.replace(modeling, "eager_attention_forward", eager_attention_forward)
+        else:
+            for layer in parts.layers:
+                attention = parts.attention(layer)
+
+                def attn(query, key, *args, _original=attention._attn, **kwargs):
+                    record_qk(query, key)
+                    return _original(query, key, *args, **kwargs)
+
+                hooks.replace(attention, "_attn", attn)
         return hooks
 
     def _generate(self, model, rec: Recorder, prompt: list[int], decode_steps: int) -> None:

@@ -34,8 +34,8 @@ from typing import Any, Sequence
 
 import torch
 
-from parity.worker.capture import (Hooks, NullRecorder, Recorder, config_head_dim, first, forward_inputs, hook_common,
-                                    hook_rotaries, save)
+from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, config_head_dim, first, forward_inputs,
+                                    hook_common, hook_rotaries, save, takes_residual)
 
 # Where ``layers.{i}.residual`` comes from, read at every capture. "snapshot": SGLang's
 # residual snapshot, the full residual stream (what transformers' layer returns). "raw":
@@ -101,20 +101,25 @@ def _prepare_cpu() -> None:
         )
 
 
-def _residual(output: Any, args: tuple) -> torch.Tensor:
+def _residual(layer: torch.nn.Module, output: Any, args: tuple) -> torch.Tensor:
     if RESIDUAL_FROM == "raw":
         return first(output)
     if RESIDUAL_FROM != "snapshot":
         raise ValueError(f"RESIDUAL_FROM must be 'snapshot' or 'raw', not {RESIDUAL_FROM!r}")
-    if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], torch.Tensor):
+    if isinstance(output, tuple):
+        if not takes_residual(layer):  # StableLM: (stream, mid-layer residual)
+            return output[0]
         # Ports not (yet) on the residual stream (e.g. Gemma, Gemma2) keep the older
         # vLLM-like convention: (hidden_states, residual), the stream is their sum.
         hidden, residual = output
         return hidden + residual
+    # Decoder layers are called as layer(positions, hidden_states, forward_batch, ...).
+    forward_batch = args[2]
+    if forward_batch.residual_stream is None:  # a port that adds its own residual (GPT-J)
+        return output
     from sglang.srt.layers.layer_boundary.residual import batch as residual_batch
 
-    # Decoder layers are called as layer(positions, hidden_states, forward_batch, ...).
-    return residual_batch.snapshot(output, args[2])
+    return residual_batch.snapshot(output, forward_batch)
 
 
 def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -163,7 +168,7 @@ class Adapter:
         return lacking
 
     def run(self, checkpoint: str, prompts: Sequence[Sequence[int]], decode_steps: int, dtype: str,
-            out: str, capture: bool = True) -> dict[str, Any]:
+            out: str, capture: bool = True, modules: dict[str, str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         tokens = sum(len(p) + decode_steps + 1 for p in prompts)
         try:
@@ -174,7 +179,7 @@ class Adapter:
         try:
             t1 = time.perf_counter()
             rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint)) if capture else NullRecorder()
-            hooks = self._install(runner.model, rec) if capture else Hooks()
+            hooks = self._install(Parts(runner.model, modules), rec) if capture else Hooks()
             try:
                 with torch.no_grad():
                     self._generate(runner, rec, prompts, decode_steps)
@@ -231,13 +236,10 @@ class Adapter:
         return runner
 
     @staticmethod
-    def _install(model: torch.nn.Module, rec: Recorder) -> Hooks:
-        decoder = model.model
-        hooks = hook_common(model, rec, decoder.layers, layer_input=_layer_input, norm=decoder.norm,
-                            residual=_residual)
-        hooks.pre(decoder, lambda m, a, kw: rec.begin_forward(*forward_inputs(a, kw)), with_kwargs=True)
-
-        hook_rotaries(hooks, rec, decoder.layers)
+    def _install(parts: Parts, rec: Recorder) -> Hooks:
+        hooks = hook_common(rec, parts, layer_input=_layer_input, residual=_residual)
+        hooks.pre(parts.decoder, lambda m, a, kw: rec.begin_forward(*forward_inputs(a, kw)), with_kwargs=True)
+        hook_rotaries(hooks, rec, parts)
         return hooks
 
     @staticmethod

@@ -1,7 +1,9 @@
 """vLLM, in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so hooks go on the live model.
 
 Conventions normalised here:
-- a decoder layer returns ``(hidden_states, residual)``; the residual stream is their sum;
+- a decoder layer handed the residual (fused add+RMSNorm ports) returns ``(hidden_states,
+  residual)`` and the residual stream is their sum; one that is not (StableLM, GPT-J)
+  returns the stream itself, first;
 - the final norm is fused with the last residual add and returns ``(normed, residual)``;
 - the rotary module returns q/k flattened to ``[tokens, heads * head_dim]``, may be
   shared by all layers (``get_rope`` caches it process-wide, so it is hooked once per
@@ -24,10 +26,13 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default reserve
 
 import torch
 
-from parity.worker.capture import Hooks, Recorder, config_head_dim, forward_inputs, hook_common, hook_rotaries, save
+from parity.worker.capture import (Hooks, Parts, Recorder, config_head_dim, first, forward_inputs, hook_common,
+                                    hook_rotaries, save, takes_residual)
 
 
-def _fused_residual(output: Any, args: tuple) -> torch.Tensor:
+def _residual(layer: torch.nn.Module, output: Any, args: tuple) -> torch.Tensor:
+    if not takes_residual(layer):
+        return first(output)
     hidden, residual = output
     return hidden if residual is None else hidden + residual
 
@@ -63,7 +68,7 @@ class Adapter:
         }
 
     def run(self, checkpoint: str, prompts: Sequence[Sequence[int]], decode_steps: int, dtype: str,
-            out: str, capture: bool = True) -> dict[str, Any]:
+            out: str, capture: bool = True, modules: dict[str, str] | None = None) -> dict[str, Any]:
         from vllm import LLM, SamplingParams
 
         t0 = time.perf_counter()
@@ -79,7 +84,7 @@ class Adapter:
         try:
             t1 = time.perf_counter()
             rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint))
-            hooks: list[Hooks] = llm.apply_model(lambda model: self._install(model, rec)) if capture else []
+            hooks: list[Hooks] = llm.apply_model(lambda model: self._install(Parts(model, modules), rec)) if capture else []
             try:
                 params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, ignore_eos=True, detokenize=False)
                 llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
@@ -96,13 +101,11 @@ class Adapter:
                                       "teardown": time.perf_counter() - t3}}
 
     @staticmethod
-    def _install(model: torch.nn.Module, rec: Recorder) -> Hooks:
-        decoder = model.model
-        hooks = hook_common(model, rec, decoder.layers, layer_input=_layer_input, norm=decoder.norm,
-                            residual=_fused_residual)
-        hooks.before_forward(decoder, lambda *a, **kw: rec.begin_forward(*forward_inputs(a, kw)))
-        hooks.post(model.logits_processor, lambda m, a, o: rec.record_logits(o))
-        hook_rotaries(hooks, rec, decoder.layers)
+    def _install(parts: Parts, rec: Recorder) -> Hooks:
+        hooks = hook_common(rec, parts, layer_input=_layer_input, residual=_residual)
+        hooks.before_forward(parts.decoder, lambda *a, **kw: rec.begin_forward(*forward_inputs(a, kw)))
+        hooks.post(parts.model.logits_processor, lambda m, a, o: rec.record_logits(o))
+        hook_rotaries(hooks, rec, parts)
         return hooks
 
     @staticmethod

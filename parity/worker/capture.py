@@ -6,8 +6,9 @@ them on a live model.
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -149,30 +150,55 @@ class NullRecorder(Recorder):
         pass
 
 
-def hook_common(model: torch.nn.Module, rec: Recorder, layers: Sequence[torch.nn.Module], *,
-                layer_input: Callable[[tuple, dict], torch.Tensor], norm: torch.nn.Module,
-                residual: Callable[[Any, tuple], torch.Tensor],
-                tokens: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, attn: str = "self_attn",
-                mlp: str = "mlp") -> Hooks:
+def takes_residual(layer: torch.nn.Module) -> bool:
+    """Whether a decoder layer is handed the residual (fused add+norm ports): such a layer returns
+    its pending contribution, one that is not (StableLM, GPT-J ports) returns the stream itself."""
+    return "residual" in inspect.signature(layer.forward).parameters
+
+
+class Parts:
+    """The modules of a causal LM that capture hooks, found by the family's module names
+    (see ``parity.registry.ModuleNames``; the run request carries them)."""
+
+    def __init__(self, model: torch.nn.Module, names: Mapping[str, str] | None):
+        from parity.registry import ModuleNames
+
+        self.model = model
+        self.names = ModuleNames(**(names or {}))
+        self.decoder = resolve(model, self.names.decoder)
+        self.layers: Sequence[torch.nn.Module] = resolve(self.decoder, self.names.layers)
+        self.final_norm: torch.nn.Module = resolve(self.decoder, self.names.final_norm)
+
+    def attention(self, layer: torch.nn.Module) -> torch.nn.Module:
+        return resolve(layer, self.names.attention)
+
+    def mlp(self, layer: torch.nn.Module) -> torch.nn.Module:
+        return resolve(layer, self.names.mlp)
+
+
+def hook_common(rec: Recorder, parts: Parts, *, layer_input: Callable[[tuple, dict], torch.Tensor],
+                residual: Callable[[torch.nn.Module, Any, tuple], torch.Tensor],
+                tokens: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> Hooks:
     """Hooks every engine shares: embedding, layer boundaries, attention, MLP and final norm outputs.
 
     ``embed`` is the hidden state entering the first decoder layer, taken by
     ``layer_input(args, kwargs)`` of that layer's call: the token embedding with any
     scale a family applies outside the embedding module (Gemma's sqrt(hidden), which
     transformers folds into its embedding module and engines apply in place after it).
-    ``residual`` maps a decoder layer's raw output and positional arguments to the
+    ``residual`` maps a decoder layer, its raw output and positional arguments to the
     full residual stream: this is where each engine's layer-output convention is
     normalised (SGLang's needs the layer's ``forward_batch`` argument).
     ``tokens`` maps a module output to ``[tokens, ...]`` (e.g. drops a batch axis).
     """
     hooks = Hooks()
+    layers = parts.layers
     hooks.pre(layers[0], lambda m, a, kw: rec.record("embed", tokens(layer_input(a, kw))), with_kwargs=True)
-    hooks.post(norm, lambda m, a, out: rec.record("final_norm", tokens(first(out))))
+    hooks.post(parts.final_norm, lambda m, a, out: rec.record("final_norm", tokens(first(out))))
     for i, layer in enumerate(layers):
         hooks.pre(layer, lambda m, a, i=i: rec.enter_layer(i))
-        hooks.post(layer, lambda m, a, out: rec.record_layer("residual", tokens(residual(out, a))))
-        hooks.post(getattr(layer, attn), lambda m, a, out: rec.record_layer("attn_out", tokens(first(out))))
-        hooks.post(getattr(layer, mlp), lambda m, a, out: rec.record_layer("mlp_out", tokens(first(out))))
+        hooks.post(layer, lambda m, a, out: rec.record_layer("residual", tokens(residual(m, out, a))))
+        hooks.post(parts.attention(layer), lambda m, a, out: rec.record_layer("attn_out", tokens(first(out))))
+        hooks.post(parts.mlp(layer), lambda m, a, out: rec.record_layer("mlp_out", tokens(first(out))))
     return hooks
 
 def config_head_dim(checkpoint: str) -> int:
@@ -204,7 +230,7 @@ def forward_inputs(args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, t
     return values["positions"], values["input_ids"]
 
 
-def hook_rotaries(hooks: Hooks, rec: Recorder, layers: Sequence[torch.nn.Module]) -> None:
+def hook_rotaries(hooks: Hooks, rec: Recorder, parts: Parts) -> None:
     """q/k after RoPE from engine rotary modules returning ``(q, k)`` flattened to ``[tokens, heads * head_dim]``.
 
     ``get_rope`` caches one rotary object for all layers with the same settings: a
@@ -215,7 +241,7 @@ def hook_rotaries(hooks: Hooks, rec: Recorder, layers: Sequence[torch.nn.Module]
         rec.record_heads("q_rot", q)
         rec.record_heads("k_rot", k)
 
-    rotaries = {id(layer.self_attn.rotary_emb): layer.self_attn.rotary_emb for layer in layers}
+    rotaries = {id(r): r for r in (parts.attention(layer).rotary_emb for layer in parts.layers)}
     for rotary in rotaries.values():
         hooks.post(rotary, rotated)
 
