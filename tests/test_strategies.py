@@ -20,6 +20,8 @@ def test_examples_are_valid_by_construction(data):
     rope = c["rope_parameters"]
     rotary = rope.get("partial_rotary_factor", 1.0) * c["head_dim"]
     assert rotary == int(rotary) and int(rotary) % 2 == 0
+    if rope.get("rope_type") == "longrope":  # one rescale factor per rotated pair
+        assert len(rope["short_factor"]) == len(rope["long_factor"]) == int(rotary) // 2
     lengths = [len(p) for p in ex.prompts]
     assert len(set(lengths)) == len(lengths), "the token router needs distinct prompt lengths"
     assert len({p[0] for p in ex.prompts}) == len(ex.prompts)
