@@ -1,7 +1,8 @@
 """Divergences parity found in released engines, investigated and written up.
 
 A result whose first divergence matches an entry is still reported as
-``diverged``, with the entry's diagnosis attached as ``known_issue``. It does
+``diverged`` (an error matching an entry's message, as ``error``), with the
+entry's diagnosis attached as ``known_issue``. It does
 not fail the run (exit code) or drive the search (no shrinking), so a known
 engine bug neither hides new ones nor costs a shrink per example. Entries name
 the engine version they were diagnosed on; a newer engine is held to ``pass``
@@ -22,16 +23,23 @@ class KnownIssue:
 
     arch: str
     kinds: tuple[str, ...]
-    """First-divergence tensor kinds the bug explains."""
+    """First-divergence tensor kinds the bug explains; ``"error"`` for a failure to load or run."""
 
     applies: Callable[[Mapping[str, Any]], bool]
     """Which configs trigger it."""
 
     diagnosis: str
 
+    message: str = ""
+    """Text the error's reason must contain (entries for ``"error"``), so only this failure matches."""
+
 
 def _partial_rotary(config: Mapping[str, Any]) -> bool:
     return (config.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0) < 1.0
+
+
+def _partial_longrope(config: Mapping[str, Any]) -> bool:
+    return _partial_rotary(config) and config["rope_parameters"].get("rope_type") == "longrope"
 
 
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
@@ -49,6 +57,12 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "sglang", "0.5.23", "phi3", ("q_rot", "k_rot"), _partial_rotary,
         "SGLang's Phi3 (LlamaAttention) reads partial_rotary_factor only as a top-level config attribute; "
         "transformers 5 keeps it in rope_parameters, so SGLang rotates the whole head",
+    ),
+    KnownIssue(
+        "sglang", "0.5.23", "phi3", ("error",), _partial_longrope,
+        "the partial_rotary_factor bug above, with LongRoPE: SGLang sizes the rotary tables for the whole head, "
+        "the config's short/long factors (one per rotated pair) do not fit and the model fails to load",
+        message="_compute_inv_freq",
     ),
     KnownIssue(
         "sglang", "0.5.23", "stablelm", ("q_rot", "k_rot"),
@@ -75,11 +89,13 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
 )
 
 
-def explain(engines: Iterable[tuple[str, str]], arch: str, config: Mapping[str, Any], kind: str) -> str | None:
-    """The diagnosis of a known issue explaining a divergence of ``kind`` on any of ``engines`` (name, version)."""
+def explain(engines: Iterable[tuple[str, str]], arch: str, config: Mapping[str, Any], kind: str,
+            message: str = "") -> str | None:
+    """The diagnosis of a known issue explaining a divergence of ``kind`` (or an error with ``message``)
+    on any of ``engines`` (name, version)."""
     for engine, version in engines:
         for issue in KNOWN_ISSUES:
             if (issue.engine, issue.version, issue.arch) == (engine, version, arch) and kind in issue.kinds \
-                    and issue.applies(config):
+                    and issue.message in message and issue.applies(config):
                 return f"{engine} {version}: {issue.diagnosis}"
     return None

@@ -39,7 +39,7 @@ def render(report: Report, html: Path | None = None) -> str:
             lines.append(f"| … {len(rows) - MAX_FAILURES} more | | | |")
         lines += ["", f"Replay: `{failing[0].replay}`"]
     if known:
-        lines += ["", "Known engine issues (reported as diverged, not failing; parity/known_issues.py):", ""]
+        lines += ["", "Known engine issues (reported as diverged or error, not failing; parity/known_issues.py):", ""]
         lines += [f"- {k}" for k in known]
     if html is not None:
         lines += ["", f"Per-layer plots, heatmaps and per-token errors: `{html}`"]

@@ -71,7 +71,7 @@ class BackendResult(Record):
     status: Status
     reason: str | None = None
     first_divergence: Divergence | None = None
-    known_issue: str | None = Field(None, description="diagnosis of the known engine bug this divergence is "
+    known_issue: str | None = Field(None, description="diagnosis of the known engine bug this divergence or error is "
                                                        "(parity/known_issues.py); such results do not fail a run")
     max_rel_l2: float | None = Field(None, description="largest relative L2 over compared tensors")
     notes: list[str] = []

@@ -202,11 +202,12 @@ class Session:
             pair = f"{a}~{b}"
             results[pair] = self._judge(pair, captured[a], captured[b], floors, PAIR_FACTOR)
         for label, result in results.items():
-            if result.first_divergence is not None:
+            kind = result.first_divergence.kind if result.first_divergence else "error" if result.status == "error" else None
+            if kind:
                 engines = [(w.hello["engine"], w.hello["versions"].get(w.hello["engine"], "")) for w in
                            (self.workers[part] for part in label.split("~"))]
-                result.known_issue = known_issues.explain(engines, example.arch, example.config,
-                                                          result.first_divergence.kind)
+                result.known_issue = known_issues.explain(engines, example.arch, example.config, kind,
+                                                          result.reason or "")
         record = ExampleRecord(
             id=example.id, arch=example.arch, role=role, description=example.describe(), config=example.config,
             weight_seed=example.weight_seed, prompts=[list(p) for p in example.prompts],
