@@ -52,8 +52,8 @@ class Example:
         rope_type = (c.get("rope_parameters") or {}).get("rope_type", "default")
         if rope_type != "default":
             bits.append(f"rope={rope_type}")
-        for key in ("rotary_dim", "attention_bias", "use_qkv_bias", "sliding_window", "attn_logit_softcapping",
-                    "final_logit_softcapping"):
+        for key in ("rotary_dim", "attention_bias", "use_qkv_bias", "qk_layernorm", "use_parallel_residual",
+                    "sliding_window", "attn_logit_softcapping", "final_logit_softcapping"):
             if c.get(key) not in (None, False):
                 bits.append(f"{key}={c[key]}")
         bits.append("prompt_lens=" + ",".join(str(len(p)) for p in self.prompts))

@@ -77,6 +77,24 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "lm_head.weight and the head keeps its uninitialised memory (logits off by up to 1e11 relative)",
     ),
     KnownIssue(
+        "vllm", "0.32.0", "stablelm", ("error",),
+        lambda c: bool(c.get("qk_layernorm") or c.get("use_parallel_residual")),
+        "vLLM's StableLM port has neither per-head q/k LayerNorms (qk_layernorm) nor the parallel residual "
+        "(use_parallel_residual, whose layers have no post-attention norm): StableLM-2-12B-style checkpoints "
+        "fail to load", message="layernorm",
+    ),
+    KnownIssue(
+        "sglang", "0.5.23", "stablelm", ("error",), lambda c: bool(c.get("qk_layernorm")),
+        "SGLang's StableLM port has no per-head q/k LayerNorms: a qk_layernorm checkpoint fails to load",
+        message="_layernorm.norms",
+    ),
+    KnownIssue(
+        "sglang", "0.5.23", "stablelm", ("mlp_out",), lambda c: bool(c.get("use_parallel_residual")),
+        "SGLang's StableLM ignores use_parallel_residual: its MLP reads a post-attention LayerNorm of h + attn, "
+        "a norm the checkpoint does not have (left at its initial values), instead of the shared input norm; "
+        "silently wrong from layer 0",
+    ),
+    KnownIssue(
         "sglang", "0.5.23", "gpt_j", ("logits",), lambda c: True,
         "SGLang's GPTJForCausalLM builds and loads lm_head with a bias, but LogitsProcessor.forward has no "
         "bias argument and the model never adds it: logits lack lm_head.bias",

@@ -239,13 +239,14 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         fixed={**_NO_SPECIAL_TOKENS, "hidden_activation": "gelu_pytorch_tanh", "hidden_act": "gelu_pytorch_tanh"},
     ),
     # Partial rotary (a quarter of each head by default, rotate-half pairs on the leading
-    # slice) and LayerNorm with a bias instead of RMSNorm; optional q/k/v bias.
+    # slice) and LayerNorm with a bias instead of RMSNorm; optional q/k/v bias, and
+    # StableLM-2-12B's per-head q/k LayerNorms and parallel attention + MLP.
     "stablelm": ArchSpec(
         model_type="stablelm",
         architecture="StableLmForCausalLM",
         explicit_head_dim=False,
         partial_rotary_factors=(0.25, 0.5, 1.0),
-        knobs={"use_qkv_bias": (False, True)},
+        knobs={"use_qkv_bias": (False, True), "qk_layernorm": (False, True), "use_parallel_residual": (False, True)},
         config_keys={"rms_norm_eps": "layer_norm_eps"},
         fixed=_NO_SPECIAL_TOKENS,
     ),

@@ -19,7 +19,7 @@ def test_vllm_agrees_with_transformers(parity_sessions, arch):
     results = [r for ex in session.records.values() if ex.arch == arch for r in ex.results]
     assert minimal is None, session.records[minimal].results
     known = [r for r in results if r.known_issue]  # vLLM bugs parity found and diagnosed (parity/known_issues.py)
-    assert all(r.status == "diverged" and r.known_issue.startswith("vllm") for r in known)
+    assert all(r.status in ("diverged", "error") and r.known_issue.startswith("vllm") for r in known)
     results = [r for r in results if not r.known_issue]
     assert results and {r.status for r in results} == {"pass"}
     worst = max(r.max_rel_l2 for r in results)
