@@ -60,8 +60,9 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     ),
     KnownIssue(
         "sglang", "0.5.23", "phi3", ("error",), _partial_longrope,
-        "the partial_rotary_factor bug above, with LongRoPE: SGLang sizes the rotary tables for the whole head, "
-        "the config's short/long factors (one per rotated pair) do not fit and the model fails to load",
+        "SGLang's Phi3 ignores partial_rotary_factor in rope_parameters (see its q_rot entry); with LongRoPE it "
+        "sizes the rotary tables for the whole head, the config's short/long factors (one per rotated pair) do "
+        "not fit and the model fails to load",
         message="_compute_inv_freq",
     ),
     KnownIssue(

@@ -247,7 +247,7 @@ class Session:
             extra = f" {r.max_rel_l2:.1e}" if r.status == "pass" and r.max_rel_l2 is not None else ""
             if r.first_divergence:
                 extra = f" at {r.first_divergence.tensor} (step {r.first_divergence.step})"
-                extra += " [known engine issue]" if r.known_issue else ""
+            extra += " [known engine issue]" if r.known_issue else ""
             parts.append(f"{r.backend} {r.status}{extra}")
         tag = {"generated": "", "shrink": " [shrinking]", "replay": " [replay]"}[record.role]
         self.log(f"[{len(self.records):>3}] {record.description}{tag}: {'; '.join(parts)} ({seconds:.1f}s)")
