@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from parity import __version__, profiles, registry
+from parity import __version__, known_issues, profiles, registry
 from parity.backends import BACKENDS, BackendSpec, BackendUsageError
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -190,7 +190,8 @@ def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
 
         def matrix(session: Session) -> list[str]:
             """One row per architecture, one cell per worker: yes, partial (some features the family
-            may turn on are lacking) or no, with the engine's reasons below the table."""
+            may turn on are lacking) or no, with the engine's reasons below the table; ``*`` marks
+            known engine bugs on some configs (parity/known_issues.py), listed below too."""
             workers = [session.reference, *session.engines]
             rows = ["", f"{'':10} " + " ".join(f"{w.label:12}" for w in workers)]
             notes: list[str] = []
@@ -205,8 +206,10 @@ def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
                         cell = "partial" if reasons else "yes"
                     else:
                         cell = "no"
-                    cells.append(f"{cell:12}")
+                    known = known_issues.listed(w.hello["engine"], w.hello["versions"].get(w.hello["engine"], ""), name)
+                    cells.append(f"{cell + ('*' if known and cell != 'no' else ''):12}")
                     notes += [f"{name} on {w.label}: {r}" for r in reasons]
+                    notes += [f"{name} on {w.label}: known issue ({', '.join(i.kinds)}): {i.diagnosis}" for i in known]
                 rows.append(f"{name:10} " + " ".join(cells))
             return rows + [""] + notes
 

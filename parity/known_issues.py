@@ -108,6 +108,11 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
 )
 
 
+def listed(engine: str, version: str, arch: str) -> list[KnownIssue]:
+    """The known issues of one engine version on one architecture (for the support matrix)."""
+    return [i for i in KNOWN_ISSUES if (i.engine, i.version, i.arch) == (engine, version, arch)]
+
+
 def explain(engines: Iterable[tuple[str, str]], arch: str, config: Mapping[str, Any], kind: str,
             message: str = "") -> str | None:
     """The diagnosis of a known issue explaining a divergence of ``kind`` (or an error with ``message``)
