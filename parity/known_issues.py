@@ -42,6 +42,12 @@ def _partial_longrope(config: Mapping[str, Any]) -> bool:
     return _partial_rotary(config) and config["rope_parameters"].get("rope_type") == "longrope"
 
 
+def _longrope_outgrown(config: Mapping[str, Any]) -> bool:
+    """LongRoPE with an original context the prompts and decoding outgrow (engines' max_model_len >= 64)."""
+    rope = config.get("rope_parameters") or {}
+    return rope.get("rope_type") == "longrope" and rope["original_max_position_embeddings"] < 64
+
+
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue(
         "vllm", "0.32.0", "qwen3", ("attn_out",), lambda c: bool(c.get("attention_bias")),
@@ -99,6 +105,19 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "sglang", "0.5.23", "gpt_j", ("logits",), lambda c: True,
         "SGLang's GPTJForCausalLM builds and loads lm_head with a bias, but LogitsProcessor.forward has no "
         "bias argument and the model never adds it: logits lack lm_head.bias",
+    ),
+    KnownIssue(
+        "vllm", "0.32.0", "phi3", ("q_rot", "k_rot"), _longrope_outgrown,
+        "by design: vLLM applies LongRoPE's long factors to every token whenever max_model_len exceeds "
+        "original_max_position_embeddings (so its KV cache never mixes the two; it logs a warning), "
+        "transformers the short ones until a sequence outgrows the original context",
+    ),
+    KnownIssue(
+        "sglang", "0.5.23", "phi3", ("q_rot", "k_rot"), _longrope_outgrown,
+        "SGLang picks LongRoPE's long or short factors for a whole batch, long once any position exceeds "
+        "original_max_position_embeddings; transformers decides per sequence, long once its length exceeds "
+        "it (one token earlier): a short prompt batched with a long one, or a decode step at that boundary, "
+        "is rotated differently",
     ),
     KnownIssue(
         "sglang", "0.5.23", "mistral", ("attn_out",), lambda c: c.get("sliding_window") is not None,

@@ -54,11 +54,10 @@ ROPE_SCALING: dict[str, dict[str, tuple[Any, ...]]] = {
                "original_max_position_embeddings": (64, 16, 8)},
     "yarn": {"factor": (4.0, 2.0), "original_max_position_embeddings": (64, 16, 8),
              "beta_fast": (32.0, 16.0), "beta_slow": (1.0, 2.0)},
-    # Plus per-frequency short/long factors (see longrope_factors). Sequences stay within the
-    # original context: past it, transformers switches to the long factors per sequence once
-    # it outgrows the context, vLLM uses them for every token whenever max_model_len exceeds
-    # it, SGLang per batch once any position does; three conventions, no reference answer.
-    "longrope": {"original_max_position_embeddings": (64, 128)},
+    # Plus per-frequency short/long factors (see longrope_factors). An original context of 8
+    # is outgrown by prompts and decoding: transformers then switches to the long factors per
+    # sequence, the engines do not (see parity/known_issues.py).
+    "longrope": {"original_max_position_embeddings": (64, 128, 8)},
 }
 
 
@@ -111,6 +110,12 @@ def model_configs(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) -> 
         **draw(optional_knobs(spec)),
         **spec.fixed,
     }
+    rope = config["rope_parameters"]
+    if rope["rope_type"] == "longrope":
+        # LongRoPE checkpoints (Phi-3) state the original context at top level too, and
+        # transformers' Phi3Config replaces rope_parameters' value with its top-level default
+        # (4096) when it is missing there.
+        config["original_max_position_embeddings"] = rope["original_max_position_embeddings"]
     return family_config(spec, config)
 
 
