@@ -128,7 +128,7 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
 
 
 def listed(engine: str, version: str, arch: str) -> list[KnownIssue]:
-    """The known issues of one engine version on one architecture (for the support matrix)."""
+    """The known issues of one engine version on one architecture."""
     return [i for i in KNOWN_ISSUES if (i.engine, i.version, i.arch) == (engine, version, arch)]
 
 
@@ -137,8 +137,7 @@ def explain(engines: Iterable[tuple[str, str]], arch: str, config: Mapping[str, 
     """The diagnosis of a known issue explaining a divergence of ``kind`` (or an error with ``message``)
     on any of ``engines`` (name, version)."""
     for engine, version in engines:
-        for issue in KNOWN_ISSUES:
-            if (issue.engine, issue.version, issue.arch) == (engine, version, arch) and kind in issue.kinds \
-                    and issue.message in message and issue.applies(config):
+        for issue in listed(engine, version, arch):
+            if kind in issue.kinds and issue.message in message and issue.applies(config):
                 return f"{engine} {version}: {issue.diagnosis}"
     return None
