@@ -7,6 +7,9 @@ session and clone reuses them.
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import nox
 
 nox.options.sessions = ["tests", "parity"]  # bench and parity-gpu on request
@@ -15,9 +18,23 @@ nox.options.reuse_existing_virtualenvs = True
 DEFAULT_BACKENDS = ["vllm", "sglang"]
 
 
+def _ensure_chromium(session: nox.Session) -> None:
+    """The HTML report is tested in a real headless browser: Debian's chromium, never a downloaded one."""
+    if shutil.which("chromium"):
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    if not shutil.which("apt-get") or (sudo and not shutil.which("sudo")):
+        session.error("chromium is missing: install it (Debian/Ubuntu: sudo apt-get install chromium), then rerun")
+    session.log("installing Debian's chromium for the HTML report test (once)")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run(*sudo, "apt-get", "update", "-qq", external=True, env=env, silent=True)
+    session.run(*sudo, "apt-get", "install", "-y", "-qq", "chromium", external=True, env=env, silent=True)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite, real CPU engines included."""
+    """Run the test suite, real CPU engines included (installs Debian's chromium if it is missing)."""
+    _ensure_chromium(session)
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
 
