@@ -56,6 +56,13 @@ def parity_gpu(session: nox.Session) -> None:
                 "--out", "reports/latest-gpu", *backends, *session.posargs)
 
 
+@nox.session(name="gpu-smoke", default=False)
+def gpu_smoke(session: nox.Session) -> None:
+    """On a GPU machine: the reference on CUDA (fp32, bf16) judged against the CPU reference. Never in CI."""
+    session.install("-e", ".")
+    session.run("python", "-m", "parity.gpu_smoke", *session.posargs)
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """Time parity per example against the bare CPU engines; prints a Markdown table."""

@@ -1,0 +1,138 @@
+"""GPU smoke check of the reference path: transformers on CUDA, judged against the CPU.
+
+``python -m parity.gpu_smoke --python PYTHON`` starts two reference workers on one
+interpreter that has torch and transformers (no engine wheel needed): one on the CPU,
+which writes each checkpoint and runs it in fp64 and at every dtype under test (the
+noise floors), and one on CUDA. The CUDA worker's captures are judged exactly like an
+engine's: against the fp64 truth, each tensor within ``FLOOR_FACTOR`` times the CPU
+reference's own error at that dtype. It checks that the capture path (hooks, key
+set, token routing, transfer off the device) works on CUDA and that the noise-floor
+bands measured on the CPU hold for GPU kernels. Not part of CI: there is no GPU there.
+
+Exit 0 when every CUDA capture is within its bands, 1 when one is not, 2 on a setup
+error. ``--device cpu`` runs the same path with both workers on the CPU (the test
+suite uses it to keep this script working on machines without a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from hypothesis import Phase, given, settings
+from hypothesis import seed as hypothesis_seed
+from safetensors.numpy import load_file
+
+from parity import compare, registry
+from parity import envs
+from parity.backends import BACKENDS, BackendSpec
+from parity.example import Example
+from parity.pool import Worker, WorkerError
+from parity.strategies import examples as example_strategy
+
+TIMEOUT = 300.0
+
+
+def draw(arch: str, count: int, seed: int, decode_steps: int) -> list[Example]:
+    """The first ``count`` examples parity's own strategies generate for ``arch`` under ``seed``."""
+    spec = registry.get(arch)
+    drawn: list[Example] = []
+
+    @hypothesis_seed(seed)
+    @settings(max_examples=count, database=None, deadline=None, phases=(Phase.generate,))
+    @given(example_strategy(arch, spec, spec.head_dims, decode_steps))
+    def collect(example: Example) -> None:
+        drawn.append(example)
+
+    collect()
+    return drawn[:count]
+
+
+def check(example: Example, cpu: Worker, gpu: Worker, dtypes: list[str], work: Path) -> list[str]:
+    """One example at every dtype; returns one line per dtype, starting with PASS or FAIL."""
+    ckpt = work / example.checkpoint_id
+    cpu.call("write_checkpoint", TIMEOUT, config=example.config, seed=example.weight_seed, dir=str(ckpt))
+    request = {"checkpoint": str(ckpt), "prompts": [list(p) for p in example.prompts],
+               "decode_steps": example.decode_steps, "modules": asdict(registry.get(example.arch).modules)}
+    out = work / example.id
+    out.mkdir()
+    exact = load_file(cpu.call("run", TIMEOUT, **request, dtype="float64", out=str(out / "cpu-float64"))["file"])
+    lines = []
+    for dtype in dtypes:
+        low = load_file(cpu.call("run", TIMEOUT, **request, dtype=dtype, out=str(out / f"cpu-{dtype}"))["file"])
+        t0 = time.monotonic()
+        reply = gpu.call("run", TIMEOUT, **request, dtype=dtype, out=str(out / f"gpu-{dtype}"))
+        seconds = time.monotonic() - t0
+        captured = load_file(reply["file"])
+        if set(captured) != set(exact):
+            missing, extra = sorted(set(exact) - set(captured)), sorted(set(captured) - set(exact))
+            lines.append(f"FAIL {dtype}: capture keys differ (missing {missing[:3]}, extra {extra[:3]})")
+            continue
+        rows, first, notes = compare.compare(captured, exact, compare.floors(low, exact), dtype)
+        judged = [r for r in rows if r.verdict != "skipped"]
+        worst = max(judged, key=lambda r: r.rel_l2 / r.band)
+        cpu_err = max(r.floor for r in judged)
+        status = "FAIL" if first else "PASS"
+        where = f" first divergence {first.tensor} step {first.step} rel. L2 {first.rel_l2:.2e} > band {first.band:.2e}" \
+            if first else ""
+        skipped = f", {len(rows) - len(judged)} rows skipped (greedy tokens differ)" if len(judged) < len(rows) else ""
+        lines.append(f"{status} {dtype}: {len(judged)} tensors, max rel. L2 {max(r.rel_l2 for r in judged):.2e} "
+                     f"(CPU reference's own {cpu_err:.2e}), worst {worst.rel_l2 / worst.band:.2f} of its band "
+                     f"at {worst.tensor}; forward {seconds:.2f}s{skipped}{where}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m parity.gpu_smoke", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--python", help="interpreter with torch and transformers for both workers "
+                                         "(default: parity's managed transformers environment for the device)")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                        help="where the judged worker runs. Default: %(default)r")
+    parser.add_argument("--dtype", action="append", choices=["float32", "bfloat16", "float16"],
+                        help="dtypes to judge (repeatable). Default: float32 and bfloat16")
+    parser.add_argument("--arch", action="append", help="architectures. Default: every registry entry")
+    parser.add_argument("--examples", type=int, default=2, help="examples per architecture. Default: %(default)r")
+    parser.add_argument("--seed", type=int, default=0, help="Hypothesis seed of the drawn examples. Default: %(default)r")
+    parser.add_argument("--out", type=Path, help="keep checkpoints, captures and worker logs here")
+    args = parser.parse_args(argv)
+    dtypes = args.dtype or ["float32", "bfloat16"]
+    archs = args.arch or list(registry.ARCHITECTURES)
+    try:
+        for arch in archs:
+            registry.get(arch)
+        python = args.python or str(envs.ensure(BACKENDS["transformers"], args.device))
+    except (registry.UnknownArchitecture, envs.EnvBuildError) as exc:
+        print(f"gpu_smoke: error: {exc}", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="parity-gpu-smoke-") as tmp:
+        work = args.out or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        workers = [Worker(BackendSpec("transformers", label), python, device, work / "logs", work)
+                   for label, device in (("reference", "cpu"), (f"judged-{args.device}", args.device))]
+        failed = 0
+        try:
+            for w in workers:
+                hello = w.start()
+                print(f"{w.label} worker: {' '.join(f'{k} {v}' for k, v in hello['versions'].items())}", flush=True)
+            for arch in archs:
+                for example in draw(arch, args.examples, args.seed, decode_steps=2):
+                    for line in check(example, *workers, dtypes, work):
+                        failed += line.startswith("FAIL")
+                        print(f"{example.describe()}: {line}", flush=True)
+        except WorkerError as exc:
+            print(f"gpu_smoke: error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            for w in workers:
+                w.stop()
+    print(f"gpu_smoke: {failed} failing example/dtype pairs", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
