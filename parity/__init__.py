@@ -11,7 +11,7 @@ __all__ = ["__version__", "load_report"]
 
 def __getattr__(name: str):
     if name == "load_report":
-        from parity.tables import load_report
+        from parity.frame import load_report
 
         return load_report
     raise AttributeError(f"module 'parity' has no attribute {name!r}")

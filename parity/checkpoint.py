@@ -29,15 +29,17 @@ def build_config(config: dict[str, Any]):
 @torch.no_grad()
 def randomize(model: torch.nn.Module, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
+    # By module type, whatever a family calls them (embed_tokens, wte); a tied lm_head shares the table.
+    embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
     seen: set[int] = set()
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if id(param) in seen:  # tied weights: initialise once
             continue
         seen.add(id(param))
         noise = torch.randn(param.shape, generator=gen, dtype=torch.float64)
         if param.dim() == 1:
             value = param.double() + 0.1 * noise
-        elif "embed" in name or "wte" in name:
+        elif id(param) in embeddings:
             value = noise
         else:
             value = noise / param.shape[-1] ** 0.5

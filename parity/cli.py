@@ -225,7 +225,7 @@ def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_schema(args: argparse.Namespace, argv: list[str]) -> int:
-    from parity.report import Report
+    from parity.records import Report
 
     print(json.dumps(Report.model_json_schema(), indent=1))
     return EXIT_OK

@@ -7,7 +7,7 @@ from typing import Mapping
 import numpy as np
 
 from parity import schema, tolerance
-from parity.report import Divergence, Metrics, TensorRow
+from parity.records import Divergence, Metrics, TensorRow
 
 Tensors = Mapping[str, np.ndarray]
 

@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from parity.registry import ARCHITECTURES, canonical_config
+
 # Part of every checkpoint's cache key: bump when parity/checkpoint.py changes the weights it writes.
 CHECKPOINT_RECIPE = 1
 
@@ -43,18 +45,16 @@ class Example:
                    decode_steps=int(d["decode_steps"]))
 
     def describe(self) -> str:
-        c = self.config
+        """One line naming the shape and every family knob that is on (see ``ArchSpec.family_knobs``)."""
+        c = canonical_config(self.arch, self.config)
+        rope = c.get("rope_parameters") or {}
         bits = [f"layers={c['num_hidden_layers']}", f"heads={c['num_attention_heads']}/{c['num_key_value_heads']}",
                 f"head_dim={c.get('head_dim')}", f"hidden={c['hidden_size']}"]
-        prf = (c.get("rope_parameters") or {}).get("partial_rotary_factor")
-        if prf is not None:
-            bits.append(f"partial_rotary_factor={prf}")
-        rope_type = (c.get("rope_parameters") or {}).get("rope_type", "default")
-        if rope_type != "default":
-            bits.append(f"rope={rope_type}")
-        for key in ("rotary_dim", "attention_bias", "use_qkv_bias", "qk_layernorm", "use_parallel_residual",
-                    "sliding_window", "attn_logit_softcapping", "final_logit_softcapping"):
-            if c.get(key) not in (None, False):
-                bits.append(f"{key}={c[key]}")
+        if "partial_rotary_factor" in rope:
+            bits.append(f"partial_rotary_factor={rope['partial_rotary_factor']}")
+        if rope.get("rope_type", "default") != "default":
+            bits.append(f"rope={rope['rope_type']}")
+        spec = ARCHITECTURES.get(self.arch)
+        bits += [f"{key}={c[key]}" for key in (spec.family_knobs if spec else ()) if c.get(key) not in (None, False)]
         bits.append("prompt_lens=" + ",".join(str(len(p)) for p in self.prompts))
         return f"{self.arch}(" + " ".join(bits) + ")"

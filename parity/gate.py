@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from parity import tolerance
-from parity.markdown import cell
-from parity.report import BackendResult, Report, TensorRow, step_name
+from parity.records import BackendResult, Report, TensorRow
+from parity.tables import cell, step_name
 
 
 class ReportMismatch(ValueError):

@@ -14,8 +14,8 @@ import math
 from html import escape
 
 from parity import schema
-from parity.report import (STATUSES, BackendInfo, BackendResult, Divergence, ExampleRecord, Report, TensorRow,
-                           step_name)
+from parity.records import BackendInfo, BackendResult, Divergence, ExampleRecord, Report, TensorRow
+from parity.tables import COLUMNS, KNOWN, known_issues_seen, shown_counts, shown_status, step_name, verdict
 
 KIND_COLORS = {"q_rot": "#1f77b4", "k_rot": "#ff7f0e", "attn_out": "#2ca02c", "mlp_out": "#9467bd",
                "residual": "#8c564b"}
@@ -42,7 +42,9 @@ def render(report: Report) -> str:
         f"parity {_e(report.parity_version)}"
         + ("" if report.complete else ' — <strong class="st-error">incomplete run</strong>') + "</p>",
         f"<p>Command: <code>{_e(report.command)}</code></p>",
-        "<h2>Summary</h2>", _summary_table(report), "<h2>Examples</h2>", _index_table(report),
+        f'<p class="verdict">{_e(verdict(report))}</p>',
+        "<h2>Summary</h2>", _summary_table(report), _known_issues(report),
+        "<h2>Examples</h2>", _index_table(report),
         "<h2>Versions</h2>", _versions_table([report.reference, *report.backends]),
         *(_example(ex) for ex in report.examples),
         f"<script>{_JS}</script></body></html>",
@@ -52,20 +54,38 @@ def render(report: Report) -> str:
 
 # -- tables -------------------------------------------------------------------
 
-def _status(status: str) -> str:
-    return f'<span class="st st-{_e(status)}">{_e(status)}</span>'
+def _badge(shown: str, title: str = "") -> str:
+    tip = f' title="{_e(title)}"' if title else ""
+    return f'<span class="st st-{_e(shown.replace(" ", "-"))}"{tip}>{_e(shown)}</span>'
+
+
+def _status(r: BackendResult) -> str:
+    """The result's badge; a known engine issue gets its own, its tooltip the status report.json keeps."""
+    return _badge(shown_status(r), f"{r.status}: {r.known_issue}" if r.known_issue else "")
 
 
 def _summary_table(report: Report) -> str:
     s = report.summary
-    head = "".join(f"<th>{h}</th>" for h in ("group", "name", *STATUSES, "max rel. L2 (passing)"))
+    head = "".join(f"<th>{h}</th>" for h in ("group", "name", *COLUMNS, "max rel. L2 (passing)"))
     rows = []
-    for group, table in (("backend", s.by_backend), ("architecture", s.by_arch)):
+    for group, table, known in (("backend", s.by_backend, s.known_by_backend),
+                                ("architecture", s.by_arch, s.known_by_arch)):
         for name, counts in table.items():
-            cells = "".join(f'<td class="n">{counts.get(st, 0)}</td>' for st in STATUSES)
+            shown = shown_counts(counts, known.get(name, {}))
+            cells = "".join(f'<td class="n">{shown[col]}</td>' for col in COLUMNS)
             mx = s.max_rel_l2.get(name) if group == "backend" else None
             rows.append(f"<tr><td>{group}</td><td>{_e(name)}</td>{cells}<td class=\"n\">{_num(mx)}</td></tr>")
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _known_issues(report: Report) -> str:
+    known = known_issues_seen(report)
+    if not known:
+        return ""
+    items = "".join(f"<li><details><summary>{_e(k.where)}</summary><p>{_e(k.diagnosis)}</p></details></li>"
+                    for k in known)
+    return (f"<p>Known engine issues ({_badge(KNOWN)}: still diverged or error in report.json, "
+            f"not failing the run; <code>parity/known_issues.py</code>):</p><ul>{items}</ul>")
 
 
 def _index_table(report: Report) -> str:
@@ -74,7 +94,7 @@ def _index_table(report: Report) -> str:
     rows = []
     for ex in report.examples:
         by_label = {r.backend: r for r in ex.results}
-        cells = "".join(f"<td>{_status(by_label[b].status) if b in by_label else ''}</td>" for b in labels)
+        cells = "".join(f"<td>{_status(by_label[b]) if b in by_label else ''}</td>" for b in labels)
         role = ex.role + (" (minimal)" if ex.minimal else "")
         rows.append(f'<tr><td><a href="#ex-{_e(ex.id)}"><code>{_e(ex.id)}</code></a></td>'
                     f"<td>{_e(ex.description)}</td><td>{_e(role)}</td>{cells}</tr>")
@@ -93,7 +113,7 @@ def _versions_table(infos: list[BackendInfo]) -> str:
 # -- one example ----------------------------------------------------------------
 
 def _example(ex: ExampleRecord) -> str:
-    badges = " ".join(f"{_e(r.backend)} {_status(r.status)}" for r in ex.results)
+    badges = " ".join(f"{_e(r.backend)} {_status(r)}" for r in ex.results)
     minimal = ' <strong>(minimal)</strong>' if ex.minimal else ""
     prompts = "; ".join(" ".join(str(t) for t in p) for p in ex.prompts)
     body = [
@@ -108,7 +128,10 @@ def _example(ex: ExampleRecord) -> str:
 
 
 def _result(ex: ExampleRecord, r: BackendResult) -> str:
-    out = [f'<section class="result"><h3>{_e(r.backend)} {_status(r.status)}</h3>']
+    out = [f'<section class="result"><h3>{_e(r.backend)} {_status(r)}</h3>']
+    if r.known_issue:
+        out.append(f'<details class="known"><summary>known engine issue: {_e(r.status)}, not failing the run'
+                   f"</summary><p>{_e(r.known_issue)}</p></details>")
     if r.reason:
         out.append(f"<pre>{_e(r.reason)}</pre>")
     out += [f'<p class="note">{_e(n)}</p>' for n in r.notes]
@@ -321,7 +344,8 @@ details.example{border:1px solid #ddd;border-radius:4px;margin:.5em 0;padding:.3
 details.example>summary{cursor:pointer;font-weight:600}.result{border-top:1px solid #eee;margin-top:.6em}
 .st{border-radius:3px;padding:0 5px;font-size:12px;font-weight:600}.st-pass{background:#d9f2d9;color:#1a5e1a}
 .st-diverged{background:#f8d0d0;color:#8b0000}.st-error{background:#f3d6ec;color:#6b0057}
-.st-unsupported{background:#e6e6e6;color:#555}.note{color:#7a5b00}
+.st-unsupported{background:#e6e6e6;color:#555}.st-known-issue{background:#fbecc0;color:#6b4e00}.note{color:#7a5b00}
+details.known>summary{cursor:pointer}.verdict{font-weight:600}
 .plots{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}svg.plot{background:#fff}
 svg .grid{stroke:#e4e4e4}svg .tick{font-size:10px;fill:#444}svg .id{fill:#888}svg .caption{font-size:11px;fill:#222}
 svg .band{fill:#bbb;fill-opacity:.35}svg .bandline{stroke:#555;stroke-dasharray:4 3}

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from parity.report import STATUSES, BackendResult, ExampleRecord, Report, step_name
+from parity.records import BackendResult, ExampleRecord, Report
+from parity.tables import COLUMNS, cell, known_issues_seen, shown_counts, step_name, verdict
 
 MAX_FAILURES = 10  # rows in the failure table; report.html has the rest
 
@@ -13,34 +14,36 @@ MAX_FAILURES = 10  # rows in the failure table; report.html has the rest
 def render(report: Report, html: Path | None = None) -> str:
     s = report.summary
     failing = sorted((ex for ex in report.examples if ex.headline_failure), key=lambda ex: not ex.minimal)
-    known = sorted({r.known_issue for ex in report.examples for r in ex.results if r.known_issue})
-    verdict = (f"{len(s.failing)} of {s.examples} examples fail" if s.failing
-               else f"no failure in {s.examples} examples" + (f" ({len(known)} known engine issues)" if known else ""))
     lines = [
-        f"## parity: {verdict}",
+        f"## parity: {verdict(report)}",
         "",
         f"Profile `{report.profile}`, {report.dtype} on {report.device}, reference transformers "
         f"{report.reference.versions.get('transformers', '?')}"
         + ("" if report.complete else " — **incomplete run**"),
         "",
-        "| backend | " + " | ".join(STATUSES) + " | max rel. L2 (passing) |",
-        "|---" * (len(STATUSES) + 2) + "|",
+        "| backend | " + " | ".join(COLUMNS) + " | max rel. L2 (passing) |",
+        "|---" * (len(COLUMNS) + 2) + "|",
     ]
     for backend, counts in s.by_backend.items():
+        shown = shown_counts(counts, s.known_by_backend.get(backend, {}))
         mx = s.max_rel_l2.get(backend)
-        lines.append(f"| {backend} | " + " | ".join(str(counts.get(st, "")) for st in STATUSES)
+        lines.append(f"| {backend} | " + " | ".join(str(shown[col] or "") for col in COLUMNS)
                      + f" | {'' if mx is None else f'{mx:.1e}'} |")
-    lines += ["", "Architectures: " + "; ".join(f"{arch} {_counts(c)}" for arch, c in s.by_arch.items())]
+    lines += ["", "Architectures: " + "; ".join(f"{arch} {_counts(shown_counts(c, s.known_by_arch.get(arch, {})))}"
+                                                for arch, c in s.by_arch.items())]
     if failing:
-        rows = [(ex, r) for ex in failing for r in ex.results if r.status in ("diverged", "error")]
+        rows = [(ex, r) for ex in failing for r in ex.results
+                if r.status in ("diverged", "error") and not r.known_issue]
         lines += ["", "| example | backend | first divergence | rel. L2 / band |", "|---|---|---|---|"]
         lines += [_failure_row(ex, r) for ex, r in rows[:MAX_FAILURES]]
         if len(rows) > MAX_FAILURES:
             lines.append(f"| … {len(rows) - MAX_FAILURES} more | | | |")
         lines += ["", f"Replay: `{failing[0].replay}`"]
+    known = known_issues_seen(report)
     if known:
-        lines += ["", "Known engine issues (reported as diverged or error, not failing; parity/known_issues.py):", ""]
-        lines += [f"- {k}" for k in known]
+        lines += ["", "Known engine issues (counted apart from diverged and error, not failing the run; "
+                  "parity/known_issues.py):", ""]
+        lines += [f"- {k.where}: {k.diagnosis}" for k in known]
     if html is not None:
         lines += ["", f"Per-layer plots, heatmaps and per-token errors: `{html}`"]
     versions = "; ".join(f"{b.label}: " + ", ".join(f"{k} {v}" for k, v in b.versions.items()) for b in report.backends)
@@ -55,13 +58,8 @@ def render(report: Report, html: Path | None = None) -> str:
     return "\n".join(lines)
 
 
-def cell(text: str) -> str:
-    """Text made safe inside a Markdown table cell."""
-    return text.replace("|", "\\|")
-
-
-def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+def _counts(shown: dict[str, int]) -> str:
+    return ", ".join(f"{n} {col}" for col, n in shown.items() if n)
 
 
 def _failure_row(ex: ExampleRecord, r: BackendResult) -> str:

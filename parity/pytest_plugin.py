@@ -81,12 +81,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         s.close()
     state.sessions.clear()
     from parity import report as report_mod
+    from parity.summary import merge
 
     groups: dict[str, list[Path]] = {}
     for part in sorted(state.out.glob("*/*/report.json")):  # <out>/<xdist worker>/<backends>/report.json
         groups.setdefault(part.parent.name, []).append(part)
     for name, parts in groups.items():
-        merged = report_mod.merge([report_mod.read(p) for p in parts], command="pytest (parity plugin, merged)")
+        merged = merge([report_mod.read(p) for p in parts], command="pytest (parity plugin, merged)")
         report_mod.write(merged, state.out / name)
 
 

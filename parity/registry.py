@@ -108,6 +108,13 @@ class ArchSpec:
     modules: ModuleNames = ModuleNames()
     """Module names for capture, if the family's differ from Llama's."""
 
+    @property
+    def family_knobs(self) -> tuple[str, ...]:
+        """Config keys (parity's names) this family draws beyond the shape every family has:
+        what an example's description and the report's coverage name for it."""
+        return (*(("attention_bias",) if self.attention_bias else ()),
+                *(("sliding_window",) if self.sliding_windows else ()), *self.knobs)
+
     def __post_init__(self) -> None:
         for name in ("fixed", "knobs", "config_keys"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))

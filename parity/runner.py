@@ -28,9 +28,10 @@ from parity.backends import BackendSpec
 from parity.example import Example
 from parity.pool import Worker, WorkerError
 from parity.profiles import Profile, hypothesis_settings
-from parity.report import BackendInfo, BackendResult, ExampleRecord, Report
+from parity.records import BackendInfo, BackendResult, ExampleRecord, Report
 from parity.strategies import examples as example_strategy
 from parity.strategies import supported_head_dims
+from parity.summary import summarize
 from parity.tolerance import PAIR_FACTOR
 
 
@@ -269,12 +270,13 @@ class Session:
             command=self.cfg.command, profile=self.cfg.profile, seed=self.cfg.seed, device=self.cfg.device,
             dtype=self.cfg.dtype, complete=complete, reference=self.info(self.reference),
             backends=[self.info(w) for w in self.engines], examples=examples,
-            summary=report_mod.summarize(examples),
+            summary=summarize(examples),
         )
 
     def write(self, complete: bool) -> Report:
+        """The report so far; Markdown and HTML only once complete (an interrupt renders them itself)."""
         rep = self.report(complete)
-        report_mod.write(rep, self.cfg.out)
+        report_mod.write(rep, self.cfg.out, render=complete)
         return rep
 
 
@@ -366,7 +368,7 @@ def run(cfg: RunConfig, archs: list[str], profile: Profile) -> Report:
                     session.log(f"parity: {arch}: minimal failing example {session.records[minimal].description}\n"
                                 f"        replay: {session.records[minimal].replay}")
         except KeyboardInterrupt:
-            session.write(complete=False)
+            report_mod.write(session.report(complete=False), cfg.out, render=True)
             session.log(f"parity: interrupted; {len(session.records)} finished examples kept in {cfg.out}/report.json")
             raise
         return session.write(complete=True)

@@ -1,33 +1,67 @@
-"""A report as a pandas DataFrame, for analysis in a notebook: ``parity.load_report(path)``."""
+"""What the Markdown and HTML reports and the gate's verdict show alike: step names, table
+cells, and known engine issues set apart from new failures.
+
+A result that a known engine issue explains keeps its status in report.json; shown,
+it moves out of the diverged and error columns into its own, so a run whose only
+divergences are known engine bugs does not read as failing.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
-import pandas as pd
+from parity.records import BackendResult, Report
 
-from parity import report as report_mod
-from parity.report import Report, TensorRow
-
-RESULT_COLUMNS = ["example", "arch", "description", "role", "minimal", "backend", "status"]
-_WHERE = ["step", "prompt", "tensor", "kind", "layer", "verdict"]
-ROW_COLUMNS = _WHERE + [f for f in TensorRow.model_fields if f not in _WHERE]
-# Nullable dtypes: a missing layer (embed, logits) or a row-less result keeps integer and bool columns.
-_NULLABLE = {**{c: "Int64" for c in ("step", "prompt", "layer", "worst_token")}, "non_finite": "boolean"}
+KNOWN = "known issue"
+COLUMNS: tuple[str, ...] = ("pass", "diverged", "error", KNOWN, "unsupported")
+"""Summary columns: the statuses, with known engine issues taken out of diverged and error."""
 
 
-def frame(report: Report) -> pd.DataFrame:
-    """One row per (example, backend, tensor row); results without rows (error,
-    unsupported) keep one row with empty tensor fields so their status is counted."""
-    records = []
+def step_name(step: int) -> str:
+    return "prefill" if step == 0 else f"decode step {step}"
+
+
+def cell(text: str) -> str:
+    """Text made safe inside a Markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def shown_status(result: BackendResult) -> str:
+    return KNOWN if result.known_issue else result.status
+
+
+def shown_counts(counts: dict[str, int], known: dict[str, int]) -> dict[str, int]:
+    """Status counts (a row of ``Summary.by_backend`` or ``by_arch``, and its row of known ones) by :data:`COLUMNS`."""
+    return {col: sum(known.values()) if col == KNOWN else counts.get(col, 0) - known.get(col, 0) for col in COLUMNS}
+
+
+@dataclass(frozen=True)
+class KnownIssueSeen:
+    diagnosis: str
+    archs: tuple[str, ...]
+    backends: tuple[str, ...]
+    results: int
+
+    @property
+    def where(self) -> str:
+        return (f"{', '.join(self.archs)} on {', '.join(self.backends)} "
+                f"({self.results} result{'' if self.results == 1 else 's'})")
+
+
+def known_issues_seen(report: Report) -> list[KnownIssueSeen]:
+    """Each known engine issue the report holds and where it showed, in order of first appearance."""
+    hits: dict[str, list[tuple[str, str]]] = {}
     for ex in report.examples:
         for r in ex.results:
-            head = {"example": ex.id, "arch": ex.arch, "description": ex.description, "role": ex.role,
-                    "minimal": ex.minimal, "backend": r.backend, "status": r.status}
-            records += [{**head, **row.model_dump()} for row in r.rows] or [head]
-    return pd.DataFrame.from_records(records, columns=RESULT_COLUMNS + ROW_COLUMNS).astype(_NULLABLE)
+            if r.known_issue:
+                hits.setdefault(r.known_issue, []).append((ex.arch, r.backend))
+    return [KnownIssueSeen(diagnosis, tuple(dict.fromkeys(a for a, _ in h)), tuple(dict.fromkeys(b for _, b in h)),
+                           len(h)) for diagnosis, h in hits.items()]
 
 
-def load_report(path: str | Path) -> pd.DataFrame:
-    """Read a report.json (or the directory holding it) into :func:`frame`'s table."""
-    return frame(report_mod.read(Path(path)))
+def verdict(report: Report) -> str:
+    s = report.summary
+    if s.failing:
+        return f"{len(s.failing)} of {s.examples} examples fail"
+    known = len(known_issues_seen(report))
+    return f"no failure in {s.examples} examples" + (f" ({known} known engine issues)" if known else "")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from parity import compare, schema
-from parity.report import BackendInfo, BackendResult, ExampleRecord, Report, summarize
+from parity.records import BackendInfo, BackendResult, ExampleRecord, Report
+from parity.summary import summarize
 
 FLOOR = 1e-7
 DTYPE = "float32"

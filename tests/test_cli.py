@@ -1,12 +1,13 @@
 import json
+import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from parity import cli
 from parity.backends import BackendUsageError, parse
-from parity.registry import UnknownArchitecture, get
+from parity.registry import ARCHITECTURES, UnknownArchitecture, get
 
 
 def run_cli(*args):
@@ -44,9 +45,23 @@ def test_schema_is_json_schema_of_the_report():
 
 def test_backend_syntax():
     spec = parse(f"vllm@pr={sys.executable}")
-    assert (spec.name, spec.label, spec.python) == ("vllm", "pr", sys.executable)
-    with pytest.raises(BackendUsageError):
+    assert (spec.name, spec.label, spec.python, spec.patches) == ("vllm", "pr", sys.executable, ())
+    plain = parse("sglang")
+    assert (plain.name, plain.label, plain.python) == ("sglang", "sglang", None)
+    with pytest.raises(BackendUsageError, match=re.escape("--backend 'vllm@=x': expected NAME[@LABEL][=PYTHON]")):
         parse("vllm@=x")
-    with pytest.raises(UnknownArchitecture, match="known: llama"):
+
+
+def test_unknown_architecture_lists_the_known_ones_and_where_to_add_one():
+    with pytest.raises(UnknownArchitecture) as info:
         get("mixtral")
-    assert cli.build_parser().parse_args(["run"]).profile in ("dev", "ci", "nightly")
+    assert str(info.value) == (f"unknown architecture 'mixtral'; known: {', '.join(ARCHITECTURES)}. Did you mean "
+                               "'mistral'? (to add one, add an entry to ARCHITECTURES in parity/registry.py)")
+
+
+@pytest.mark.parametrize("env, default", [(None, "ci"), ("dev", "dev"), ("nightly", "nightly")])
+def test_default_profile_is_ci_unless_parity_profile_says_otherwise(env, default):
+    environ = {k: v for k, v in os.environ.items() if k != "PARITY_PROFILE"} | ({"PARITY_PROFILE": env} if env else {})
+    code = "from parity import cli; print(cli.build_parser().parse_args(['run']).profile)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=60)
+    assert proc.stdout.strip() == default, proc.stderr

@@ -36,14 +36,24 @@ def test_pass_to_diverged_names_example_backend_and_tensor():
     (c,) = verdict.regressions
     assert (c.example, c.backend, c.was, c.now, c.tensor) == ("a", "sglang", "pass", "diverged", "layers.1.mlp_out")
     text = render(verdict)
-    assert "regression (1 of 2 results)" in text
-    assert all(s in text for s in ("`a`", "llama(example a)", "sglang", "`layers.1.mlp_out`", "pass → diverged"))
+    assert text.startswith("## parity gate: regression (1 of 2 results)\n")
+    # One row for the regressed result; the description is the baseline's (the candidate's may differ in wording).
+    (row,) = [line for line in text.splitlines() if line.startswith("| `a` ")]
+    assert row == ("| `a` | llama(example a) | sglang | pass → diverged | `layers.1.mlp_out` | "
+                   f"prefill, prompt 0: rel. L2 0.0e+00 → 1.0e-02 (band {BAND:.1e}) |")
+    assert "layers=2 special" not in text
 
 
 def test_pass_to_error_is_a_regression_with_the_reason():
     verdict = gate(report(example("a", result("vllm"))), report(example("a", error("vllm"))))
     (c,) = verdict.regressions
     assert c.tensor is None and c.detail == "EngineError: boom"
+
+
+def test_a_reason_with_a_pipe_stays_in_its_table_cell():
+    verdict = gate(report(example("a", result("vllm"))), report(example("a", error("vllm", "shape a|b mismatch"))))
+    (row,) = [line for line in render(verdict).splitlines() if line.startswith("| `a` ")]
+    assert row.endswith("| shape a\\|b mismatch |")
 
 
 def test_error_growth_within_the_band_is_noise():

@@ -100,8 +100,8 @@ def test_chromium_renders_the_plots(tmp_path):
     assert dom.stdout.count("<svg") == 2 * len(plotted) + len(per_token)  # layer plot + heatmap (+ tokens)
     assert dom.stdout.count("<polyline") == 5 * len(plotted)  # one line per layer tensor kind
     # The sorting script ran: it made every header of the two sortable tables focusable.
-    # summary: group, name, 4 statuses, max rel. L2; index: example, description, role, 3 result labels
-    assert dom.stdout.count('tabindex="0"') == 7 + 6
+    # summary: group, name, 4 statuses and known issues, max rel. L2; index: example, description, role, 3 labels
+    assert dom.stdout.count('tabindex="0"') == 8 + 6
 
     shot = tmp_path / "report.png"
     run = browse(page, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1400,2000")

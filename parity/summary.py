@@ -1,0 +1,79 @@
+"""What a report's examples add up to: status counts, known engine issues, coverage, and
+the merge of partial reports. Built on the records only, so every writer and reader
+of a report can use it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from parity.records import ExampleRecord, Report, Summary
+from parity.registry import ARCHITECTURES, canonical_config
+
+
+def _count(table: dict[str, dict[str, int]], outer: str, inner: str) -> None:
+    counts = table.setdefault(outer, {})
+    counts[inner] = counts.get(inner, 0) + 1
+
+
+def summarize(examples: list[ExampleRecord]) -> Summary:
+    by_backend: dict[str, dict[str, int]] = {}
+    by_arch: dict[str, dict[str, int]] = {}
+    known_by_backend: dict[str, dict[str, int]] = {}
+    known_by_arch: dict[str, dict[str, int]] = {}
+    max_rel: dict[str, float] = {}
+    for ex in examples:
+        for r in ex.results:
+            _count(by_backend, r.backend, r.status)
+            _count(by_arch, ex.arch, r.status)
+            if r.known_issue:
+                _count(known_by_backend, r.backend, r.status)
+                _count(known_by_arch, ex.arch, r.status)
+            if r.status == "pass" and r.max_rel_l2 is not None:
+                max_rel[r.backend] = max(max_rel.get(r.backend, 0.0), r.max_rel_l2)
+    return Summary(examples=len(examples), by_backend=by_backend, by_arch=by_arch, max_rel_l2=max_rel,
+                   failing=[ex.id for ex in examples if ex.failed], coverage=coverage(examples),
+                   known_by_backend=known_by_backend, known_by_arch=known_by_arch)
+
+
+def _knobs(ex: ExampleRecord) -> dict[str, Any]:
+    c = canonical_config(ex.arch, ex.config)
+    rope = c.get("rope_parameters") or {}
+    heads, kv, head_dim = c.get("num_attention_heads"), c.get("num_key_value_heads"), c.get("head_dim")
+    spec = ARCHITECTURES.get(ex.arch)
+    return {
+        "layers": c.get("num_hidden_layers"), "head_dim": head_dim,
+        "gqa_group": heads // kv if heads and kv else None,
+        "head_dim_decoupled": head_dim * heads != c["hidden_size"] if head_dim and heads and "hidden_size" in c else None,
+        "partial_rotary_factor": rope.get("partial_rotary_factor", 1.0), "rope_type": rope.get("rope_type", "default"),
+        "rope_theta": rope.get("rope_theta"), "rope_original_context": rope.get("original_max_position_embeddings"),
+        "rms_norm_eps": c.get("rms_norm_eps"), "tie_word_embeddings": c.get("tie_word_embeddings"),
+        "vocab_size": c.get("vocab_size"), "prompts": len(ex.prompts), "decode_steps": ex.decode_steps,
+        **{k: c.get(k) for k in (spec.family_knobs if spec else ())},
+    }
+
+
+def coverage(examples: list[ExampleRecord]) -> dict[str, dict[str, dict[str, int]]]:
+    """Which knob values the examples exercised, per architecture (knobs a family lacks are left out)."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for ex in examples:
+        for knob, value in _knobs(ex).items():
+            if value is not None:
+                _count(out.setdefault(ex.arch, {}), knob, str(value))
+    return out
+
+
+def merge(reports: list[Report], command: str) -> Report:
+    """One report from the partial reports of one run split over processes (pytest-xdist)."""
+    if not reports:
+        raise ValueError("nothing to merge")
+    first = reports[0]
+    for r in reports[1:]:
+        if (r.device, r.dtype, r.profile, r.seed, r.backends) != (first.device, first.dtype, first.profile, first.seed,
+                                                                   first.backends):
+            raise ValueError("cannot merge reports of different backends, device, dtype, profile or seed")
+    examples = {ex.id: ex for r in reports for ex in r.examples}
+    ordered = sorted(examples.values(), key=lambda ex: (ex.arch, ex.id))
+    return first.model_copy(update={
+        "command": command, "examples": ordered, "summary": summarize(ordered),
+        "complete": all(r.complete for r in reports),
+    })
