@@ -70,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     archs.add_argument("--backend", action="append", metavar="NAME[@LABEL][=PYTHON]",
                        help="also start these backends' workers and ask each engine what it supports (repeatable)")
     _common(archs)
+    surf = sub.add_parser("surface", help="measure each family's config surface: what the reference reads, "
+                                          "what changes its output, what the strategies vary",
+                          description="Exit 0 when every key read is varied, pinned with a reason or measured "
+                                      "neutral; 1 when some key is none of these (a blind spot).")
+    surf.add_argument("--arch", action="append", metavar="NAME",
+                      help="architecture (repeatable). Default: every registry entry")
+    surf.add_argument("--seed", type=int, default=0, help="seed of the probe draws. Default: %(default)r")
+    surf.add_argument("--json", type=Path, metavar="FILE", help="also write the measured surfaces as JSON")
+    surf.add_argument("--all-keys", action="store_true",
+                      help="list every key read, not only blind spots, pins and keys whose drawn values do not act")
+    _common(surf)
     sub.add_parser("schema", help="print the JSON schema of report.json")
     env = sub.add_parser("env", help="build (or find) parity's managed environment for a backend and print its python")
     env.add_argument("backend", choices=list(BACKENDS))
@@ -224,6 +235,37 @@ def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_OK
 
 
+def cmd_surface(args: argparse.Namespace, argv: list[str]) -> int:
+    import tempfile
+
+    from parity import envs, surface
+    from parity.pool import Worker, WorkerError
+
+    archs = args.arch or list(registry.ARCHITECTURES)
+    for a in archs:
+        registry.get(a)
+    spec = _reference(args)
+    measured = []
+    with tempfile.TemporaryDirectory(prefix="parity-surface-") as tmp:
+        try:
+            python = spec.python or str(envs.ensure(spec.definition, args.device, lambda m: print(m, file=sys.stderr)))
+            worker = Worker(spec, python, args.device, Path(tmp) / "logs", envs.cache_dir())
+            worker.start()
+        except (WorkerError, envs.EnvBuildError) as exc:
+            print(f"parity: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            for arch in archs:
+                print(f"parity: measuring {arch} ...", file=sys.stderr, flush=True)
+                measured.append(surface.measure(worker, arch, args.seed, args.timeout))
+                print(surface.render(measured[-1:], verbose=args.all_keys), flush=True)
+        finally:
+            worker.stop()
+    if args.json:
+        args.json.write_text(json.dumps([s.to_json() for s in measured], indent=1))
+    return EXIT_DIVERGED if any(s.of("unclassified") for s in measured) else EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace, argv: list[str]) -> int:
     from parity.records import Report
 
@@ -242,4 +284,5 @@ def cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "replay": cmd_replay, "gate": cmd_gate, "archs": cmd_archs, "schema": cmd_schema, "env": cmd_env}
+COMMANDS = {"run": cmd_run, "replay": cmd_replay, "gate": cmd_gate, "archs": cmd_archs, "surface": cmd_surface,
+            "schema": cmd_schema, "env": cmd_env}

@@ -55,6 +55,8 @@ class Example:
         if rope.get("rope_type", "default") != "default":
             bits.append(f"rope={rope['rope_type']}")
         spec = ARCHITECTURES.get(self.arch)
-        bits += [f"{key}={c[key]}" for key in (spec.family_knobs if spec else ()) if c.get(key) not in (None, False)]
+        plain = {spec.activation_keys[0]: spec.activations[0]} if spec else {}
+        bits += [f"{key}={c[key]}" for key in (spec.family_knobs if spec else ())
+                 if c.get(key) not in (None, False, plain.get(key))]
         bits.append("prompt_lens=" + ",".join(str(len(p)) for p in self.prompts))
         return f"{self.arch}(" + " ".join(bits) + ")"

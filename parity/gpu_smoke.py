@@ -23,8 +23,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from hypothesis import Phase, given, settings
-from hypothesis import seed as hypothesis_seed
 from safetensors.numpy import load_file
 
 from parity import compare, registry
@@ -32,24 +30,9 @@ from parity import envs
 from parity.backends import BACKENDS, BackendSpec
 from parity.example import Example
 from parity.pool import Worker, WorkerError
-from parity.strategies import examples as example_strategy
+from parity.strategies import sample
 
 TIMEOUT = 300.0
-
-
-def draw(arch: str, count: int, seed: int, decode_steps: int) -> list[Example]:
-    """The first ``count`` examples parity's own strategies generate for ``arch`` under ``seed``."""
-    spec = registry.get(arch)
-    drawn: list[Example] = []
-
-    @hypothesis_seed(seed)
-    @settings(max_examples=count, database=None, deadline=None, phases=(Phase.generate,))
-    @given(example_strategy(arch, spec, spec.head_dims, decode_steps))
-    def collect(example: Example) -> None:
-        drawn.append(example)
-
-    collect()
-    return drawn[:count]
 
 
 def check(example: Example, cpu: Worker, gpu: Worker, dtypes: list[str], work: Path) -> list[str]:
@@ -120,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 hello = w.start()
                 print(f"{w.label} worker: {' '.join(f'{k} {v}' for k, v in hello['versions'].items())}", flush=True)
             for arch in archs:
-                for example in draw(arch, args.examples, args.seed, decode_steps=2):
+                for example in sample(arch, args.examples, args.seed, decode_steps=2):
                     for line in check(example, *workers, dtypes, work):
                         failed += line.startswith("FAIL")
                         print(f"{example.describe()}: {line}", flush=True)

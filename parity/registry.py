@@ -89,9 +89,17 @@ class ArchSpec:
     """Further family-specific config values to draw, each from its own candidates
     (plainest first), e.g. Gemma2's soft-capping."""
 
-    rope_types: tuple[str, ...] = ("default",)
-    """RoPE scaling variants (``rope_parameters["rope_type"]``) drawn; "default" first. Only
-    variants transformers and both engines implement the same way (see strategies.ROPE_SCALING)."""
+    rope_types: tuple[str, ...] = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
+    """RoPE scaling variants (``rope_parameters["rope_type"]``) drawn, "default" first: every type
+    the family's transformers config accepts (parameters in strategies.ROPE_SCALING)."""
+
+    activations: tuple[str, ...] = ("silu", "gelu_pytorch_tanh", "gelu", "relu")
+    """MLP activations drawn, the family's own first (drawn half the time: most engine ports
+    accept only their family's activation and refuse the others when loading)."""
+
+    activation_keys: tuple[str, ...] = ("hidden_act",)
+    """Config keys that name the activation, each written with the drawn one (Gemma's
+    checkpoints carry two names, read by different implementations)."""
 
     fixed: Mapping[str, Any] = field(default_factory=dict)
     """Config values held constant (e.g. token ids that must fit a tiny vocabulary)."""
@@ -108,21 +116,31 @@ class ArchSpec:
     modules: ModuleNames = ModuleNames()
     """Module names for capture, if the family's differ from Llama's."""
 
+    top_level_original_context: bool = False
+    """Whether LongRoPE's original context is stated at top level too, as Phi-3 checkpoints do
+    (transformers' Phi3Config replaces rope_parameters' value with its top-level default)."""
+
+    pinned: Mapping[str, str] = field(default_factory=dict)
+    """Config keys of this family that change the output but are held on purpose: key -> the
+    reason (``parity surface`` lists them; keys pinned for every family are in ``PINNED``)."""
+
     @property
     def family_knobs(self) -> tuple[str, ...]:
         """Config keys (parity's names) this family draws beyond the shape every family has:
         what an example's description and the report's coverage name for it."""
         return (*(("attention_bias",) if self.attention_bias else ()),
-                *(("sliding_window",) if self.sliding_windows else ()), *self.knobs)
+                *(("sliding_window",) if self.sliding_windows else ()), *self.knobs,
+                *(self.activation_keys[:1] if len(self.activations) > 1 else ()))
 
     def __post_init__(self) -> None:
-        for name in ("fixed", "knobs", "config_keys"):
+        for name in ("fixed", "knobs", "config_keys", "pinned"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         lo, hi = self.layers
         if not 1 <= lo <= hi:
             raise ValueError(f"{self.model_type}: layers must be a range 1 <= lo <= hi, got {self.layers}")
         for name in ("head_dims", "kv_heads", "gqa_groups", "intermediate_sizes", "partial_rotary_factors",
-                     "rope_thetas", "rms_norm_eps", "vocab_sizes", "tie_word_embeddings", "rope_types"):
+                     "rope_thetas", "rms_norm_eps", "vocab_sizes", "tie_word_embeddings", "rope_types",
+                     "activations", "activation_keys"):
             if not getattr(self, name):
                 raise ValueError(f"{self.model_type}: {name} must offer at least one value")
 
@@ -172,6 +190,26 @@ def possible_features(spec: ArchSpec) -> list[str]:
     return [name for name, key in FEATURES.items() if any(v is not None for v in candidates.get(key, ()))]
 
 
+# Config keys held on purpose in every family, with the reason (see parity/surface.py).
+PINNED: Mapping[str, str] = MappingProxyType({
+    "return_dict": "parity reads the model's output object; a tuple output is a calling convention, not numerics",
+    "ignore_keys_at_rope_validation": "transformers' own bookkeeping of rope_parameters keys exempt from validation",
+})
+
+# Qwen2/Qwen3 windows: use_sliding_window turns sliding_window on for the layers from
+# max_window_layers on (transformers derives layer_types from the three).
+_QWEN_WINDOWS: dict[str, Any] = {
+    "sliding_windows": (4, 7),
+    "knobs": {"use_sliding_window": (False, True), "max_window_layers": (0, 1)},
+    "pinned": {"layer_types": "derived by the config from use_sliding_window, sliding_window and "
+                              "max_window_layers (all drawn); released Qwen checkpoints do not state it"},
+}
+
+# Gemma's bidirectional attention is EmbeddingGemma's (an encoder), not a causal LM's.
+_BIDIRECTIONAL = {"use_bidirectional_attention": "EmbeddingGemma's non-causal attention: an embedding model, "
+                                                  "not served through the engines' causal-LM classes"}
+_GEMMA_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu", "silu", "relu")
+
 # Token ids of the full-size vocabularies must not index a tiny one.
 _NO_SPECIAL_TOKENS = {"pad_token_id": None, "eos_token_id": None, "bos_token_id": None}
 
@@ -180,7 +218,7 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         model_type="llama",
         architecture="LlamaForCausalLM",
         attention_bias=(False, True),
-        rope_types=("default", "linear", "llama3", "yarn"),
+        knobs={"mlp_bias": (False, True)},
     ),
     # GLM-4-0414: partial rotary with interleaved pairs, explicit head_dim,
     # q/k/v bias and "sandwich" norms after attention and after the MLP.
@@ -188,6 +226,7 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         model_type="glm4",
         architecture="Glm4ForCausalLM",
         partial_rotary_factors=(1.0, 0.5, 0.25, 0.75),
+        attention_bias=(True, False),  # Glm4Config's default is True
         # Its defaults name token ids of the 151k vocabulary; a tiny vocabulary must not.
         fixed={"pad_token_id": None, "eos_token_id": None},
     ),
@@ -196,13 +235,14 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         model_type="qwen2",
         architecture="Qwen2ForCausalLM",
         explicit_head_dim=False,
-        rope_types=("default", "linear", "yarn"),
+        **_QWEN_WINDOWS,
     ),
     # Per-head RMSNorm on q and k before RoPE (q_rot/k_rot are after both).
     "qwen3": ArchSpec(
         model_type="qwen3",
         architecture="Qwen3ForCausalLM",
         attention_bias=(False, True),
+        **_QWEN_WINDOWS,
     ),
     # Sliding-window attention over the whole stack.
     "mistral": ArchSpec(
@@ -218,10 +258,14 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
     "gemma": ArchSpec(
         model_type="gemma",
         architecture="GemmaForCausalLM",
-        # Released Gemmas tie embeddings and both engines build no lm_head for them
-        # (vLLM refuses an untied checkpoint's lm_head, SGLang silently ignores it).
-        tie_word_embeddings=(True,),
-        fixed={**_NO_SPECIAL_TOKENS, "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh"},
+        # Released Gemmas tie embeddings; untied ones are drawn too (vLLM refuses an untied
+        # checkpoint's lm_head, SGLang ignores it: see parity/known_issues.py).
+        tie_word_embeddings=(True, False),
+        attention_bias=(False, True),
+        activations=_GEMMA_ACTIVATIONS,
+        activation_keys=("hidden_act", "hidden_activation"),
+        pinned=_BIDIRECTIONAL,
+        fixed=_NO_SPECIAL_TOKENS,
     ),
     # Fused qkv_proj and gate_up_proj in the checkpoint itself; LongRoPE as in Phi-3-128k.
     "phi3": ArchSpec(
@@ -229,7 +273,12 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         architecture="Phi3ForCausalLM",
         explicit_head_dim=False,
         partial_rotary_factors=(1.0, 0.5, 0.75),
-        rope_types=("default", "longrope"),
+        rope_types=("default", "longrope"),  # Phi3Config refuses the other types
+        top_level_original_context=True,
+        pinned={"rope_parameters.original_max_position_embeddings":
+                "Phi3Config takes the original context from its top-level key (drawn); the nested copy is "
+                "written equal to it because engine ports read that one"},
+        sliding_windows=(None, 4, 7),  # Phi-3-mini-4k carries a window
         fixed=_NO_SPECIAL_TOKENS,
     ),
     # Gemma plus: tanh soft-capping of attention scores and of the logits (caps small
@@ -238,12 +287,20 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
     "gemma2": ArchSpec(
         model_type="gemma2",
         architecture="Gemma2ForCausalLM",
-        tie_word_embeddings=(True,),  # as for gemma
+        tie_word_embeddings=(True, False),  # as for gemma
+        attention_bias=(False, True),
         sliding_windows=(4, 7),
-        knobs={"attn_logit_softcapping": (None, 2.0, 5.0), "final_logit_softcapping": (None, 3.0)},
+        # query_pre_attn_scalar: 256 as in Gemma-2 2B/9B, or the head size's own scale.
+        knobs={"attn_logit_softcapping": (None, 2.0, 5.0), "final_logit_softcapping": (None, 3.0),
+               "query_pre_attn_scalar": (256, 32)},
         # Released Gemma-2 configs carry both keys; SGLang 0.5.23 reads only hidden_act
         # (a transformers-5-only config fails to load there with an AttributeError).
-        fixed={**_NO_SPECIAL_TOKENS, "hidden_activation": "gelu_pytorch_tanh", "hidden_act": "gelu_pytorch_tanh"},
+        activations=_GEMMA_ACTIVATIONS,
+        activation_keys=("hidden_activation", "hidden_act"),
+        pinned={**_BIDIRECTIONAL,
+                "layer_types": "Gemma-2's alternating sliding/full layers (transformers' default, every released "
+                               "Gemma-2) are drawn through sliding_window; other layouts are not Gemma-2 checkpoints"},
+        fixed=_NO_SPECIAL_TOKENS,
     ),
     # Partial rotary (a quarter of each head by default, rotate-half pairs on the leading
     # slice) and LayerNorm with a bias instead of RMSNorm; optional q/k/v bias, and
@@ -270,8 +327,11 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         tie_word_embeddings=(False,),  # vLLM asserts an untied lm_head
         config_keys={"rms_norm_eps": "layer_norm_epsilon", "intermediate_size": "n_inner"},
         rotary_dim_key="rotary_dim",
+        rope_types=("default",),  # GPTJConfig has no rope_parameters
+        activations=("gelu_new", "gelu", "relu", "silu"),
+        activation_keys=("activation_function",),
         modules=ModuleNames(decoder="transformer", layers="h", final_norm="ln_f", attention="attn"),
-        fixed={**_NO_SPECIAL_TOKENS, "activation_function": "gelu_new"},
+        fixed=_NO_SPECIAL_TOKENS,
     ),
 })
 

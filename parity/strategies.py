@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
+from hypothesis import Phase, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
+from parity import registry
 from parity.example import Example
 from parity.registry import ArchSpec, family_config
 
@@ -39,25 +42,30 @@ def attention_shapes(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) 
     return {"num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": head_dim, "hidden_size": hidden}
 
 
-MAX_POSITIONS = 256  # max_position_embeddings of every generated config
+MAX_POSITIONS = (256, 32, 16)
+"""max_position_embeddings: long, then just above the longest prompt plus its decode steps.
+RoPE scaling reads it (LongRoPE's and YaRN's attention scaling, dynamic NTK's threshold)."""
 
-# Parameters of each RoPE scaling variant, as transformers names them; the first
-# value of each is the plainest. "dynamic" is left out on purpose: transformers
-# rescales only once a sequence outgrows original_max_position_embeddings, while
-# vLLM's and SGLang's DynamicNTK rotary precomputes the scaled base for every length.
+OMIT = "<omitted>"
+"""A parameter value meaning "leave the key out", so the type's own default applies."""
+
+# Every RoPE scaling type transformers implements, with every parameter it reads, each
+# listed plainest first. Values are chosen to act at the drawn positions: original contexts
+# of 8 are outgrown by most prompts and by decoding (llama3, yarn and dynamic switch or
+# rescale there; LongRoPE switches factors); YaRN's beta_fast moves a correction bound only
+# when the original context exceeds beta_fast * 2 pi, hence 4 next to 32 with a context of 64.
 ROPE_SCALING: dict[str, dict[str, tuple[Any, ...]]] = {
     "default": {},
     "linear": {"factor": (2.0, 4.0, 0.5)},
-    # An original context of 8 is outgrown by most prompts and by decoding: llama3 and yarn
-    # rescale statically, so positions past it must agree too.
+    "dynamic": {"factor": (2.0, 4.0), "original_max_position_embeddings": (8, 64)},
     "llama3": {"factor": (8.0, 2.0), "low_freq_factor": (1.0, 2.0), "high_freq_factor": (4.0, 8.0),
                "original_max_position_embeddings": (64, 16, 8)},
     "yarn": {"factor": (4.0, 2.0), "original_max_position_embeddings": (64, 16, 8),
-             "beta_fast": (32.0, 16.0), "beta_slow": (1.0, 2.0)},
-    # Plus per-frequency short/long factors (see longrope_factors). An original context of 8
-    # is outgrown by prompts and decoding: transformers then switches to the long factors per
-    # sequence, the engines do not (see parity/known_issues.py).
-    "longrope": {"original_max_position_embeddings": (64, 128, 8)},
+             "beta_fast": (32.0, 4.0), "beta_slow": (1.0, 2.0), "attention_factor": (OMIT, 0.8, 1.25),
+             "mscale": (OMIT, 1.0, 0.5), "mscale_all_dim": (OMIT, 1.0, 0.5), "truncate": (OMIT, False)},
+    # Plus per-frequency short/long factors (see longrope_factors).
+    "longrope": {"original_max_position_embeddings": (64, 128, 8), "attention_factor": (OMIT, 1.0, 0.5),
+                 "factor": (OMIT, 4.0)},
 }
 
 
@@ -65,8 +73,8 @@ ROPE_SCALING: dict[str, dict[str, tuple[Any, ...]]] = {
 def rope_scaling(draw: st.DrawFn, spec: ArchSpec) -> dict[str, Any]:
     """A ``rope_type`` from the entry's variants and that variant's parameters."""
     rope_type = draw(st.sampled_from(spec.rope_types))
-    return {"rope_type": rope_type,
-            **{k: draw(st.sampled_from(values)) for k, values in ROPE_SCALING[rope_type].items()}}
+    params = {k: draw(st.sampled_from(values)) for k, values in ROPE_SCALING[rope_type].items()}
+    return {"rope_type": rope_type, **{k: v for k, v in params.items() if v != OMIT}}
 
 
 @st.composite
@@ -82,15 +90,19 @@ def rope_parameters(draw: st.DrawFn, spec: ArchSpec, head_dim: int) -> dict[str,
     return params
 
 
+LONGROPE_TOPS = {"short_factor": (1.0, 1.5), "long_factor": (4.0, 16.0)}
+"""LongRoPE factor ramps, by the value on the slowest pair; the first of each is the plainest."""
+
+
+def longrope_ramps(pairs: int, **tops: float) -> dict[str, list[float]]:
+    """LongRoPE's per-frequency rescale factors, one per rotated pair, rising linearly from 1 on the
+    fastest pair to the given top on the slowest (the shape of released Phi-3 configs)."""
+    return {key: [1.0 + (top - 1.0) * i / max(pairs - 1, 1) for i in range(pairs)] for key, top in tops.items()}
+
+
 @st.composite
 def longrope_factors(draw: st.DrawFn, pairs: int) -> dict[str, list[float]]:
-    """LongRoPE's per-frequency rescale factors, one per rotated pair, rising from 1 on the
-    fastest pair to a top value on the slowest (the shape of released Phi-3 configs)."""
-    def ramp(top: float) -> list[float]:
-        return [1.0 + (top - 1.0) * i / max(pairs - 1, 1) for i in range(pairs)]
-
-    return {"short_factor": ramp(draw(st.sampled_from((1.0, 1.5)))),
-            "long_factor": ramp(draw(st.sampled_from((4.0, 16.0))))}
+    return longrope_ramps(pairs, **{key: draw(st.sampled_from(tops)) for key, tops in LONGROPE_TOPS.items()})
 
 
 @st.composite
@@ -105,13 +117,13 @@ def model_configs(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) -> 
         "rms_norm_eps": draw(st.sampled_from(spec.rms_norm_eps)),
         "vocab_size": draw(st.sampled_from(spec.vocab_sizes)),
         "tie_word_embeddings": draw(st.sampled_from(spec.tie_word_embeddings)),
-        "max_position_embeddings": MAX_POSITIONS,
+        "max_position_embeddings": draw(st.sampled_from(MAX_POSITIONS)),
         "rope_parameters": draw(rope_parameters(spec, shapes["head_dim"])),
         **draw(optional_knobs(spec)),
         **spec.fixed,
     }
     rope = config["rope_parameters"]
-    if rope["rope_type"] == "longrope":
+    if rope["rope_type"] == "longrope" and spec.top_level_original_context:
         # LongRoPE checkpoints (Phi-3) state the original context at top level too, and
         # transformers' Phi3Config replaces rope_parameters' value with its top-level default
         # (4096) when it is missing there.
@@ -129,7 +141,14 @@ def optional_knobs(draw: st.DrawFn, spec: ArchSpec) -> dict[str, Any]:
         knobs["sliding_window"] = draw(st.sampled_from(spec.sliding_windows))
     for key, values in spec.knobs.items():
         knobs[key] = draw(st.sampled_from(values))
+    activation = draw(plain_half(spec.activations))
+    knobs.update((key, activation) for key in spec.activation_keys)
     return knobs
+
+
+def plain_half(values: Sequence[Any]) -> st.SearchStrategy[Any]:
+    """The first (plainest) value half the time, another the rest; shrinks to the first."""
+    return st.one_of(st.just(values[0]), st.sampled_from(values[1:])) if len(values) > 1 else st.just(values[0])
 
 
 @st.composite
@@ -157,3 +176,19 @@ def examples(draw: st.DrawFn, arch: str, spec: ArchSpec, head_dims: Sequence[int
         prompts=draw(prompt_batches(config["vocab_size"])),
         decode_steps=decode_steps,
     )
+
+
+def sample(arch: str, count: int, seed: int, decode_steps: int = 2) -> list[Example]:
+    """The first ``count`` examples the strategies generate for ``arch`` under ``seed``, outside any search
+    (the first is the plainest: Hypothesis starts from every piece's first choice)."""
+    spec = registry.get(arch)
+    drawn: list[Example] = []
+
+    @hypothesis_seed(seed)
+    @settings(max_examples=count, database=None, deadline=None, phases=(Phase.generate,))
+    @given(examples(arch, spec, spec.head_dims, decode_steps))
+    def collect(example: Example) -> None:
+        drawn.append(example)
+
+    collect()
+    return drawn[:count]

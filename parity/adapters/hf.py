@@ -18,7 +18,8 @@ from typing import Any, Sequence
 import torch
 
 from parity import checkpoint as ckpt
-from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, config_head_dim, first, hook_common, save
+from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, config_head_dim, first, head_dim, hook_common,
+                                   save)
 
 
 def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -67,6 +68,27 @@ class Adapter:
         t2 = time.perf_counter()
         result = save(rec.tensors(), out) if capture else {}
         return {**result, "seconds": {"load": t1 - t0, "forward": t2 - t1, "save": time.perf_counter() - t2}}
+
+    def surface(self, config: dict[str, Any], seed: int, prompts: Sequence[Sequence[int]], decode_steps: int,
+                modules: dict[str, str] | None = None, skip: Sequence[str] = (),
+                candidates: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+        """The config keys transformers reads for ``config`` and which change its output (parity.worker.surface)."""
+        from parity.worker import surface
+
+        def capture(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+            rec = Recorder(prompts, decode_steps, head_dim(config))
+            hooks = self._install(Parts(model.to(self.device), modules), rec)
+            try:
+                with torch.no_grad():
+                    for prompt in prompts:
+                        self._generate(model, rec, list(prompt), decode_steps)
+            finally:
+                hooks.remove()
+            return rec.tensors()
+
+        t0 = time.perf_counter()
+        entries = surface.measure(config, seed, capture, skip, candidates)
+        return {"entries": entries, "seconds": {"measure": time.perf_counter() - t0}}
 
     @staticmethod
     def _install(parts: Parts, rec: Recorder) -> Hooks:

@@ -202,12 +202,16 @@ def hook_common(rec: Recorder, parts: Parts, *, layer_input: Callable[[tuple, di
     return hooks
 
 def config_head_dim(checkpoint: str) -> int:
-    """head_dim as transformers derives it: explicit ``head_dim`` or hidden_size / num_attention_heads."""
+    """head_dim of a checkpoint (see :func:`head_dim`)."""
     import json
     from pathlib import Path
 
-    cfg = json.loads((Path(checkpoint) / "config.json").read_text())
-    return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    return head_dim(json.loads((Path(checkpoint) / "config.json").read_text()))
+
+
+def head_dim(config: Mapping[str, Any]) -> int:
+    """head_dim as transformers derives it: explicit ``head_dim`` or hidden_size / num_attention_heads."""
+    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
 
 
 def save(tensors: dict[str, torch.Tensor], out: str) -> dict[str, Any]:

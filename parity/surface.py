@@ -1,0 +1,242 @@
+"""The config surface of each family, measured: what the reference reads, what changes
+its output, and what parity's strategies vary.
+
+Every key transformers reads while it builds a family's config and model and runs
+prefill plus a decode step (``parity.worker.surface``, in the reference worker) falls
+in exactly one class:
+
+- ``varied``: the strategies draw at least two values for it;
+- ``pinned``: held on purpose, with the reason written in the registry
+  (``registry.PINNED`` for every family, ``ArchSpec.pinned`` for one); a key the
+  family's config class does not define (transformers reads it with a default) is
+  pinned by that fact;
+- ``neutral``: measured: changing it alone left every captured activation bit for bit
+  equal, on every probe config;
+- ``unclassified``: none of these, a blind spot (the tests fail on it).
+
+Coverage is varied keys over keys that change the output. The probe configs are the
+strategies' own first draws plus, where the family has ``rope_parameters``, the same
+model under every RoPE scaling type transformers implements, so that each type's
+parameters are read and measured too.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from parity import registry, strategies
+from parity.example import Example
+from parity.pool import Worker, WorkerError
+
+ABSENT = "<absent>"  # as parity.worker.surface writes it
+
+PROBE_PROMPT = tuple(range(3, 15))
+"""One prompt of 12 tokens: longer than the drawn sliding windows (4, 7) and the shortest
+drawn original contexts (8), so windows drop keys and scaled RoPE passes its threshold."""
+
+PROBE_DRAWS = 3
+"""Drawn configs probed per family: the plainest, then two random draws."""
+
+VARIED_DRAWS = 300
+"""Draws per family from which the varied keys are read off."""
+
+# The RoPE probes: each scaling type with its plainest parameters, then with the overrides
+# under which the rest of its parameters act: original contexts the probe prompt outgrows
+# (llama3's and YaRN's thresholds, LongRoPE's long factors), and YaRN's mscale pair, which
+# only counts when both are set and attention_factor is not.
+ROPE_PROBES: Mapping[str, Sequence[Mapping[str, Any]]] = {
+    "linear": ({},),
+    "dynamic": ({},),
+    "llama3": ({}, {"original_max_position_embeddings": 8}),
+    "yarn": ({}, {"original_max_position_embeddings": 8}, {"mscale": 1.0, "mscale_all_dim": 0.5}),
+    "longrope": ({}, {"original_max_position_embeddings": 8}),
+}
+
+
+def flatten(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (one level, as config dicts nest)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def drawn_values(examples: Iterable[Example]) -> dict[str, list[Any]]:
+    """Per flattened config key, the distinct values the examples drew (``ABSENT`` where a draw lacks it)."""
+    configs = [flatten(e.config) for e in examples]
+    keys = sorted({k for c in configs for k in c})
+    values: dict[str, list[Any]] = {}
+    for key in keys:
+        seen: list[Any] = []
+        for c in configs:
+            v = c.get(key, ABSENT)
+            if v not in seen:
+                seen.append(v)
+        values[key] = seen
+    return values
+
+
+def probe_configs(arch: str, seed: int = 0) -> list[dict[str, Any]]:
+    """The configs whose reads and effects make up the family's surface: the first draws, and the
+    plainest draw under every RoPE scaling type (``strategies.ROPE_SCALING``)."""
+    drawn = [e.config for e in strategies.sample(arch, PROBE_DRAWS, seed)]
+    plain = drawn[0]
+    if "rope_parameters" not in plain:
+        return drawn
+    variants = []
+    for rope_type, overrides in ROPE_PROBES.items():
+        plainest = {k: v[0] for k, v in strategies.ROPE_SCALING[rope_type].items()}
+        for override in overrides:
+            params = {**plainest, **override}
+            rope = {"rope_type": rope_type, "rope_theta": plain["rope_parameters"]["rope_theta"],
+                    **{k: v for k, v in params.items() if v != strategies.OMIT}}
+            if "partial_rotary_factor" in plain["rope_parameters"]:
+                rope["partial_rotary_factor"] = plain["rope_parameters"]["partial_rotary_factor"]
+            config = copy.deepcopy(plain)
+            if rope_type == "longrope":
+                pairs = int(rope.get("partial_rotary_factor", 1.0) * plain["head_dim"]) // 2
+                rope.update(strategies.longrope_ramps(pairs, **{k: t[-1] for k, t in strategies.LONGROPE_TOPS.items()}))
+                if registry.get(arch).top_level_original_context:
+                    config["original_max_position_embeddings"] = rope["original_max_position_embeddings"]
+            config["rope_parameters"] = rope
+            variants.append(config)
+    return drawn + variants
+
+
+@dataclass(frozen=True)
+class KeySurface:
+    key: str
+    """The family's own key name (nested keys as ``rope_parameters.factor``)."""
+    effect: str
+    """Measured: ``changes``, ``neutral``, ``rejected`` (no other value could be built) or
+    ``undefined`` (read with a default; not a key of the family's config class)."""
+    cls: str
+    """``varied``, ``pinned``, ``neutral`` or ``unclassified``."""
+    reason: str = ""
+    """Why a pinned key is pinned; what was measured otherwise."""
+    drawn: list[Any] = field(default_factory=list)
+    """Values the strategies drew (varied keys)."""
+    drawn_act: bool | None = None
+    """Varied keys: whether changing the key alone to a drawn value changed an activation."""
+
+
+@dataclass(frozen=True)
+class FamilySurface:
+    arch: str
+    keys: list[KeySurface]
+    rejected_configs: list[str] = field(default_factory=list)
+    """Probe configs transformers refused to build (e.g. a RoPE type the family rejects), with why."""
+
+    @property
+    def changing(self) -> list[KeySurface]:
+        return [k for k in self.keys if k.effect == "changes"]
+
+    @property
+    def coverage(self) -> float:
+        """Varied keys over keys that change the output (1.0 when nothing changes it)."""
+        changing = self.changing
+        return sum(k.cls == "varied" for k in changing) / len(changing) if changing else 1.0
+
+    def of(self, cls: str) -> list[KeySurface]:
+        return [k for k in self.keys if k.cls == cls]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"arch": self.arch, "coverage": self.coverage, **asdict(self)}
+
+
+def merge_effects(entries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One effect per key over all probe configs: changes beats neutral beats rejected beats undefined."""
+    rank = {"changes": 4, "neutral": 3, "rejected": 2, "undefined": 1, "skipped": 0}
+    merged: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        seen = merged.get(e["key"])
+        if seen is None or rank[e["effect"]] > rank[seen["effect"]]:
+            merged[e["key"]] = {**e, "drawn_act": e.get("drawn_act") or (seen or {}).get("drawn_act", False)}
+        elif e.get("drawn_act"):
+            seen["drawn_act"] = True
+    return merged
+
+
+def classify(arch: str, effects: Mapping[str, Mapping[str, Any]], drawn: Mapping[str, list[Any]],
+             rejected_configs: Sequence[str] = ()) -> FamilySurface:
+    spec = registry.get(arch)
+    pins = {**registry.PINNED, **spec.pinned}
+    keys = []
+    for key, e in sorted(effects.items()):
+        if e["effect"] == "skipped":  # a dict: its own keys are measured one by one
+            continue
+        values = drawn.get(key, [])
+        if key in spec.pinned:  # a family's own pin says why drawing it shows nothing here
+            keys.append(KeySurface(key, e["effect"], "pinned", spec.pinned[key], drawn=values))
+        elif len(values) >= 2:
+            acts = bool(e.get("drawn_act")) if e["effect"] != "undefined" else None
+            keys.append(KeySurface(key, e["effect"], "varied", drawn=values, drawn_act=acts))
+        elif key in pins:
+            keys.append(KeySurface(key, e["effect"], "pinned", pins[key]))
+        elif e["effect"] == "undefined":
+            keys.append(KeySurface(key, e["effect"], "pinned",
+                                   "not a key of the family's config class: read with a default, "
+                                   "released checkpoints of the family do not carry it"))
+        elif e["effect"] == "neutral":
+            keys.append(KeySurface(key, e["effect"], "neutral", f"no activation moved with {e.get('tried')}"))
+        else:
+            keys.append(KeySurface(key, e["effect"], "unclassified", e.get("error", "")))
+    return FamilySurface(arch, keys, list(rejected_configs))
+
+
+def _short(value: Any) -> str:
+    return f"[{len(value)} values]" if isinstance(value, list) and len(value) > 4 else repr(value)
+
+
+def render(surfaces: Sequence[FamilySurface], verbose: bool = False) -> str:
+    """The per-family table ``parity surface`` prints."""
+    lines = []
+    for s in surfaces:
+        lines.append(f"{s.arch}: coverage {s.coverage:.0%} ({sum(k.cls == 'varied' for k in s.changing)} of "
+                     f"{len(s.changing)} keys that change the output are varied); "
+                     + ", ".join(f"{len(s.of(c))} {c}" for c in ("varied", "pinned", "neutral", "unclassified")))
+        for k in s.keys:
+            if verbose or k.cls == "unclassified" or (k.effect == "changes" and k.cls != "varied") \
+                    or k.drawn_act is False:
+                note = k.reason or (f"drawn {', '.join(_short(v) for v in k.drawn)}"
+                                    + ("" if k.drawn_act else "; no drawn value acted"))
+                lines.append(f"  {k.key:42} {k.effect:9} {k.cls:12} {note}")
+        lines += [f"  probe config refused: {r}" for r in s.rejected_configs]
+    return "\n".join(lines)
+
+
+def sized_candidates(config: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """Drawn values of the keys whose values are sized to this config (LongRoPE's per-pair factors),
+    as the strategies draw them for its rotated width."""
+    rope = config.get("rope_parameters") or {}
+    if rope.get("rope_type") != "longrope":
+        return {}
+    pairs = len(rope["short_factor"])
+    return {f"rope_parameters.{key}": [strategies.longrope_ramps(pairs, **{key: top})[key] for top in tops]
+            for key, tops in strategies.LONGROPE_TOPS.items()}
+
+
+def measure(worker: Worker, arch: str, seed: int = 0, timeout: float = 600.0) -> FamilySurface:
+    """Probe every config of ``arch`` in a reference worker and classify what it read."""
+    spec = registry.get(arch)
+    drawn = drawn_values(strategies.sample(arch, VARIED_DRAWS, seed))
+    candidates = {k: [v for v in values if v != ABSENT] for k, values in drawn.items() if len(values) >= 2}
+    entries: list[dict[str, Any]] = []
+    refused: list[str] = []
+    for config in probe_configs(arch, seed):
+        changing = sorted(k for k, e in merge_effects(entries).items() if e["effect"] == "changes")
+        try:
+            reply = worker.call("surface", timeout, config=config, seed=seed, prompts=[list(PROBE_PROMPT)],
+                                decode_steps=1, modules=asdict(spec.modules), skip=changing,
+                                candidates={**candidates, **sized_candidates(config)})
+        except WorkerError as exc:
+            rope = config.get("rope_parameters", {}).get("rope_type", "default")
+            refused.append(f"rope_type {rope}: {exc.reason.splitlines()[0][:200]}")
+            continue
+        entries += reply["entries"]
+    return classify(arch, merge_effects(entries), drawn, refused)

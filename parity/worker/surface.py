@@ -1,0 +1,206 @@
+"""The reference's config surface, measured (runs inside the transformers worker).
+
+Two questions per config: which keys does transformers read while it builds the
+config and the model and runs prefill plus a decode step, and which of them change
+an activation when changed alone. Reads are seen by wrapping the config class's
+attribute lookup (the stored key is recorded, after ``attribute_map``) and every
+dict-valued attribute (``rope_parameters``: item reads, ``get``, ``in``). A key
+read but absent from the config counts too: code that looks for it would honour it.
+
+A key "changes" the output when some other value for it, alone, changes any
+captured tensor bit for bit; "neutral" when every value tried leaves them all
+equal; "rejected" when no other value could be built or run.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+
+from parity import checkpoint as ckpt
+
+Capture = Callable[[torch.nn.Module], dict[str, torch.Tensor]]
+
+ABSENT = "<absent>"
+
+# transformers' generic code looks for sub-configs and dtypes in every dict attribute;
+# those lookups say nothing about a family, and label maps are a classifier's.
+_IGNORED_DICTS = ("id2label", "label2id")
+
+# Alternatives for string-valued keys: values transformers accepts for them.
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu", "gelu_new", "relu")
+STRING_ALTERNATIVES: Mapping[str, tuple[str, ...]] = {
+    "hidden_act": ACTIVATIONS, "hidden_activation": ACTIVATIONS, "activation_function": ACTIVATIONS,
+    "rope_parameters.rope_type": ("default", "linear", "dynamic", "yarn"),
+}
+# What another rope_type needs besides its name to be built at all.
+ROPE_TYPE_PARAMETERS: Mapping[str, Mapping[str, Any]] = {
+    "linear": {"factor": 2.0}, "dynamic": {"factor": 2.0},
+    "yarn": {"factor": 2.0, "original_max_position_embeddings": 8},
+}
+
+
+class _RecordingDict(dict):
+    """A config's nested dict that notes which of its keys are looked up."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str, reads: dict[str, tuple[str, Any]]):
+        super().__init__(data)
+        self._prefix, self._reads = prefix, reads
+
+    def _note(self, key: Any, how: str) -> None:
+        if isinstance(key, str) and not key.startswith("_") and key != "dtype":
+            self._reads.setdefault(f"{self._prefix}.{key}", (how, super().get(key, ABSENT)))
+
+    def __getitem__(self, key: Any) -> Any:
+        self._note(key, "item")
+        return super().__getitem__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._note(key, "get")
+        return super().get(key, default)
+
+    def __contains__(self, key: Any) -> bool:
+        self._note(key, "in")
+        return super().__contains__(key)
+
+
+@contextmanager
+def recording(reads: dict[str, tuple[str, Any]]) -> Iterator[None]:
+    """Note every public config key read (``reads[key] = (how, value read)``) while the block runs."""
+    from transformers import PretrainedConfig
+
+    original = PretrainedConfig.__getattribute__
+
+    def getattribute(self: Any, name: str) -> Any:
+        if name.startswith("_"):
+            return original(self, name)
+        key = original(self, "attribute_map").get(name, name)
+        try:
+            value = original(self, name)
+        except AttributeError:
+            reads.setdefault(key, ("absent", ABSENT))
+            raise
+        if key in original(self, "__dict__") and not callable(value) and key not in _IGNORED_DICTS:
+            reads.setdefault(key, ("attr", value))
+            if isinstance(value, dict) and not isinstance(value, _RecordingDict):
+                value = _RecordingDict(value, key, reads)
+                original(self, "__dict__")[key] = value
+        return value
+
+    PretrainedConfig.__getattribute__ = getattribute
+    try:
+        yield
+    finally:
+        PretrainedConfig.__getattribute__ = original
+
+
+def run_config(config: Mapping[str, Any], seed: int, capture: Capture, reads: dict[str, tuple[str, Any]] | None = None
+               ) -> dict[str, torch.Tensor]:
+    """Build ``config`` as parity's checkpoints are built (same seed, same weights) and capture a run."""
+    from transformers import AutoModelForCausalLM
+
+    def build() -> torch.nn.Module:
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(ckpt.build_config(dict(config)), dtype=torch.float32,
+                                                 attn_implementation="eager")  # as the reference runs
+        ckpt.randomize(model, seed)
+        return model.eval()
+
+    if reads is None:
+        return capture(build())
+    with recording(reads):
+        return capture(build())
+
+
+def put(config: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of ``config`` with ``key`` (``a`` or ``a.b``) set to ``value`` (another rope_type
+    comes with the parameters it cannot be built without)."""
+    out = copy.deepcopy(dict(config))
+    head, _, rest = key.partition(".")
+    if rest:
+        extra = ROPE_TYPE_PARAMETERS.get(value, {}) if key == "rope_parameters.rope_type" else {}
+        out[head] = {**(out.get(head) or {}), **extra, rest: value}
+    else:
+        out[head] = value
+    return out
+
+
+def alternatives(key: str, value: Any) -> list[Any]:
+    """Other values to try for ``key``, most likely to be accepted first."""
+    if key in STRING_ALTERNATIVES:
+        return [v for v in STRING_ALTERNATIVES[key] if v != value]
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return [value * 2, value + 1] if value else [1, 4]
+    if isinstance(value, float):
+        return [value * 2, value / 2] if value else [0.5, 4.0]
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+        return [[v * 2 for v in value]]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        swapped = {"full_attention": "sliding_attention", "sliding_attention": "full_attention"}
+        return [[swapped.get(value[0], value[0]), *value[1:]], [swapped.get(v, v) for v in value]]
+    if value is None or value == ABSENT:
+        return [4, 0.5, True, "silu"]
+    return []
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON can carry it."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return repr(value)
+
+
+def _fits(candidate: Any, value: Any) -> bool:
+    """Whether a drawn value can stand in for ``value`` here (per-pair factor lists are sized to the head)."""
+    return not isinstance(candidate, list) or (isinstance(value, list) and len(candidate) == len(value))
+
+
+def _same(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+def measure(config: Mapping[str, Any], seed: int, capture: Capture, skip: Sequence[str] = (),
+            candidates: Mapping[str, Sequence[Any]] | None = None) -> list[dict[str, Any]]:
+    """Every key read for ``config``, with its effect when changed alone.
+
+    ``skip``: keys already known to change the output (not measured again).
+    ``candidates``: values to try first per key (the strategies' own draws, so that
+    "changes" also says the drawn values act).
+    """
+    reads: dict[str, tuple[str, Any]] = {}
+    baseline = run_config(config, seed, capture, reads)
+    entries = []
+    for key, (how, value) in sorted(reads.items()):
+        entry: dict[str, Any] = {"key": key, "read": how, "value": _plain(value)}
+        if key in skip or isinstance(value, dict):  # a dict's own keys are measured one by one
+            entries.append({**entry, "effect": "skipped"})
+            continue
+        if how == "absent":  # honoured if present, but not a key of this family's config class
+            entries.append({**entry, "effect": "undefined"})
+            continue
+        mine = [v for v in (candidates or {}).get(key, ()) if v != value and _fits(v, value)]
+        tried, error = [], ""
+        effect = "rejected"
+        others = [v for v in alternatives(key, value) if v not in mine]
+        for candidate in mine + [v for i, v in enumerate(others) if v not in others[:i]]:
+            try:
+                changed = not _same(run_config(put(config, key, candidate), seed, capture), baseline)
+            except Exception as exc:  # a value transformers refuses: try the next one
+                error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                continue
+            tried.append(candidate)
+            effect = "changes" if changed else "neutral"
+            if changed:
+                break
+        entries.append({**entry, "effect": effect, "tried": tried, "drawn_act": bool(mine) and effect == "changes"
+                        and tried[-1] in mine, **({"error": error} if effect == "rejected" else {})})
+    return entries

@@ -1,0 +1,63 @@
+"""The config surface: every key the reference reads is varied, pinned with a reason or
+measured neutral, and every varied key's drawn values act."""
+
+import pytest
+
+from parity import registry, surface
+from parity.example import Example
+
+
+def effect(key, what, **kw):
+    return {"key": key, "effect": what, **kw}
+
+
+def test_classes_pins_first_then_varied_then_measured():
+    effects = surface.merge_effects([
+        effect("hidden_size", "changes", drawn_act=True),
+        effect("use_bidirectional_attention", "changes"),
+        effect("return_dict", "rejected", error="AttributeError"),
+        effect("sliding_window", "undefined"),
+        effect("initializer_range", "neutral", tried=[0.04]),
+        effect("mystery", "changes"),
+        effect("beta_fast", "neutral"), effect("beta_fast", "changes", drawn_act=False),
+    ])
+    drawn = {"hidden_size": [64, 128], "beta_fast": [32.0, 4.0], "use_bidirectional_attention": [False, True]}
+    s = surface.classify("gemma", effects, drawn)
+    cls = {k.key: k.cls for k in s.keys}
+    assert cls == {"hidden_size": "varied", "use_bidirectional_attention": "pinned", "return_dict": "pinned",
+                   "sliding_window": "pinned", "initializer_range": "neutral", "mystery": "unclassified",
+                   "beta_fast": "varied"}
+    assert [k.key for k in s.of("unclassified")] == ["mystery"]
+    # changing: hidden_size, use_bidirectional_attention, mystery, beta_fast; varied among them: 2
+    assert s.coverage == pytest.approx(2 / 4)
+    assert {k.key: k.drawn_act for k in s.of("varied")} == {"hidden_size": True, "beta_fast": False}
+
+
+def test_drawn_values_count_absence_as_a_value():
+    def ex(config):
+        return Example("llama", config, 0, ((1, 2),), 1)
+
+    values = surface.drawn_values([ex({"a": 1, "r": {"t": "yarn"}}), ex({"a": 1, "r": {"t": "yarn", "f": 2.0}})])
+    assert values == {"a": [1], "r.t": ["yarn"], "r.f": [surface.ABSENT, 2.0]}
+
+
+def test_probe_configs_reach_every_rope_type_the_strategies_draw():
+    configs = surface.probe_configs("llama")
+    types = {c["rope_parameters"]["rope_type"] for c in configs}
+    assert types == set(registry.get("llama").rope_types)
+    outgrown = [c for c in configs if c["rope_parameters"].get("original_max_position_embeddings", 99)
+                < len(surface.PROBE_PROMPT)]
+    assert {c["rope_parameters"]["rope_type"] for c in outgrown} >= {"llama3", "yarn", "longrope", "dynamic"}
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("arch", list(registry.ARCHITECTURES))
+def test_every_key_read_is_varied_pinned_or_neutral_and_drawn_values_act(parity_sessions, arch):
+    session = parity_sessions(["transformers@surface"])
+    measured = surface.measure(session.reference, arch)
+    assert measured.keys, "no config read was recorded"
+    blind = [(k.key, k.effect, k.reason) for k in measured.of("unclassified")]
+    assert not blind, f"{arch}: keys read but neither varied, pinned nor neutral: {blind}"
+    idle = [(k.key, k.effect) for k in measured.of("varied") if not (k.effect == "changes" and k.drawn_act)]
+    assert not idle, f"{arch}: varied keys whose drawn values never change an activation: {idle}"
+    assert measured.coverage >= 0.95, surface.render([measured])
