@@ -4,22 +4,43 @@ A result whose first divergence matches an entry is still reported as
 ``diverged`` (an error matching an entry's message, as ``error``), with the
 entry's diagnosis attached as ``known_issue``. It does
 not fail the run (exit code) or drive the search (no shrinking), so a known
-engine bug neither hides new ones nor costs a shrink per example. Entries name
-the engine version they were diagnosed on; a newer engine is held to ``pass``
-again. Delete an entry when the engine fixes the bug.
+engine bug neither hides new ones nor costs a shrink per example.
+
+Each entry names the engine versions parity was run on and saw the bug
+(``verified``, oldest first): any version from the oldest to the newest of them
+matches, so list every release in that range only once it has actually been run.
+A version outside the range (a newer engine, or an older one nobody ran) is held
+to ``pass`` again. Delete an entry when the engine fixes the bug.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
+
+_RELEASE = re.compile(r"(\d+(?:\.\d+)*)(?:\+[0-9A-Za-z.]+)?")
+
+
+def release(version: str) -> tuple[int, ...] | None:
+    """``"0.30.0"`` -> ``(0, 30)`` (trailing zeros dropped, so 0.30 == 0.30.0; a ``+local`` label is
+    ignored). None for anything else: a pre-, post- or dev release is no verified release and never
+    matches a range."""
+    m = _RELEASE.fullmatch(version.strip())
+    if not m:
+        return None
+    parts = [int(p) for p in m[1].split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
 
 
 @dataclass(frozen=True)
 class KnownIssue:
     engine: str
-    version: str
-    """Engine version the diagnosis was made on (exact match)."""
+    verified: tuple[str, ...]
+    """Engine versions parity was run on and saw this bug, oldest first; every version from the
+    first to the last matches, so every release in between must have been run too."""
 
     arch: str
     kinds: tuple[str, ...]
@@ -32,6 +53,29 @@ class KnownIssue:
 
     message: str = ""
     """Text the error's reason must contain (entries for ``"error"``), so only this failure matches."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.verified, str) or not self.verified:
+            raise ValueError(f"{self.engine} {self.arch}: verified must be a non-empty tuple of versions, "
+                             f"not {self.verified!r}")
+        releases = [release(v) for v in self.verified]
+        if None in releases:
+            raise ValueError(f"{self.engine} {self.arch}: verified versions must be plain releases such as "
+                             f"0.32.0: {self.verified!r}")
+        if any(a >= b for a, b in zip(releases, releases[1:])):
+            raise ValueError(f"{self.engine} {self.arch}: verified versions must be distinct and oldest first: "
+                             f"{self.verified!r}")
+
+    @property
+    def versions(self) -> str:
+        """The verified range as text: ``0.29.0-0.32.0``, or the one version."""
+        first, last = self.verified[0], self.verified[-1]
+        return first if first == last else f"{first}-{last}"
+
+    def covers(self, version: str) -> bool:
+        """Whether ``version`` lies in the verified range (inclusive)."""
+        r = release(version)
+        return r is not None and release(self.verified[0]) <= r <= release(self.verified[-1])
 
 
 def _partial_rotary(config: Mapping[str, Any]) -> bool:
@@ -48,79 +92,83 @@ def _longrope_outgrown(config: Mapping[str, Any]) -> bool:
     return rope.get("rope_type") == "longrope" and rope["original_max_position_embeddings"] < 64
 
 
+# Versions each entry was verified on, by running parity against that release's CPU wheel.
+VLLM = ("0.32.0",)
+SGLANG = ("0.5.23",)
+
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue(
-        "vllm", "0.32.0", "qwen3", ("attn_out",), lambda c: bool(c.get("attention_bias")),
+        "vllm", VLLM, "qwen3", ("attn_out",), lambda c: bool(c.get("attention_bias")),
         "vLLM's Qwen3Attention builds o_proj without bias (qwen3.py) and its loader drops the checkpoint's "
         "o_proj.bias as an 'extra GPTQ bias'; transformers applies attention_bias to o_proj too",
     ),
     KnownIssue(
-        "sglang", "0.5.23", "gemma", ("mlp_out",), lambda c: True,
+        "sglang", SGLANG, "gemma", ("mlp_out",), lambda c: True,
         "SGLang GemmaMLP hard-codes exact GELU (GeluAndMul('none')) and ignores the config's "
         "gelu_pytorch_tanh; layer 0's MLP output is off by ~2e-4 relative",
     ),
     KnownIssue(
-        "sglang", "0.5.23", "phi3", ("q_rot", "k_rot"), _partial_rotary,
+        "sglang", SGLANG, "phi3", ("q_rot", "k_rot"), _partial_rotary,
         "SGLang's Phi3 (LlamaAttention) reads partial_rotary_factor only as a top-level config attribute; "
         "transformers 5 keeps it in rope_parameters, so SGLang rotates the whole head",
     ),
     KnownIssue(
-        "sglang", "0.5.23", "phi3", ("error",), _partial_longrope,
+        "sglang", SGLANG, "phi3", ("error",), _partial_longrope,
         "SGLang's Phi3 ignores partial_rotary_factor in rope_parameters (see its q_rot entry); with LongRoPE it "
         "sizes the rotary tables for the whole head, the config's short/long factors (one per rotated pair) do "
         "not fit and the model fails to load",
         message="_compute_inv_freq",
     ),
     KnownIssue(
-        "sglang", "0.5.23", "stablelm", ("q_rot", "k_rot"),
+        "sglang", SGLANG, "stablelm", ("q_rot", "k_rot"),
         lambda c: (c.get("rope_parameters") or {}).get("partial_rotary_factor", 0.25) != 0.25,
         "SGLang's StableLM reads the top-level partial_rotary_factor attribute, which transformers 5 fills with "
         "its backward-compatible default 0.25 (and writes to config.json) next to the rope_parameters it "
         "applies itself; any other factor is rotated over a quarter of the head",
     ),
     KnownIssue(
-        "sglang", "0.5.23", "stablelm", ("logits",), lambda c: bool(c.get("tie_word_embeddings")),
+        "sglang", SGLANG, "stablelm", ("logits",), lambda c: bool(c.get("tie_word_embeddings")),
         "SGLang's StableLM never ties lm_head to embed_tokens: with tie_word_embeddings the checkpoint has no "
         "lm_head.weight and the head keeps its uninitialised memory (logits off by up to 1e11 relative)",
     ),
     KnownIssue(
-        "vllm", "0.32.0", "stablelm", ("error",),
+        "vllm", VLLM, "stablelm", ("error",),
         lambda c: bool(c.get("qk_layernorm") or c.get("use_parallel_residual")),
         "vLLM's StableLM port has neither per-head q/k LayerNorms (qk_layernorm) nor the parallel residual "
         "(use_parallel_residual, whose layers have no post-attention norm): StableLM-2-12B-style checkpoints "
         "fail to load", message="layernorm",
     ),
     KnownIssue(
-        "sglang", "0.5.23", "stablelm", ("error",), lambda c: bool(c.get("qk_layernorm")),
+        "sglang", SGLANG, "stablelm", ("error",), lambda c: bool(c.get("qk_layernorm")),
         "SGLang's StableLM port has no per-head q/k LayerNorms: a qk_layernorm checkpoint fails to load",
         message="_layernorm.norms",
     ),
     KnownIssue(
-        "sglang", "0.5.23", "stablelm", ("mlp_out",), lambda c: bool(c.get("use_parallel_residual")),
+        "sglang", SGLANG, "stablelm", ("mlp_out",), lambda c: bool(c.get("use_parallel_residual")),
         "SGLang's StableLM ignores use_parallel_residual: its MLP reads a post-attention LayerNorm of h + attn, "
         "a norm the checkpoint does not have (left at its initial values), instead of the shared input norm; "
         "silently wrong from layer 0",
     ),
     KnownIssue(
-        "sglang", "0.5.23", "gpt_j", ("logits",), lambda c: True,
+        "sglang", SGLANG, "gpt_j", ("logits",), lambda c: True,
         "SGLang's GPTJForCausalLM builds and loads lm_head with a bias, but LogitsProcessor.forward has no "
         "bias argument and the model never adds it: logits lack lm_head.bias",
     ),
     KnownIssue(
-        "vllm", "0.32.0", "phi3", ("q_rot", "k_rot"), _longrope_outgrown,
+        "vllm", VLLM, "phi3", ("q_rot", "k_rot"), _longrope_outgrown,
         "by design: vLLM applies LongRoPE's long factors to every token whenever max_model_len exceeds "
         "original_max_position_embeddings (so its KV cache never mixes the two; it logs a warning), "
         "transformers the short ones until a sequence outgrows the original context",
     ),
     KnownIssue(
-        "sglang", "0.5.23", "phi3", ("q_rot", "k_rot"), _longrope_outgrown,
+        "sglang", SGLANG, "phi3", ("q_rot", "k_rot"), _longrope_outgrown,
         "SGLang picks LongRoPE's long or short factors for a whole batch, long once any position exceeds "
         "original_max_position_embeddings; transformers decides per sequence, long once its length exceeds "
         "it (one token earlier): a short prompt batched with a long one, or a decode step at that boundary, "
         "is rotated differently",
     ),
     KnownIssue(
-        "sglang", "0.5.23", "mistral", ("attn_out",), lambda c: c.get("sliding_window") is not None,
+        "sglang", SGLANG, "mistral", ("attn_out",), lambda c: c.get("sliding_window") is not None,
         "SGLang's Mistral (LlamaForCausalLM) never reads sliding_window: it attends to the whole prompt "
         "once a prompt outgrows the window",
     ),
@@ -128,8 +176,8 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
 
 
 def listed(engine: str, version: str, arch: str) -> list[KnownIssue]:
-    """The known issues of one engine version on one architecture."""
-    return [i for i in KNOWN_ISSUES if (i.engine, i.version, i.arch) == (engine, version, arch)]
+    """The known issues of one engine version on one architecture: those whose verified range holds it."""
+    return [i for i in KNOWN_ISSUES if (i.engine, i.arch) == (engine, arch) and i.covers(version)]
 
 
 def explain(engines: Iterable[tuple[str, str]], arch: str, config: Mapping[str, Any], kind: str,
@@ -139,5 +187,5 @@ def explain(engines: Iterable[tuple[str, str]], arch: str, config: Mapping[str, 
     for engine, version in engines:
         for issue in listed(engine, version, arch):
             if kind in issue.kinds and issue.message in message and issue.applies(config):
-                return f"{engine} {version}: {issue.diagnosis}"
+                return f"{engine} {version}: {issue.diagnosis} (verified on {engine} {issue.versions})"
     return None
