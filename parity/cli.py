@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="architecture (repeatable). Default: every registry entry")
     surf.add_argument("--seed", type=int, default=0, help="seed of the probe draws. Default: %(default)r")
     surf.add_argument("--json", type=Path, metavar="FILE", help="also write the measured surfaces as JSON")
+    surf.add_argument("--write", action="store_true",
+                      help="store the measured effects in parity/measured/ for this transformers version "
+                           "(what reports compute their coverage from)")
     surf.add_argument("--all-keys", action="store_true",
                       help="list every key read, not only blind spots, pins and keys whose drawn values do not act")
     _common(surf)
@@ -254,6 +257,7 @@ def cmd_surface(args: argparse.Namespace, argv: list[str]) -> int:
         except (WorkerError, envs.EnvBuildError) as exc:
             print(f"parity: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        version = worker.hello["versions"]["transformers"]
         try:
             for arch in archs:
                 print(f"parity: measuring {arch} ...", file=sys.stderr, flush=True)
@@ -263,6 +267,8 @@ def cmd_surface(args: argparse.Namespace, argv: list[str]) -> int:
             worker.stop()
     if args.json:
         args.json.write_text(json.dumps([s.to_json() for s in measured], indent=1))
+    if args.write:
+        print(f"parity: measured effects stored in {surface.write_measured(measured, version)}", file=sys.stderr)
     return EXIT_DIVERGED if any(s.of("unclassified") for s in measured) else EXIT_OK
 
 

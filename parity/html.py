@@ -15,7 +15,8 @@ from html import escape
 
 from parity import schema
 from parity.records import BackendInfo, BackendResult, Divergence, ExampleRecord, Report, TensorRow
-from parity.tables import COLUMNS, KNOWN, known_issues_seen, shown_counts, shown_status, step_name, verdict
+from parity.tables import (COLUMNS, KNOWN, known_issues_seen, shown_counts, shown_status, step_name, surface_line,
+                           verdict)
 
 KIND_COLORS = {"q_rot": "#1f77b4", "k_rot": "#ff7f0e", "attn_out": "#2ca02c", "mlp_out": "#9467bd",
                "residual": "#8c564b"}
@@ -43,7 +44,7 @@ def render(report: Report) -> str:
         + ("" if report.complete else ' — <strong class="st-error">incomplete run</strong>') + "</p>",
         f"<p>Command: <code>{_e(report.command)}</code></p>",
         f'<p class="verdict">{_e(verdict(report))}</p>',
-        "<h2>Summary</h2>", _summary_table(report), _known_issues(report),
+        "<h2>Summary</h2>", _summary_table(report), _known_issues(report), _surface(report),
         "<h2>Examples</h2>", _index_table(report),
         "<h2>Versions</h2>", _versions_table([report.reference, *report.backends]),
         *(_example(ex) for ex in report.examples),
@@ -86,6 +87,15 @@ def _known_issues(report: Report) -> str:
                     for k in known)
     return (f"<p>Known engine issues ({_badge(KNOWN)}: still diverged or error in report.json, "
             f"not failing the run; <code>parity/known_issues.py</code>):</p><ul>{items}</ul>")
+
+
+def _surface(report: Report) -> str:
+    if not report.surface:
+        return ""
+    items = "".join(f"<li><b>{_e(arch)}</b> {_e(surface_line(arch, report))}</li>" for arch in report.surface)
+    return (f"<p>Config surface (<code>parity surface</code>, transformers "
+            f"{_e(next(iter(report.surface.values())).transformers)}): of the config keys that change the "
+            f"reference's output, those the strategies vary:</p><ul>{items}</ul>")
 
 
 def _index_table(report: Report) -> str:

@@ -96,7 +96,41 @@ def _longrope_outgrown(config: Mapping[str, Any]) -> bool:
 VLLM = ("0.32.0",)
 SGLANG = ("0.5.23",)
 
+def _not(key: str, value: Any) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda c: c.get(key) != value
+
+
+def _refusals(engine: str, verified: tuple[str, ...], archs: Iterable[str], message: str,
+              applies: Callable[[Mapping[str, Any]], bool], diagnosis: str) -> tuple[KnownIssue, ...]:
+    """One engine refusing the same config at load in several families (an error, not a wrong answer)."""
+    return tuple(KnownIssue(engine, verified, arch, ("error",), applies, diagnosis, message) for arch in archs)
+
+
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
+    # Refusals: the engine says at load that it does not implement the config; nothing runs wrong.
+    *_refusals("vllm", VLLM, ("llama", "qwen2", "qwen3", "mistral", "glm4", "phi3"), "Unsupported activation",
+               _not("hidden_act", "silu"),
+               "refuses at load: its LlamaMLP/Qwen2MLP implement only SiLU (\"Only silu is supported for now\")"),
+    *_refusals("sglang", SGLANG, ("llama", "qwen2", "qwen3", "mistral", "glm4", "phi3"), "Unsupported activation",
+               _not("hidden_act", "silu"),
+               "refuses at load: its LlamaMLP/Qwen2MLP implement only SiLU (\"Only silu is supported for now\")"),
+    *_refusals("vllm", VLLM, ("gemma",), "is not supported for Gemma models",
+               lambda c: c.get("hidden_activation") not in ("gelu_pytorch_tanh", "gelu"),
+               "refuses at load: its GemmaMLP implements only GELU, exact or tanh (hidden_activation)"),
+    *_refusals("vllm", VLLM, ("gemma2",), "Gemma2 uses `gelu_pytorch_tanh`", _not("hidden_activation", "gelu_pytorch_tanh"),
+               "refuses at load: its Gemma2MLP implements only gelu_pytorch_tanh"),
+    *_refusals("sglang", SGLANG, ("gemma2",), "Gemma2 uses `gelu_pytorch_tanh`", _not("hidden_activation", "gelu_pytorch_tanh"),
+               "refuses at load: its Gemma2MLP implements only gelu_pytorch_tanh"),
+    KnownIssue(
+        "vllm", VLLM, "stablelm", ("mlp_out",), _not("hidden_act", "silu"),
+        "vLLM's StablelmMLP hard-codes SiluAndMul and never reads hidden_act: any other activation is silently "
+        "replaced by SiLU",
+    ),
+    KnownIssue(
+        "sglang", SGLANG, "stablelm", ("mlp_out",), _not("hidden_act", "silu"),
+        "SGLang's StablelmMLP hard-codes SiluAndMul and never reads hidden_act: any other activation is silently "
+        "replaced by SiLU",
+    ),
     KnownIssue(
         "vllm", VLLM, "qwen3", ("attn_out",), lambda c: bool(c.get("attention_bias")),
         "vLLM's Qwen3Attention builds o_proj without bias (qwen3.py) and its loader drops the checkpoint's "
@@ -104,8 +138,9 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     ),
     KnownIssue(
         "sglang", SGLANG, "gemma", ("mlp_out",), lambda c: True,
-        "SGLang GemmaMLP hard-codes exact GELU (GeluAndMul('none')) and ignores the config's "
-        "gelu_pytorch_tanh; layer 0's MLP output is off by ~2e-4 relative",
+        "SGLang GemmaMLP hard-codes exact GELU (GeluAndMul('none')) whatever hidden_act/hidden_activation say "
+        "(gelu_pytorch_tanh in released Gemmas: layer 0's MLP output off by ~2e-4 relative; SiLU or ReLU: far "
+        "off)",
     ),
     KnownIssue(
         "sglang", SGLANG, "phi3", ("q_rot", "k_rot"), _partial_rotary,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from parity.records import BackendResult, ExampleRecord, Report
-from parity.tables import COLUMNS, cell, known_issues_seen, shown_counts, step_name, verdict
+from parity.tables import COLUMNS, cell, known_issues_seen, shown_counts, step_name, surface_line, verdict
 
 MAX_FAILURES = 10  # rows in the failure table; report.html has the rest
 
@@ -44,6 +44,10 @@ def render(report: Report, html: Path | None = None) -> str:
         lines += ["", "Known engine issues (counted apart from diverged and error, not failing the run; "
                   "parity/known_issues.py):", ""]
         lines += [f"- {k.where}: {k.diagnosis}" for k in known]
+    if report.surface:
+        lines += ["", "Config surface (`parity surface`, transformers "
+                  f"{next(iter(report.surface.values())).transformers}): "
+                  + "; ".join(f"{arch} {surface_line(arch, report)}" for arch in report.surface)]
     if html is not None:
         lines += ["", f"Per-layer plots, heatmaps and per-token errors: `{html}`"]
     versions = "; ".join(f"{b.label}: " + ", ".join(f"{k} {v}" for k, v in b.versions.items()) for b in report.backends)

@@ -143,6 +143,18 @@ class Summary(Record):
         return self
 
 
+class SurfaceCoverage(Record):
+    """One family's config surface (``parity surface``): of the keys that change the reference's output,
+    how many the strategies vary."""
+
+    transformers: str = Field(description="transformers version the surface was measured on")
+    coverage: float = Field(description="varied keys / keys that change the output")
+    varied: int
+    changing: int = Field(description="keys that change the output")
+    pinned: dict[str, str] = Field({}, description="keys that change the output but are held, with the reason")
+    unclassified: list[str] = Field([], description="keys read that are neither varied, pinned nor neutral")
+
+
 class Report(Record):
     schema_version: Literal[1] = SCHEMA_VERSION
     parity_version: str
@@ -157,6 +169,9 @@ class Report(Record):
     backends: list[BackendInfo]
     examples: list[ExampleRecord]
     summary: Summary
+    surface: dict[str, SurfaceCoverage] = Field(
+        {}, description="arch -> config-surface coverage for the reference's transformers version (empty where "
+                        "that version's surface has not been measured: parity surface --write)")
 
     @model_validator(mode="after")
     def _summary_matches(self) -> Report:

@@ -209,6 +209,8 @@ _QWEN_WINDOWS: dict[str, Any] = {
 _BIDIRECTIONAL = {"use_bidirectional_attention": "EmbeddingGemma's non-causal attention: an embedding model, "
                                                   "not served through the engines' causal-LM classes"}
 _GEMMA_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu", "silu", "relu")
+_SECOND_NAME = ("the activation's second name: transformers reads the other one (drawn); released configs "
+                "carry both, equal, and engine ports read either, so it is written equal to the drawn one")
 
 # Token ids of the full-size vocabularies must not index a tiny one.
 _NO_SPECIAL_TOKENS = {"pad_token_id": None, "eos_token_id": None, "bos_token_id": None}
@@ -264,7 +266,7 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         attention_bias=(False, True),
         activations=_GEMMA_ACTIVATIONS,
         activation_keys=("hidden_act", "hidden_activation"),
-        pinned=_BIDIRECTIONAL,
+        pinned={**_BIDIRECTIONAL, "hidden_activation": _SECOND_NAME},
         fixed=_NO_SPECIAL_TOKENS,
     ),
     # Fused qkv_proj and gate_up_proj in the checkpoint itself; LongRoPE as in Phi-3-128k.
@@ -297,7 +299,7 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         # (a transformers-5-only config fails to load there with an AttributeError).
         activations=_GEMMA_ACTIVATIONS,
         activation_keys=("hidden_activation", "hidden_act"),
-        pinned={**_BIDIRECTIONAL,
+        pinned={**_BIDIRECTIONAL, "hidden_act": _SECOND_NAME,
                 "layer_types": "Gemma-2's alternating sliding/full layers (transformers' default, every released "
                                "Gemma-2) are drawn through sliding_window; other layouts are not Gemma-2 checkpoints"},
         fixed=_NO_SPECIAL_TOKENS,

@@ -22,7 +22,7 @@ from safetensors.numpy import load_file
 
 import parity
 from parity import backends as backends_mod
-from parity import checkpoint_cache, compare, envs, known_issues, registry
+from parity import checkpoint_cache, compare, envs, known_issues, registry, surface
 from parity import report as report_mod
 from parity.backends import BackendSpec
 from parity.example import Example
@@ -271,6 +271,8 @@ class Session:
             dtype=self.cfg.dtype, complete=complete, reference=self.info(self.reference),
             backends=[self.info(w) for w in self.engines], examples=examples,
             summary=summarize(examples),
+            surface=surface.coverage(sorted({e.arch for e in examples}),
+                                     self.reference.hello["versions"].get("transformers", "")),
         )
 
     def write(self, complete: bool) -> Report:

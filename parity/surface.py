@@ -23,12 +23,19 @@ parameters are read and measured too.
 from __future__ import annotations
 
 import copy
+import functools
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from parity import registry, strategies
 from parity.example import Example
 from parity.pool import Worker, WorkerError
+from parity.records import SurfaceCoverage
+
+MEASURED = Path(__file__).resolve().parent / "measured"
+"""Measured effects per transformers version (``parity surface --write``), read by every report."""
 
 ABSENT = "<absent>"  # as parity.worker.surface writes it
 
@@ -240,3 +247,38 @@ def measure(worker: Worker, arch: str, seed: int = 0, timeout: float = 600.0) ->
             continue
         entries += reply["entries"]
     return classify(arch, merge_effects(entries), drawn, refused)
+
+
+def measured_path(transformers_version: str) -> Path:
+    return MEASURED / f"surface-transformers-{transformers_version}.json"
+
+
+def write_measured(surfaces: Sequence[FamilySurface], transformers_version: str) -> Path:
+    """Store each family's measured effects (not the classes: those follow the strategies and pins)."""
+    path = measured_path(transformers_version)
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known.update({s.arch: {k.key: k.effect for k in s.keys} for s in surfaces})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(sorted(known.items())), indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def coverage(archs: Iterable[str], transformers_version: str) -> dict[str, SurfaceCoverage]:
+    """Each family's coverage from the stored measurement for this transformers version and today's
+    strategies and pins; families not measured on that version are left out."""
+    path = measured_path(transformers_version)
+    if not path.exists():
+        return {}
+    stored = json.loads(path.read_text())
+    return {arch: _coverage(arch, transformers_version, tuple(sorted(stored[arch].items())))
+            for arch in archs if arch in stored and arch in registry.ARCHITECTURES}
+
+
+@functools.lru_cache(maxsize=None)  # reports are rewritten after every example; draws are the same
+def _coverage(arch: str, transformers_version: str, effects: tuple[tuple[str, str], ...]) -> SurfaceCoverage:
+    s = classify(arch, {k: {"key": k, "effect": e} for k, e in effects},
+                 drawn_values(strategies.sample(arch, VARIED_DRAWS, 0)))
+    return SurfaceCoverage(
+        transformers=transformers_version, coverage=s.coverage, varied=sum(k.cls == "varied" for k in s.changing),
+        changing=len(s.changing), pinned={k.key: k.reason for k in s.changing if k.cls == "pinned"},
+        unclassified=[k.key for k in s.of("unclassified")])

@@ -65,3 +65,14 @@ def verdict(report: Report) -> str:
         return f"{len(s.failing)} of {s.examples} examples fail"
     known = len(known_issues_seen(report))
     return f"no failure in {s.examples} examples" + (f" ({known} known engine issues)" if known else "")
+
+
+def surface_line(arch: str, report: Report) -> str:
+    """One family's config-surface coverage in words (``parity surface``)."""
+    c = report.surface[arch]
+    text = f"{c.coverage:.0%} ({c.varied} of {c.changing} keys that change the output are varied"
+    if c.pinned:
+        text += "; pinned: " + ", ".join(c.pinned)
+    if c.unclassified:
+        text += "; BLIND SPOTS: " + ", ".join(c.unclassified)
+    return text + ")"
