@@ -100,27 +100,45 @@ def _not(key: str, value: Any) -> Callable[[Mapping[str, Any]], bool]:
     return lambda c: c.get(key) != value
 
 
-def _refusals(engine: str, verified: tuple[str, ...], archs: Iterable[str], message: str,
-              applies: Callable[[Mapping[str, Any]], bool], diagnosis: str) -> tuple[KnownIssue, ...]:
-    """One engine refusing the same config at load in several families (an error, not a wrong answer)."""
-    return tuple(KnownIssue(engine, verified, arch, ("error",), applies, diagnosis, message) for arch in archs)
+def _each(engine: str, verified: tuple[str, ...], archs: Iterable[str], kinds: tuple[str, ...],
+          applies: Callable[[Mapping[str, Any]], bool], diagnosis: str, message: str = "") -> tuple[KnownIssue, ...]:
+    """One engine behaviour, shared code, seen in several families."""
+    return tuple(KnownIssue(engine, verified, arch, kinds, applies, diagnosis, message) for arch in archs)
 
+
+def _rope_type(name: str) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda c: (c.get("rope_parameters") or {}).get("rope_type") == name
+
+
+_LLAMA_MLP = ("llama", "qwen2", "qwen3", "mistral", "glm4", "phi3")
+_SILU_ONLY = "refuses at load: its LlamaMLP/Qwen2MLP implement only SiLU (\"Only silu is supported for now\")"
+_ROPE_SCALED = ("llama", "glm4", "qwen2", "qwen3", "mistral", "gemma", "gemma2")
 
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     # Refusals: the engine says at load that it does not implement the config; nothing runs wrong.
-    *_refusals("vllm", VLLM, ("llama", "qwen2", "qwen3", "mistral", "glm4", "phi3"), "Unsupported activation",
-               _not("hidden_act", "silu"),
-               "refuses at load: its LlamaMLP/Qwen2MLP implement only SiLU (\"Only silu is supported for now\")"),
-    *_refusals("sglang", SGLANG, ("llama", "qwen2", "qwen3", "mistral", "glm4", "phi3"), "Unsupported activation",
-               _not("hidden_act", "silu"),
-               "refuses at load: its LlamaMLP/Qwen2MLP implement only SiLU (\"Only silu is supported for now\")"),
-    *_refusals("vllm", VLLM, ("gemma",), "is not supported for Gemma models",
-               lambda c: c.get("hidden_activation") not in ("gelu_pytorch_tanh", "gelu"),
-               "refuses at load: its GemmaMLP implements only GELU, exact or tanh (hidden_activation)"),
-    *_refusals("vllm", VLLM, ("gemma2",), "Gemma2 uses `gelu_pytorch_tanh`", _not("hidden_activation", "gelu_pytorch_tanh"),
-               "refuses at load: its Gemma2MLP implements only gelu_pytorch_tanh"),
-    *_refusals("sglang", SGLANG, ("gemma2",), "Gemma2 uses `gelu_pytorch_tanh`", _not("hidden_activation", "gelu_pytorch_tanh"),
-               "refuses at load: its Gemma2MLP implements only gelu_pytorch_tanh"),
+    *_each("vllm", VLLM, _LLAMA_MLP, ("error",), _not("hidden_act", "silu"), _SILU_ONLY, "Unsupported activation"),
+    *_each("sglang", SGLANG, _LLAMA_MLP, ("error",), _not("hidden_act", "silu"), _SILU_ONLY, "Unsupported activation"),
+    *_each("vllm", VLLM, ("gemma",), ("error",), lambda c: c.get("hidden_activation") not in ("gelu_pytorch_tanh", "gelu"),
+           "refuses at load: its GemmaMLP implements only GELU, exact or tanh (hidden_activation)",
+           "is not supported for Gemma models"),
+    *(_each(engine, verified, ("gemma2",), ("error",), _not("hidden_activation", "gelu_pytorch_tanh"),
+            "refuses at load: its Gemma2MLP implements only gelu_pytorch_tanh", "Gemma2 uses `gelu_pytorch_tanh`")[0]
+      for engine, verified in (("vllm", VLLM), ("sglang", SGLANG))),
+    KnownIssue(
+        "sglang", SGLANG, "llama", ("mlp_out",), lambda c: bool(c.get("mlp_bias")),
+        "SGLang's LlamaMLP builds gate_up_proj and down_proj with bias=False whatever mlp_bias says, and the "
+        "loader drops the checkpoint's MLP biases: every MLP output lacks them",
+    ),
+    *_each("sglang", SGLANG, _ROPE_SCALED, ("q_rot", "k_rot"), _rope_type("dynamic"),
+           "SGLang's DynamicNTKScalingRotaryEmbedding rescales the base for every position, as if every sequence "
+           "were max_position_embeddings x factor long (rotary_embedding/rope_variant.py); transformers keeps the "
+           "plain base until a sequence outgrows original_max_position_embeddings, then rescales it for the "
+           "sequence's own length"),
+    *_each("vllm", VLLM, _ROPE_SCALED, ("q_rot", "k_rot"), _rope_type("dynamic"),
+           "vLLM's DynamicNTKScalingRotaryEmbedding scales the base by (factor x max_position / "
+           "max_trained_positions - (factor - 1)), and max_trained_positions defaults to max_position: the base "
+           "never changes (it ignores original_max_position_embeddings); transformers rescales it once a "
+           "sequence outgrows original_max_position_embeddings"),
     KnownIssue(
         "vllm", VLLM, "stablelm", ("mlp_out",), _not("hidden_act", "silu"),
         "vLLM's StablelmMLP hard-codes SiluAndMul and never reads hidden_act: any other activation is silently "

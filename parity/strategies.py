@@ -42,9 +42,9 @@ def attention_shapes(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) 
     return {"num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": head_dim, "hidden_size": hidden}
 
 
-MAX_POSITIONS = (256, 32, 16)
-"""max_position_embeddings: long, then just above the longest prompt plus its decode steps.
-RoPE scaling reads it (LongRoPE's and YaRN's attention scaling, dynamic NTK's threshold)."""
+MAX_POSITIONS = (256, 64)
+"""max_position_embeddings: RoPE scaling reads it (LongRoPE's attention scaling and factor ratio).
+Never below 64: vLLM serves parity's prompts with max_model_len 64 and refuses a model shorter than that."""
 
 OMIT = "<omitted>"
 """A parameter value meaning "leave the key out", so the type's own default applies."""
@@ -65,7 +65,7 @@ ROPE_SCALING: dict[str, dict[str, tuple[Any, ...]]] = {
              "mscale": (OMIT, 1.0, 0.5), "mscale_all_dim": (OMIT, 1.0, 0.5), "truncate": (OMIT, False)},
     # Plus per-frequency short/long factors (see longrope_factors).
     "longrope": {"original_max_position_embeddings": (64, 128, 8), "attention_factor": (OMIT, 1.0, 0.5),
-                 "factor": (OMIT, 4.0)},
+                 "factor": (OMIT, 2.0)},
 }
 
 

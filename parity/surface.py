@@ -236,7 +236,9 @@ def measure(worker: Worker, arch: str, seed: int = 0, timeout: float = 600.0) ->
     entries: list[dict[str, Any]] = []
     refused: list[str] = []
     for config in probe_configs(arch, seed):
-        changing = sorted(k for k, e in merge_effects(entries).items() if e["effect"] == "changes")
+        # Settled: keys known to change the output, by a drawn value where the strategies draw some.
+        changing = sorted(k for k, e in merge_effects(entries).items()
+                          if e["effect"] == "changes" and (e.get("drawn_act") or k not in candidates))
         try:
             reply = worker.call("surface", timeout, config=config, seed=seed, prompts=[list(PROBE_PROMPT)],
                                 decode_steps=1, modules=asdict(spec.modules), skip=changing,
