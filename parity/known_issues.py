@@ -86,6 +86,21 @@ def _partial_longrope(config: Mapping[str, Any]) -> bool:
     return _partial_rotary(config) and config["rope_parameters"].get("rope_type") == "longrope"
 
 
+def _scaled(config: Mapping[str, Any]) -> bool:
+    return (config.get("rope_parameters") or {}).get("rope_type", "default") != "default"
+
+
+def _longrope_rescaled(config: Mapping[str, Any]) -> bool:
+    """LongRoPE with an attention_factor or factor stated (both engines derive theirs from the contexts)."""
+    rope = config.get("rope_parameters") or {}
+    return rope.get("rope_type") == "longrope" and ("attention_factor" in rope or "factor" in rope)
+
+
+_LONGROPE_MSCALE = ("LongRoPE's cos/sin scale is always sqrt(1 + ln(max_position / original) / ln(original)) "
+                    "(phi3_long_rope_scaled_rope.py, rope_variant.py): a stated attention_factor, or a factor "
+                    "other than max_position / original, is ignored; transformers uses them")
+
+
 def _longrope_outgrown(config: Mapping[str, Any]) -> bool:
     """LongRoPE with an original context the prompts and decoding outgrow (engines' max_model_len >= 64)."""
     rope = config.get("rope_parameters") or {}
@@ -117,6 +132,7 @@ def _rope_type(name: str) -> Callable[[Mapping[str, Any]], bool]:
 _LLAMA_MLP = ("llama", "qwen2", "qwen3", "mistral", "glm4", "phi3")
 _SILU_ONLY = "refuses at load: its LlamaMLP/Qwen2MLP implement only SiLU (\"Only silu is supported for now\")"
 _ROPE_SCALED = ("llama", "glm4", "qwen2", "qwen3", "mistral", "gemma", "gemma2")
+_LONGROPE_FAMILIES = (*_ROPE_SCALED, "phi3", "stablelm")
 
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     # Refusals: the engine says at load that it does not implement the config; nothing runs wrong.
@@ -136,13 +152,42 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     *_each("sglang", SGLANG, _ROPE_SCALED, ("q_rot", "k_rot"), _rope_type("dynamic"),
            "SGLang's DynamicNTKScalingRotaryEmbedding rescales the base for every position, as if every sequence "
            "were max_position_embeddings x factor long (rotary_embedding/rope_variant.py); transformers keeps the "
-           "plain base until a sequence outgrows original_max_position_embeddings, then rescales it for the "
-           "sequence's own length"),
-    *_each("vllm", VLLM_NEW, _ROPE_SCALED, ("q_rot", "k_rot"), _rope_type("dynamic"),
-           "vLLM's DynamicNTKScalingRotaryEmbedding scales the base by (factor x max_position / "
-           "max_trained_positions - (factor - 1)), and max_trained_positions defaults to max_position: the base "
-           "never changes (it ignores original_max_position_embeddings); transformers rescales it once a "
-           "sequence outgrows original_max_position_embeddings"),
+           "plain base until a sequence outgrows max_position_embeddings, then rescales it for the sequence's "
+           "own length"),
+    *_each("sglang", SGLANG, ("gemma", "gemma2", "stablelm"), ("q_rot", "k_rot"), _scaled,
+           "SGLang's port passes only the base (rope_theta) to get_rope, never rope_parameters' scaling: every "
+           "scaled RoPE runs as plain RoPE"),
+    *_each("sglang", SGLANG, ("gemma", "gemma2"), ("logits",), _not("tie_word_embeddings", True),
+           "SGLang's port always computes logits from embed_tokens and skips the checkpoint's lm_head.weight: "
+           "an untied head is silently replaced by the embeddings"),
+    KnownIssue(
+        "vllm", VLLM_NEW, "gemma2", ("error",), _not("tie_word_embeddings", True),
+        "refuses at load: its Gemma2ForCausalLM is always tied and has no lm_head to load an untied head into",
+        "There is no module or parameter named 'lm_head'",
+    ),
+    *(KnownIssue(engine, verified, "gemma", ("q_rot", "k_rot", "attn_out"), lambda c: bool(c.get("attention_bias")),
+                 f"{name}'s GemmaAttention builds q/k/v/o without bias whatever attention_bias says, and its loader "
+                 f"drops the checkpoint's attention biases")
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    *(KnownIssue(engine, verified, arch, ("q_rot", "k_rot"), _longrope_rescaled, f"{name}: " + _LONGROPE_MSCALE)
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))
+      for arch in _LONGROPE_FAMILIES),
+    *_each("sglang", SGLANG, _ROPE_SCALED, ("q_rot", "k_rot"),
+           lambda c: _rope_type("yarn")(c) and "attention_factor" in c["rope_parameters"],
+           "SGLang's YaRN never reads attention_factor (it reads a non-HF attn_factor that multiplies the "
+           "mscale): a stated attention_factor is replaced by the one derived from factor/mscale"),
+    *_each("sglang", SGLANG, ("qwen2", "qwen3"), ("attn_out",), lambda c: bool(c.get("use_sliding_window")),
+           "SGLang's Qwen2/Qwen3 never read use_sliding_window, sliding_window, max_window_layers or layer_types: "
+           "full attention where transformers slides a window"),
+    KnownIssue(
+        "sglang", SGLANG, "phi3", ("attn_out",), lambda c: c.get("sliding_window") is not None,
+        "SGLang's Phi3 (its LlamaForCausalLM) never reads sliding_window: full attention once a prompt outgrows "
+        "the window",
+    ),
+    *_each("vllm", VLLM_NEW, ("qwen2", "qwen3"), ("error",),
+           lambda c: bool(c.get("use_sliding_window")) and 0 < c["max_window_layers"] < c["num_hidden_layers"],
+           "refuses at load: its Qwen2Model supports a sliding window on all layers or none",
+           "Sliding window for some but all layers is not supported"),
     KnownIssue(
         "vllm", VLLM_NEW, "stablelm", ("mlp_out",), _not("hidden_act", "silu"),
         "vLLM's StablelmMLP hard-codes SiluAndMul and never reads hidden_act: any other activation is silently "
@@ -211,19 +256,17 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "SGLang's GPTJForCausalLM builds and loads lm_head with a bias, but LogitsProcessor.forward has no "
         "bias argument and the model never adds it: logits lack lm_head.bias",
     ),
-    KnownIssue(
-        "vllm", VLLM, "phi3", ("q_rot", "k_rot"), _longrope_outgrown,
+    *(KnownIssue(
+        "vllm", VLLM if arch == "phi3" else VLLM_NEW, arch, ("q_rot", "k_rot"), _longrope_outgrown,
         "by design: vLLM applies LongRoPE's long factors to every token whenever max_model_len exceeds "
         "original_max_position_embeddings (so its KV cache never mixes the two; it logs a warning), "
         "transformers the short ones until a sequence outgrows the original context",
-    ),
-    KnownIssue(
-        "sglang", SGLANG, "phi3", ("q_rot", "k_rot"), _longrope_outgrown,
-        "SGLang picks LongRoPE's long or short factors for a whole batch, long once any position exceeds "
-        "original_max_position_embeddings; transformers decides per sequence, long once its length exceeds "
-        "it (one token earlier): a short prompt batched with a long one, or a decode step at that boundary, "
-        "is rotated differently",
-    ),
+    ) for arch in _LONGROPE_FAMILIES),
+    *_each("sglang", SGLANG, _LONGROPE_FAMILIES, ("q_rot", "k_rot"), _longrope_outgrown,
+           "SGLang picks LongRoPE's long or short factors for a whole batch, long once any position exceeds "
+           "original_max_position_embeddings; transformers decides per sequence, long once its length exceeds "
+           "it (one token earlier): a short prompt batched with a long one, or a decode step at that boundary, "
+           "is rotated differently"),
     KnownIssue(
         "sglang", SGLANG, "mistral", ("attn_out",), lambda c: c.get("sliding_window") is not None,
         "SGLang's Mistral (LlamaForCausalLM) never reads sliding_window: it attends to the whole prompt "

@@ -42,22 +42,24 @@ def attention_shapes(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) 
     return {"num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": head_dim, "hidden_size": hidden}
 
 
-MAX_POSITIONS = (256, 64)
+MAX_POSITIONS = (256, 128)
 """max_position_embeddings: RoPE scaling reads it (LongRoPE's attention scaling and factor ratio).
-Never below 64: vLLM serves parity's prompts with max_model_len 64 and refuses a model shorter than that."""
+Never below 128: vLLM serves parity's prompts with max_model_len 64 and refuses a model whose context,
+max_position_embeddings times a linear factor as small as 0.5, is shorter."""
 
 OMIT = "<omitted>"
 """A parameter value meaning "leave the key out", so the type's own default applies."""
 
 # Every RoPE scaling type transformers implements, with every parameter it reads, each
 # listed plainest first. Values are chosen to act at the drawn positions: original contexts
-# of 8 are outgrown by most prompts and by decoding (llama3, yarn and dynamic switch or
-# rescale there; LongRoPE switches factors); YaRN's beta_fast moves a correction bound only
+# of 8 are outgrown by most prompts and by decoding (llama3 and yarn rescale there; LongRoPE
+# switches factors); YaRN's beta_fast moves a correction bound only
 # when the original context exceeds beta_fast * 2 pi, hence 4 next to 32 with a context of 64.
 ROPE_SCALING: dict[str, dict[str, tuple[Any, ...]]] = {
     "default": {},
     "linear": {"factor": (2.0, 4.0, 0.5)},
-    "dynamic": {"factor": (2.0, 4.0), "original_max_position_embeddings": (8, 64)},
+    # transformers rescales only past max_position_embeddings, which no served sequence reaches.
+    "dynamic": {"factor": (2.0, 4.0)},
     "llama3": {"factor": (8.0, 2.0), "low_freq_factor": (1.0, 2.0), "high_freq_factor": (4.0, 8.0),
                "original_max_position_embeddings": (64, 16, 8)},
     "yarn": {"factor": (4.0, 2.0), "original_max_position_embeddings": (64, 16, 8),
