@@ -6,7 +6,7 @@ import pytest
 
 from parity import registry
 from parity.profiles import get
-from parity.runner import search
+from parity.search import search
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "patches"
 pytestmark = pytest.mark.parity

@@ -12,61 +12,55 @@ are this forward's.
 from __future__ import annotations
 
 import sys
-import time
-from typing import Any, Sequence
+from typing import Any, Mapping
 
 import torch
 
-from parity import checkpoint as ckpt
-from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, config_head_dim, first, hook_common, save
+from parity.adapters.base import EngineAdapter
+from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, first, hook_common
+from parity.worker.contract import RunRequest
 
 
 def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
-class Adapter:
+class Adapter(EngineAdapter[Any]):
+    engine = "transformers"
+    dtypes = ("float32", "float64", "bfloat16", "float16")
+
     def __init__(self, device: str = "cpu"):
         import transformers
 
-        self.device = device
+        super().__init__(device)
         self.transformers = transformers
 
-    def capabilities(self) -> dict[str, Any]:
+    def versions(self) -> dict[str, str]:
+        return {"transformers": self.transformers.__version__, "torch": torch.__version__}
+
+    def architectures(self) -> list[str]:
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-        return {
-            "engine": "transformers",
-            "versions": {"transformers": self.transformers.__version__, "torch": torch.__version__},
-            "architectures": sorted(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())),
-            "head_sizes": None,  # any
-            "dtypes": ["float32", "float64", "bfloat16", "float16"],
-        }
+        return list(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()))
 
-    def write_checkpoint(self, config: dict[str, Any], seed: int, dir: str) -> dict[str, Any]:
-        return ckpt.write(config, seed, dir)
-
-    def run(self, checkpoint: str, prompts: Sequence[Sequence[int]], decode_steps: int, dtype: str,
-            out: str, capture: bool = True, modules: dict[str, str] | None = None) -> dict[str, Any]:
+    def load(self, request: RunRequest) -> Any:
         from transformers import AutoModelForCausalLM
 
-        t0 = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(
-            checkpoint, dtype=getattr(torch, dtype), attn_implementation="eager",
+        return AutoModelForCausalLM.from_pretrained(
+            request.checkpoint, dtype=getattr(torch, request.dtype), attn_implementation="eager",
             use_safetensors=True, trust_remote_code=False,
         ).to(self.device).eval()
-        t1 = time.perf_counter()
-        rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint)) if capture else NullRecorder()
-        hooks = self._install(Parts(model, modules), rec) if capture else Hooks()
-        try:
-            with torch.no_grad():
-                for prompt in prompts:
-                    self._generate(model, rec, list(prompt), decode_steps)
-        finally:
-            hooks.remove()
-        t2 = time.perf_counter()
-        result = save(rec.tensors(), out) if capture else {}
-        return {**result, "seconds": {"load": t1 - t0, "forward": t2 - t1, "save": time.perf_counter() - t2}}
+
+    def hook(self, loaded: Any, rec: Recorder, modules: Mapping[str, str]) -> Hooks:
+        return self._install(Parts(loaded, modules), rec)
+
+    def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:
+        with torch.no_grad():
+            for prompt in request.prompts:
+                self._generate(loaded, rec, list(prompt), request.decode_steps)
+
+    def teardown(self, loaded: Any) -> None:
+        pass  # a transformers model holds no process-wide state
 
     @staticmethod
     def _install(parts: Parts, rec: Recorder) -> Hooks:
@@ -98,7 +92,7 @@ class Adapter:
                 hooks.replace(attention, "_attn", attn)
         return hooks
 
-    def _generate(self, model, rec: Recorder, prompt: list[int], decode_steps: int) -> None:
+    def _generate(self, model, rec: Recorder | NullRecorder, prompt: list[int], decode_steps: int) -> None:
         """Prefill then greedy decode with the KV cache, exactly as an engine serves the prompt."""
         ids = torch.tensor([prompt], device=self.device)
         positions = torch.arange(len(prompt), device=self.device)[None]
