@@ -14,7 +14,7 @@ from parity import interrupts, registry, support
 from parity.example import Example
 from parity.profiles import Profile, hypothesis_settings
 from parity.report import Report
-from parity.session import HarnessError, RunConfig, Session
+from parity.session import HarnessError, Launch, RunConfig, Session
 from parity.strategies import examples as example_strategy
 from parity.strategies import supported_head_dims
 
@@ -74,9 +74,9 @@ def search(session: Session, arch: str, profile: Profile, seed: int | None) -> s
     return None
 
 
-def run(cfg: RunConfig, archs: list[str], profile: Profile) -> Report:
+def run(cfg: RunConfig, archs: list[str], profile: Profile, launch: Launch | None = None) -> Report:
     """``parity run``: search every architecture; the report is complete unless interrupted."""
-    with Session(cfg) as session:
+    with Session(cfg, launch=launch) as session:
         try:
             for arch in archs:
                 session.log(f"parity: searching {arch} ({profile.name} profile, {profile.max_examples} examples)")
