@@ -12,10 +12,16 @@ import argparse
 import json
 import shlex
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-from parity import __version__, interrupts, profiles, registry
-from parity.backends import BACKENDS, BackendSpec, BackendUsageError
+from parity import __version__, envs, gate, interrupts, profiles, registry, support
+from parity import report as report_mod
+from parity.backends import BACKENDS, BackendSpec, BackendUsageError, parse, parse_backends
+from parity.example import Example
+from parity.search import run
+from parity.session import HarnessError, PatchError, RunConfig, Session, replay
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -92,8 +98,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _harness(fn, args: argparse.Namespace):
-    from parity.session import HarnessError, PatchError
-
     try:
         return fn()
     except HarnessError as exc:
@@ -104,8 +108,6 @@ def _harness(fn, args: argparse.Namespace):
 
 
 def _reference(args: argparse.Namespace) -> BackendSpec:
-    from parity.backends import parse
-
     return parse(f"transformers@reference={args.reference}" if args.reference else "transformers@reference")
 
 
@@ -114,12 +116,6 @@ def _exit_code(report) -> int:
 
 
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
-    from dataclasses import replace
-
-    from parity.backends import parse_backends
-    from parity.search import run
-    from parity.session import RunConfig
-
     archs = args.arch or list(registry.ARCHITECTURES)
     for a in archs:
         registry.get(a)
@@ -140,10 +136,6 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, argv: list[str]) -> int:
-    from parity import report as report_mod
-    from parity.example import Example
-    from parity.session import RunConfig, replay
-
     old = report_mod.read(args.report)
     match = [e for e in old.examples if e.id == args.example]
     if not match:
@@ -165,9 +157,6 @@ def cmd_replay(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_gate(args: argparse.Namespace, argv: list[str]) -> int:
-    from parity import gate
-    from parity import report as report_mod
-
     result = gate.gate(report_mod.read(args.baseline), report_mod.read(args.candidate))
     print(gate.render(result, str(args.baseline), str(args.candidate)))
     return EXIT_DIVERGED if result.regressed else EXIT_OK
@@ -181,12 +170,6 @@ def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
               + (f", features {', '.join(features)}" if features else ""))
     if not args.backend:
         return EXIT_OK
-    import tempfile
-
-    from parity import support
-    from parity.backends import parse_backends
-    from parity.session import RunConfig, Session
-
     with tempfile.TemporaryDirectory(prefix="parity-archs-") as out:
         cfg = RunConfig(backends=parse_backends(args.backend, []), reference=_reference(args), device=args.device,
                         dtype=args.dtype, out=Path(out), timeout=args.timeout)
@@ -203,15 +186,11 @@ def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_schema(args: argparse.Namespace, argv: list[str]) -> int:
-    from parity.report import Report
-
-    print(json.dumps(Report.model_json_schema(), indent=1))
+    print(json.dumps(report_mod.Report.model_json_schema(), indent=1))
     return EXIT_OK
 
 
 def cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
-    from parity import envs
-
     try:
         print(envs.ensure(BACKENDS[args.backend], args.device, lambda m: print(m, file=sys.stderr)))
     except envs.EnvBuildError as exc:

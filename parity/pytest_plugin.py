@@ -80,6 +80,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     for s in state.sessions.values():  # workers of this process first, so their reports are final
         s.close()
     state.sessions.clear()
+    # Deferred, like the session's imports below: pytest loads this plugin in every test session
+    # of any project that has parity installed, most of which never use parity.
     from parity import report as report_mod
 
     groups: dict[str, list[Path]] = {}

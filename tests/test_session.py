@@ -14,7 +14,7 @@ from parity.example import Example
 from parity.profiles import Profile
 from parity.search import run, search
 from parity.session import RunConfig, Session
-from tests.fake_worker import activations, launcher
+from fake_worker import activations, launcher
 
 PROFILE = Profile("unit", max_examples=12, shrink_seconds=20)
 
