@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Generic, Mapping, TypeVar
+from typing import ClassVar, Generic, Mapping, TypeVar
 
 from parity.worker.capture import Hooks, NullRecorder, Recorder, config_head_dim, save
 from parity.worker.contract import Capabilities, RunReply, RunRequest
