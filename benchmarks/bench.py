@@ -18,8 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from parity.backends import parse_backends
 from parity.example import Example
-from parity.runner import RunConfig, Session, parse_backends
+from parity.session import RunConfig, Session
+from parity.worker.contract import RunRequest
 
 SHAPES = [  # ci-profile sizes
     ("llama", 1, {}), ("llama", 2, {}), ("llama", 4, {}),
@@ -54,9 +56,9 @@ def measure(backend: str, repeat: int, out: Path) -> dict[str, float]:
                 (result,) = record.results
                 assert result.status == "pass", (backend, ex.describe(), result.status, result.reason)
                 t0 = time.monotonic()
-                worker.call("run", cfg.timeout, checkpoint=str(session.cache / "checkpoints" / ex.checkpoint_id),
-                            prompts=[list(p) for p in ex.prompts], decode_steps=ex.decode_steps,
-                            dtype=cfg.dtype, out="", capture=False)
+                worker.call(RunRequest(checkpoint=str(session.cache / "checkpoints" / ex.checkpoint_id),
+                                       prompts=[list(p) for p in ex.prompts], decode_steps=ex.decode_steps,
+                                       dtype=cfg.dtype, out="", capture=False), cfg.timeout)
                 bare = time.monotonic() - t0
                 s = {**record.seconds, **{f"engine_{k}": v for k, v in result.seconds.items()}, "bare": bare}
                 for k, v in s.items():
@@ -81,8 +83,8 @@ def main() -> int:
     for b, m in results.items():
         total = m["total"]
         print(f"| {b} | {total:.2f} | {m['checkpoint']:.2f} | {m['reference']:.2f} | {m['engine_load']:.2f} | "
-              f"{m['engine_forward']:.3f} | {m['engine_save']:.3f} | {m.get('engine_teardown', 0.0):.2f} | "
-              f"{m['engine_transfer']:.3f} | {m['engine_compare']:.3f} | {m['bare']:.2f} | "
+              f"{m['engine_forward']:.3f} | {m['engine_save']:.3f} | {m['engine_teardown']:.2f} | "
+              f"{m['engine_transfer']:.3f} | {m['compare']:.3f} | {m['bare']:.2f} | "
               f"{total / m['bare']:.2f}x | {60 / total:.1f} |")
     return 0
 

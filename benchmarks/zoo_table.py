@@ -24,8 +24,10 @@ sys.path.insert(0, str(ROOT))  # fixtures/ is not an installed package
 
 from fixtures.zoo import FIXTURES, Fixture  # noqa: E402
 from parity import envs  # noqa: E402
+from parity.backends import parse_backends  # noqa: E402
 from parity.profiles import get  # noqa: E402
-from parity.runner import RunConfig, Session, parse_backends, search  # noqa: E402
+from parity.search import search  # noqa: E402
+from parity.session import RunConfig, Session  # noqa: E402
 
 PROFILE = get("zoo")
 SEED = 0  # as tests/test_bug_zoo.py

@@ -161,3 +161,16 @@ def attach_patches(specs: list[BackendSpec], patches: list[str]) -> list[Backend
             raise BackendUsageError(f"--patch {text!r}: file {file!r} does not exist")
         by_label[label].append(str(path.absolute()))
     return [BackendSpec(s.name, s.label, s.python, tuple(by_label[s.label])) for s in specs]
+
+
+def parse_backends(texts: list[str], patches: list[str]) -> list[BackendSpec]:
+    """The ``--backend`` and ``--patch`` options of one run: labels unique, ``reference`` kept for the reference."""
+    specs = [parse(t) for t in texts]
+    labels = [s.label for s in specs]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise BackendUsageError(f"backend label(s) {', '.join(dupes)} given twice; "
+                                f"name installs apart with NAME@LABEL, e.g. vllm@pr=/pr/bin/python")
+    if "reference" in labels:
+        raise BackendUsageError("the label 'reference' is reserved for the transformers reference")
+    return attach_patches(specs, patches)

@@ -11,12 +11,19 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import signal
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-from parity import __version__, known_issues, profiles, registry
-from parity.backends import BACKENDS, BackendSpec, BackendUsageError
+from parity import __version__, envs, gate, interrupts, profiles, registry, support, surface
+from parity import report as report_mod
+from parity.backends import BACKENDS, BackendSpec, BackendUsageError, parse, parse_backends
+from parity.example import Example
+from parity.pool import Worker, WorkerError
+from parity.records import Report
+from parity.search import run
+from parity.session import HarnessError, PatchError, RunConfig, Session, replay
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -30,6 +37,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="interpreter with transformers for the reference (default: parity's managed environment)")
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                    help="per-request limit for a worker before it is killed. Default: %(default)r")
+    p.add_argument("--verbose", action="store_true",
+                   help="with an error that stops the run, also print the worker's traceback")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,14 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM (CI cancelling a job) cleans up like Ctrl-C: workers stopped, report kept
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupts.install()  # SIGTERM (CI cancelling a job) cleans up like Ctrl-C: workers stopped, report kept
     try:
         return COMMANDS[args.command](args, argv)
     except (BackendUsageError, registry.UnknownArchitecture, ValueError) as exc:
@@ -108,19 +113,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _harness(fn):
-    from parity.runner import HarnessError
-
+def _harness(fn, args: argparse.Namespace):
     try:
         return fn()
     except HarnessError as exc:
         print(f"parity: error: {exc}", file=sys.stderr)
+        if isinstance(exc, PatchError) and args.verbose:
+            print(exc.traceback, file=sys.stderr)
         return None
 
 
 def _reference(args: argparse.Namespace) -> BackendSpec:
-    from parity.backends import parse
-
     return parse(f"transformers@reference={args.reference}" if args.reference else "transformers@reference")
 
 
@@ -129,10 +132,6 @@ def _exit_code(report) -> int:
 
 
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
-    from dataclasses import replace
-
-    from parity.runner import RunConfig, parse_backends, run
-
     archs = args.arch or list(registry.ARCHITECTURES)
     for a in archs:
         registry.get(a)
@@ -145,7 +144,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
                     device=args.device, dtype=args.dtype, out=args.out, timeout=args.timeout,
                     command=shlex.join(["parity", *argv]), profile=profile.name, seed=args.seed,
                     resume=args.resume)
-    report = _harness(lambda: run(cfg, archs, profile))
+    report = _harness(lambda: run(cfg, archs, profile), args)
     if report is None:
         return EXIT_USAGE
     print(f"parity: report written to {args.out}/report.json and report.md", file=sys.stderr)
@@ -153,10 +152,6 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, argv: list[str]) -> int:
-    from parity import report as report_mod
-    from parity.example import Example
-    from parity.runner import RunConfig, replay
-
     old = report_mod.read(args.report)
     match = [e for e in old.examples if e.id == args.example]
     if not match:
@@ -167,7 +162,7 @@ def cmd_replay(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = RunConfig(backends=specs, reference=_reference(args), device=old.device, dtype=old.dtype,
                     out=args.out or args.report.parent / f"replay-{example.id}", timeout=args.timeout,
                     command=shlex.join(["parity", *argv]), profile=old.profile, seed=old.seed)
-    report = _harness(lambda: replay(cfg, example))
+    report = _harness(lambda: replay(cfg, example), args)
     if report is None:
         return EXIT_USAGE
     for r in report.examples[0].results:
@@ -178,9 +173,6 @@ def cmd_replay(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_gate(args: argparse.Namespace, argv: list[str]) -> int:
-    from parity import gate
-    from parity import report as report_mod
-
     result = gate.gate(report_mod.read(args.baseline), report_mod.read(args.candidate))
     print(gate.render(result, str(args.baseline), str(args.candidate)))
     return EXIT_DIVERGED if result.regressed else EXIT_OK
@@ -194,44 +186,15 @@ def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
               + (f", features {', '.join(features)}" if features else ""))
     if not args.backend:
         return EXIT_OK
-    import tempfile
-
-    from parity.runner import RunConfig, Session, parse_backends, supports
-
     with tempfile.TemporaryDirectory(prefix="parity-archs-") as out:
         cfg = RunConfig(backends=parse_backends(args.backend, []), reference=_reference(args), device=args.device,
                         dtype=args.dtype, out=Path(out), timeout=args.timeout)
 
-        def matrix(session: Session) -> list[str]:
-            """One row per architecture, one cell per worker: yes, partial (some features the family
-            may turn on are lacking) or no, with the engine's reasons below the table; ``*`` marks
-            known engine bugs on some configs (parity/known_issues.py), listed below too."""
-            workers = [session.reference, *session.engines]
-            rows = ["", f"{'':10} " + " ".join(f"{w.label:12}" for w in workers)]
-            notes: list[str] = []
-            for name, spec in registry.ARCHITECTURES.items():
-                cells = []
-                for w in workers:
-                    reasons = [supports(w.hello, name)]
-                    if reasons[0] is None:
-                        reasons = [supports(w.hello, name, {registry.FEATURES[f]: True})
-                                   for f in registry.possible_features(spec)]
-                        reasons = [r for r in reasons if r]
-                        cell = "partial" if reasons else "yes"
-                    else:
-                        cell = "no"
-                    known = known_issues.listed(w.hello["engine"], w.hello["versions"].get(w.hello["engine"], ""), name)
-                    cells.append(f"{cell + ('*' if known and cell != 'no' else ''):12}")
-                    notes += [f"{name} on {w.label}: {r}" for r in reasons]
-                    notes += [f"{name} on {w.label}: known issue ({', '.join(i.kinds)}): {i.diagnosis}" for i in known]
-                rows.append(f"{name:10} " + " ".join(cells))
-            return rows + [""] + notes
-
         def start() -> list[str]:
             with Session(cfg) as session:
-                return matrix(session)
+                return support.matrix({w.label: w.capabilities for w in [session.reference, *session.engines]})
 
-        lines = _harness(start)
+        lines = _harness(start, args)
     if lines is None:
         return EXIT_USAGE
     print("\n".join(lines))
@@ -239,11 +202,6 @@ def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_surface(args: argparse.Namespace, argv: list[str]) -> int:
-    import tempfile
-
-    from parity import envs, surface
-    from parity.pool import Worker, WorkerError
-
     archs = args.arch or list(registry.ARCHITECTURES)
     for a in archs:
         registry.get(a)
@@ -257,7 +215,7 @@ def cmd_surface(args: argparse.Namespace, argv: list[str]) -> int:
         except (WorkerError, envs.EnvBuildError) as exc:
             print(f"parity: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        version = worker.hello["versions"]["transformers"]
+        version = worker.capabilities.versions["transformers"]
         try:
             for arch in archs:
                 print(f"parity: measuring {arch} ...", file=sys.stderr, flush=True)
@@ -273,15 +231,11 @@ def cmd_surface(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_schema(args: argparse.Namespace, argv: list[str]) -> int:
-    from parity.records import Report
-
     print(json.dumps(Report.model_json_schema(), indent=1))
     return EXIT_OK
 
 
 def cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
-    from parity import envs
-
     try:
         print(envs.ensure(BACKENDS[args.backend], args.device, lambda m: print(m, file=sys.stderr)))
     except envs.EnvBuildError as exc:

@@ -31,6 +31,7 @@ from parity.backends import BACKENDS, BackendSpec
 from parity.example import Example
 from parity.pool import Worker, WorkerError
 from parity.strategies import sample
+from parity.worker.contract import CheckpointRequest, RunRequest
 
 TIMEOUT = 300.0
 
@@ -38,19 +39,23 @@ TIMEOUT = 300.0
 def check(example: Example, cpu: Worker, gpu: Worker, dtypes: list[str], work: Path) -> list[str]:
     """One example at every dtype; returns one line per dtype, starting with PASS or FAIL."""
     ckpt = work / example.checkpoint_id
-    cpu.call("write_checkpoint", TIMEOUT, config=example.config, seed=example.weight_seed, dir=str(ckpt))
-    request = {"checkpoint": str(ckpt), "prompts": [list(p) for p in example.prompts],
-               "decode_steps": example.decode_steps, "modules": asdict(registry.get(example.arch).modules)}
+    cpu.call(CheckpointRequest(config=example.config, seed=example.weight_seed, dir=str(ckpt)), TIMEOUT)
     out = work / example.id
     out.mkdir()
-    exact = load_file(cpu.call("run", TIMEOUT, **request, dtype="float64", out=str(out / "cpu-float64"))["file"])
+
+    def run(worker: Worker, dtype: str, name: str) -> dict:
+        request = RunRequest(checkpoint=str(ckpt), prompts=[list(p) for p in example.prompts],
+                             decode_steps=example.decode_steps, dtype=dtype, out=str(out / name),
+                             modules=asdict(registry.get(example.arch).modules))
+        return load_file(worker.call(request, TIMEOUT).file)
+
+    exact = run(cpu, "float64", "cpu-float64")
     lines = []
     for dtype in dtypes:
-        low = load_file(cpu.call("run", TIMEOUT, **request, dtype=dtype, out=str(out / f"cpu-{dtype}"))["file"])
+        low = run(cpu, dtype, f"cpu-{dtype}")
         t0 = time.monotonic()
-        reply = gpu.call("run", TIMEOUT, **request, dtype=dtype, out=str(out / f"gpu-{dtype}"))
+        captured = run(gpu, dtype, f"gpu-{dtype}")
         seconds = time.monotonic() - t0
-        captured = load_file(reply["file"])
         if set(captured) != set(exact):
             missing, extra = sorted(set(exact) - set(captured)), sorted(set(captured) - set(exact))
             lines.append(f"FAIL {dtype}: capture keys differ (missing {missing[:3]}, extra {extra[:3]})")
@@ -100,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = 0
         try:
             for w in workers:
-                hello = w.start()
-                print(f"{w.label} worker: {' '.join(f'{k} {v}' for k, v in hello['versions'].items())}", flush=True)
+                print(f"{w.label} worker: {w.start().versions_text}", flush=True)
             for arch in archs:
                 for example in sample(arch, args.examples, args.seed, decode_steps=2):
                     for line in check(example, *workers, dtypes, work):

@@ -4,7 +4,8 @@ Each backend runs as ``python -m parity.worker`` in its own interpreter, one
 engine import for many models. Requests and replies are JSON lines over pipes
 (never a listening socket). A worker that dies or overruns its timeout becomes
 a :class:`WorkerError` carrying the tail of its stderr log; the caller decides
-whether to restart it.
+whether to restart it. Requests and replies are the typed records of
+:mod:`parity.worker.contract`.
 """
 
 from __future__ import annotations
@@ -15,19 +16,49 @@ import selectors
 import signal
 import subprocess
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from parity.backends import BackendSpec
-from parity.worker import protocol
+from parity.worker import contract, protocol
+from parity.worker.contract import Capabilities
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
 class WorkerError(RuntimeError):
-    def __init__(self, label: str, reason: str, log_tail: str = ""):
+    def __init__(self, label: str, reason: str, log_tail: str = "", usable: bool = False, kind: str = ""):
         self.label, self.reason, self.log_tail = label, reason, log_tail
+        self.usable = usable
+        """The worker answered and serves the next request (an error reply after which the engine was torn
+        down); False after a death, a timeout or a failed teardown: the worker must be restarted."""
+        self.kind = kind
+        """The exception type the worker raised, if it answered."""
         super().__init__(f"{label}: {reason}" + (f"\n--- worker log (tail) ---\n{log_tail}" if log_tail else ""))
+
+
+class WorkerHandle(Protocol):
+    """What a session needs of a worker; tests put a fake in its place."""
+
+    spec: BackendSpec
+    python: str
+    capabilities: Capabilities
+
+    @property
+    def label(self) -> str: ...
+
+    def start(self) -> Capabilities: ...
+
+    def submit(self, request: Any) -> None: ...
+
+    def receive(self, timeout: float) -> Any: ...
+
+    def call(self, request: Any, timeout: float) -> Any: ...
+
+    def restart(self) -> Capabilities: ...
+
+    def stop(self) -> None: ...
 
 
 def worker_path(cache: Path) -> Path:
@@ -54,16 +85,16 @@ class Worker:
         self.log_path = log_dir / f"worker-{spec.label}.log"
         self.cache = cache
         self.start_timeout = start_timeout
-        self.hello: dict[str, Any] = {}
+        self.capabilities: Capabilities
         self._proc: subprocess.Popen[bytes] | None = None
         self._buffer = b""
-        self._pending = 0
+        self._expected: deque[type] = deque()  # reply types of the requests in flight, in order
 
     @property
     def label(self) -> str:
         return self.spec.label
 
-    def start(self) -> dict[str, Any]:
+    def start(self) -> Capabilities:
         cmd = [self.python, "-m", "parity.worker", "--adapter", self.spec.definition.adapter, "--device", self.device]
         for patch in self.spec.patches:
             cmd += ["--patch", patch]
@@ -78,27 +109,31 @@ class Worker:
                                           start_new_session=True)  # its own group: we can kill all it spawned
             log.write(f"=== pid {self._proc.pid}\n".encode())
         self._buffer = b""
-        self._pending = 1  # the hello
+        self._expected = deque([dict])  # the hello, read raw so its protocol version is checked first
         try:
-            self.hello = self.receive(self.start_timeout)
+            hello = self.receive(self.start_timeout)
+            self.capabilities = contract.hello(hello)
+        except contract.ContractError as exc:
+            self.stop()
+            raise WorkerError(self.label, str(exc)) from None
         except WorkerError:
             self.stop()
             raise
-        return self.hello
+        return self.capabilities
 
-    def submit(self, op: str, **payload: Any) -> None:
+    def submit(self, request: Any) -> None:
         if self._proc is None or self._proc.poll() is not None:
             raise WorkerError(self.label, "worker is not running", self.log_tail())
         try:
-            self._proc.stdin.write(protocol.encode({"op": op, **payload}))
+            self._proc.stdin.write(protocol.encode(contract.request_to_json(request)))
             self._proc.stdin.flush()
         except BrokenPipeError:
             raise self._died() from None
-        self._pending += 1
+        self._expected.append(contract.REPLIES[type(request)])
 
-    def receive(self, timeout: float) -> dict[str, Any]:
-        """The next reply's result; raises WorkerError on an error reply, death or timeout."""
-        assert self._proc is not None and self._pending > 0
+    def receive(self, timeout: float) -> Any:
+        """The reply to the oldest request in flight; raises WorkerError on an error reply, death or timeout."""
+        assert self._proc is not None and self._expected
         deadline = time.monotonic() + timeout
         fd = self._proc.stdout.fileno()
         with selectors.DefaultSelector() as sel:
@@ -114,15 +149,16 @@ class Worker:
                         raise self._died()
                     self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
-        self._pending -= 1
+        expected = self._expected.popleft()
         reply = protocol.decode(line)
         if not reply.get("ok"):
-            err = reply.get("error", {})
-            raise WorkerError(self.label, f"{err.get('type')}: {err.get('message')}", err.get("traceback", ""))
-        return reply["result"]
+            err = contract.from_json(contract.ErrorReply, reply["error"])
+            raise WorkerError(self.label, f"{err.type}: {err.message}", err.traceback, usable=err.usable,
+                              kind=err.type)
+        return reply["result"] if expected is dict else contract.from_json(expected, reply["result"])
 
-    def call(self, op: str, timeout: float, **payload: Any) -> dict[str, Any]:
-        self.submit(op, **payload)
+    def call(self, request: Any, timeout: float) -> Any:
+        self.submit(request)
         return self.receive(timeout)
 
     def _died(self) -> WorkerError:
@@ -155,15 +191,15 @@ class Worker:
             pass
         self._proc.wait()
         self._close_pipes()
-        self._pending = 0
+        self._expected.clear()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask politely, then kill the whole process group."""
         if self._proc is None:
             return
-        if self._proc.poll() is None and self._pending == 0:
+        if self._proc.poll() is None and not self._expected:
             try:
-                self.call("shutdown", timeout=timeout)
+                self.call(contract.ShutdownRequest(), timeout=timeout)
                 self._proc.wait(timeout=timeout)
             except (WorkerError, subprocess.TimeoutExpired, OSError):
                 pass
@@ -177,6 +213,6 @@ class Worker:
             except OSError:
                 pass
 
-    def restart(self) -> dict[str, Any]:
+    def restart(self) -> Capabilities:
         self.kill()
         return self.start()

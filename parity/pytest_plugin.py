@@ -9,7 +9,7 @@ Options (group ``parity``):
 Fixtures:
   parity_config     the options above as one object
   parity_sessions   factory: ``parity_sessions(backends=[...], patches=[...])`` gives a
-                    started :class:`parity.runner.Session`, shared by every test asking
+                    started :class:`parity.session.Session`, shared by every test asking
                     for the same backends and patches, stopped at the end of the run.
 
 Marker ``parity``: the test drives real engines. Engines are never skipped: a
@@ -80,6 +80,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     for s in state.sessions.values():  # workers of this process first, so their reports are final
         s.close()
     state.sessions.clear()
+    # Deferred, like the session's imports below: pytest loads this plugin in every test session
+    # of any project that has parity installed, most of which never use parity.
     from parity import report as report_mod
     from parity.summary import merge
 
@@ -109,7 +111,8 @@ def parity_config(pytestconfig: pytest.Config) -> ParityConfig:
 
 @pytest.fixture(scope="session")
 def parity_sessions(parity_config: ParityConfig, pytestconfig: pytest.Config) -> Iterator[Callable[..., object]]:
-    from parity.runner import HarnessError, RunConfig, Session, parse_backends
+    from parity.backends import parse_backends
+    from parity.session import HarnessError, RunConfig, Session
 
     # One worker pool per xdist worker.
     worker_id = getattr(pytestconfig, "workerinput", {}).get("workerid", "master")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from parity import registry
-from parity.runner import search
+from parity.search import search
 
 pytestmark = pytest.mark.parity
 

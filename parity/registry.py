@@ -148,7 +148,7 @@ class ArchSpec:
 # Config features that an engine may lack on some device (e.g. an attention backend
 # without logit soft-capping): feature name -> the config key that turns it on when
 # set (not None). A backend lists what it lacks, with the reason, in its
-# ``capabilities()["unsupported_features"]``; ``runner.Session.supports`` checks both.
+# ``capabilities()["unsupported_features"]``; ``parity.support.supports`` checks both.
 FEATURES: Mapping[str, str] = MappingProxyType({
     "sliding_window": "sliding_window",
     "attn_logit_softcapping": "attn_logit_softcapping",

@@ -31,8 +31,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from parity import registry, strategies
 from parity.example import Example
-from parity.pool import Worker, WorkerError
+from parity.pool import WorkerError, WorkerHandle
 from parity.records import SurfaceCoverage
+from parity.worker.contract import SurfaceRequest
 
 MEASURED = Path(__file__).resolve().parent / "measured"
 """Measured effects per transformers version (``parity surface --write``), read by every report."""
@@ -228,7 +229,7 @@ def sized_candidates(config: Mapping[str, Any]) -> dict[str, list[Any]]:
             for key, tops in strategies.LONGROPE_TOPS.items()}
 
 
-def measure(worker: Worker, arch: str, seed: int = 0, timeout: float = 600.0) -> FamilySurface:
+def measure(worker: WorkerHandle, arch: str, seed: int = 0, timeout: float = 600.0) -> FamilySurface:
     """Probe every config of ``arch`` in a reference worker and classify what it read."""
     spec = registry.get(arch)
     drawn = drawn_values(strategies.sample(arch, VARIED_DRAWS, seed))
@@ -240,14 +241,14 @@ def measure(worker: Worker, arch: str, seed: int = 0, timeout: float = 600.0) ->
         changing = sorted(k for k, e in merge_effects(entries).items()
                           if e["effect"] == "changes" and (e.get("drawn_act") or k not in candidates))
         try:
-            reply = worker.call("surface", timeout, config=config, seed=seed, prompts=[list(PROBE_PROMPT)],
-                                decode_steps=1, modules=asdict(spec.modules), skip=changing,
-                                candidates={**candidates, **sized_candidates(config)})
+            reply = worker.call(SurfaceRequest(config=config, seed=seed, prompts=[list(PROBE_PROMPT)], decode_steps=1,
+                                               modules=asdict(spec.modules), skip=changing,
+                                               candidates={**candidates, **sized_candidates(config)}), timeout)
         except WorkerError as exc:
             rope = config.get("rope_parameters", {}).get("rope_type", "default")
             refused.append(f"rope_type {rope}: {exc.reason.splitlines()[0][:200]}")
             continue
-        entries += reply["entries"]
+        entries += reply.entries
     return classify(arch, merge_effects(entries), drawn, refused)
 
 

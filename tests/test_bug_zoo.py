@@ -10,7 +10,7 @@ import pytest
 from fixtures.zoo import FIXTURES
 from parity.example import Example
 from parity.profiles import get
-from parity.runner import search
+from parity.search import search
 
 pytestmark = pytest.mark.parity
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+import known
 from parity import registry
 from parity.profiles import get
-from parity.runner import search
+from parity.search import search
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "patches"
 pytestmark = pytest.mark.parity
@@ -21,6 +22,7 @@ def test_three_way_agreement_prefill_and_decode(parity_sessions, arch):
     assert minimal is None, [r for r in session.records[minimal].results if r.status != "pass"]
     records = [ex for ex in session.records.values() if ex.arch == arch]
     assert records
+    engines = {w.label: (w.capabilities.engine, w.capabilities.engine_version) for w in session.engines}
     for ex in records:
         by_backend = {r.backend: r for r in ex.results}
         ran = {b for b in ("vllm", "sglang") if by_backend[b].status in ("pass", "diverged")}
@@ -31,9 +33,9 @@ def test_three_way_agreement_prefill_and_decode(parity_sessions, arch):
             assert "does not support" in by_backend["sglang"].reason
             del by_backend["sglang"]
         for r in by_backend.values():
-            if r.known_issue:  # an engine bug parity found and diagnosed (parity/known_issues.py)
-                assert r.status in ("diverged", "error")
-                assert r.known_issue.startswith(("vllm", "sglang") if r.backend == "vllm~sglang" else r.backend)
+            # engine bugs parity found and diagnosed (parity/known_issues.py), and only those
+            known.check(r, [engines[b] for b in r.backend.split("~")], arch, ex.config)
+            if r.known_issue:
                 continue
             assert r.status == "pass" and r.max_rel_l2 < 1e-5
             steps = {row.step for row in r.rows if row.verdict == "ok"}

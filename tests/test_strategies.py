@@ -44,15 +44,6 @@ def test_head_sizes_are_intersected_with_every_backend():
     assert supported_head_dims(spec, [[16]]) == ()
 
 
-def test_feature_support_is_decided_from_the_engines_capabilities():
-    from parity.runner import supports
-
-    hello = {"engine": "e", "versions": {"e": "1"}, "architectures": ["Gemma2ForCausalLM"],
-             "unsupported_features": {"attn_logit_softcapping": "no logit_cap in its CPU attention"}}
-    assert registry.features({"sliding_window": 4, "attn_logit_softcapping": None}) == ["sliding_window"]
-    assert supports(hello, "gemma2", {"sliding_window": 4, "attn_logit_softcapping": None}) is None
-    reason = supports(hello, "gemma2", {"attn_logit_softcapping": 2.0})
-    assert reason and "attn_logit_softcapping" in reason and "no logit_cap" in reason
-    assert "does not register LlamaForCausalLM" in supports(hello, "llama")
+def test_possible_features_are_read_from_the_entry():
     assert "attn_logit_softcapping" in registry.possible_features(registry.get("gemma2"))
     assert registry.possible_features(registry.get("llama")) == []

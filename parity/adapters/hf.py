@@ -13,82 +13,75 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping
 
 import torch
 
-from parity import checkpoint as ckpt
-from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, config_head_dim, first, head_dim, hook_common,
-                                   save)
+from parity.adapters.base import EngineAdapter
+from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, first, head_dim, hook_common
+from parity.worker.contract import RunRequest, SurfaceReply, SurfaceRequest
 
 
 def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
-class Adapter:
+class Adapter(EngineAdapter[Any]):
+    engine = "transformers"
+    dtypes = ("float32", "float64", "bfloat16", "float16")
+
     def __init__(self, device: str = "cpu"):
         import transformers
 
-        self.device = device
+        super().__init__(device)
         self.transformers = transformers
 
-    def capabilities(self) -> dict[str, Any]:
+    def versions(self) -> dict[str, str]:
+        return {"transformers": self.transformers.__version__, "torch": torch.__version__}
+
+    def architectures(self) -> list[str]:
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-        return {
-            "engine": "transformers",
-            "versions": {"transformers": self.transformers.__version__, "torch": torch.__version__},
-            "architectures": sorted(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())),
-            "head_sizes": None,  # any
-            "dtypes": ["float32", "float64", "bfloat16", "float16"],
-        }
+        return list(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()))
 
-    def write_checkpoint(self, config: dict[str, Any], seed: int, dir: str) -> dict[str, Any]:
-        return ckpt.write(config, seed, dir)
-
-    def run(self, checkpoint: str, prompts: Sequence[Sequence[int]], decode_steps: int, dtype: str,
-            out: str, capture: bool = True, modules: dict[str, str] | None = None) -> dict[str, Any]:
+    def load(self, request: RunRequest) -> Any:
         from transformers import AutoModelForCausalLM
 
-        t0 = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(
-            checkpoint, dtype=getattr(torch, dtype), attn_implementation="eager",
+        return AutoModelForCausalLM.from_pretrained(
+            request.checkpoint, dtype=getattr(torch, request.dtype), attn_implementation="eager",
             use_safetensors=True, trust_remote_code=False,
         ).to(self.device).eval()
-        t1 = time.perf_counter()
-        rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint)) if capture else NullRecorder()
-        hooks = self._install(Parts(model, modules), rec) if capture else Hooks()
-        try:
-            with torch.no_grad():
-                for prompt in prompts:
-                    self._generate(model, rec, list(prompt), decode_steps)
-        finally:
-            hooks.remove()
-        t2 = time.perf_counter()
-        result = save(rec.tensors(), out) if capture else {}
-        return {**result, "seconds": {"load": t1 - t0, "forward": t2 - t1, "save": time.perf_counter() - t2}}
 
-    def surface(self, config: dict[str, Any], seed: int, prompts: Sequence[Sequence[int]], decode_steps: int,
-                modules: dict[str, str] | None = None, skip: Sequence[str] = (),
-                candidates: dict[str, list[Any]] | None = None) -> dict[str, Any]:
-        """The config keys transformers reads for ``config`` and which change its output (parity.worker.surface)."""
+    def hook(self, loaded: Any, rec: Recorder, modules: Mapping[str, str]) -> Hooks:
+        return self._install(Parts(loaded, modules), rec)
+
+    def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:
+        with torch.no_grad():
+            for prompt in request.prompts:
+                self._generate(loaded, rec, list(prompt), request.decode_steps)
+
+    def teardown(self, loaded: Any) -> None:
+        pass  # a transformers model holds no process-wide state
+
+    def surface(self, request: SurfaceRequest) -> SurfaceReply:
+        """The config keys transformers reads for ``request.config`` and which change its output."""
         from parity.worker import surface
 
+        serve = RunRequest(checkpoint="", prompts=request.prompts, decode_steps=request.decode_steps,
+                           dtype="float32", out="", modules=request.modules)
+
         def capture(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-            rec = Recorder(prompts, decode_steps, head_dim(config))
-            hooks = self._install(Parts(model.to(self.device), modules), rec)
+            rec = Recorder(request.prompts, request.decode_steps, head_dim(request.config))
+            hooks = self.hook(model.to(self.device), rec, request.modules)
             try:
-                with torch.no_grad():
-                    for prompt in prompts:
-                        self._generate(model, rec, list(prompt), decode_steps)
+                self.generate(model, rec, serve)
             finally:
                 hooks.remove()
             return rec.tensors()
 
         t0 = time.perf_counter()
-        entries = surface.measure(config, seed, capture, skip, candidates)
-        return {"entries": entries, "seconds": {"measure": time.perf_counter() - t0}}
+        entries = surface.measure(request.config, request.seed, capture, request.skip, request.candidates)
+        return SurfaceReply(entries=entries, seconds={"measure": time.perf_counter() - t0})
 
     @staticmethod
     def _install(parts: Parts, rec: Recorder) -> Hooks:
@@ -120,7 +113,7 @@ class Adapter:
                 hooks.replace(attention, "_attn", attn)
         return hooks
 
-    def _generate(self, model, rec: Recorder, prompt: list[int], decode_steps: int) -> None:
+    def _generate(self, model, rec: Recorder | NullRecorder, prompt: list[int], decode_steps: int) -> None:
         """Prefill then greedy decode with the KV cache, exactly as an engine serves the prompt."""
         ids = torch.tensor([prompt], device=self.device)
         positions = torch.arange(len(prompt), device=self.device)[None]

@@ -28,14 +28,15 @@ from __future__ import annotations
 import gc
 import importlib.util
 import os
-import time
 from array import array
-from typing import Any, Sequence
+from typing import Any, Mapping
 
 import torch
 
-from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, config_head_dim, first, forward_inputs,
-                                    hook_common, hook_rotaries, save, takes_residual)
+from parity.adapters.base import EngineAdapter
+from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, first, forward_inputs, hook_common,
+                                    hook_rotaries, takes_residual)
+from parity.worker.contract import RunRequest
 
 # Where ``layers.{i}.residual`` comes from, read at every capture. "snapshot": SGLang's
 # residual snapshot, the full residual stream (what transformers' layer returns). "raw":
@@ -127,36 +128,32 @@ def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[1] if len(args) > 1 else kwargs["hidden_states"]
 
 
-class Adapter:
+class Adapter(EngineAdapter[Any]):
+    engine = "sglang"
+
     def __init__(self, device: str = "cpu"):
         if device == "cpu":
             _prepare_cpu()
         import sglang
 
-        self.device = device
+        super().__init__(device)
         self.sglang = sglang
 
-    def capabilities(self) -> dict[str, Any]:
+    def versions(self) -> dict[str, str]:
         import transformers
+
+        return {"sglang": self.sglang.__version__, "torch": torch.__version__,
+                "transformers": transformers.__version__}
+
+    def architectures(self) -> list[str]:
         from sglang.srt.models.registry import ModelRegistry
 
-        return {
-            "engine": "sglang",
-            "versions": {"sglang": self.sglang.__version__, "torch": torch.__version__,
-                         "transformers": transformers.__version__},
-            "architectures": sorted(ModelRegistry.get_supported_archs()),
-            "head_sizes": None,  # torch_native attention takes any head size
-            "dtypes": ["float32", "bfloat16", "float16"],
-            "unsupported_features": self._unsupported_features(),
-        }
+        return list(ModelRegistry.get_supported_archs())
 
-    @staticmethod
-    def _unsupported_features() -> dict[str, str]:
-        """Features of ``parity.registry.FEATURES`` that the attention backend parity uses lacks.
-
-        Read from the backend's own code: a torch_native backend that never reads a layer's
-        ``logit_cap`` computes plain softmax attention, so soft-capped models would run, but wrongly.
-        """
+    def unsupported_features(self) -> dict[str, str]:
+        """Read from the attention backend's own code: a torch_native backend that never reads a
+        layer's ``logit_cap`` computes plain softmax attention, so soft-capped models would run,
+        but wrongly. (Its torch_native attention takes any head size.)"""
         import inspect
 
         from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
@@ -167,33 +164,30 @@ class Adapter:
                 "its torch_native attention backend (the one that runs on CPU) ignores RadixAttention.logit_cap")
         return lacking
 
-    def run(self, checkpoint: str, prompts: Sequence[Sequence[int]], decode_steps: int, dtype: str,
-            out: str, capture: bool = True, modules: dict[str, str] | None = None) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        tokens = sum(len(p) + decode_steps + 1 for p in prompts)
-        try:
-            runner = self._load(checkpoint, dtype, max_total_tokens=max(1024, tokens))
-        except BaseException:
-            _teardown()  # a failed load must not leave process state behind for the next model
-            raise
-        try:
-            t1 = time.perf_counter()
-            rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint)) if capture else NullRecorder()
-            hooks = self._install(Parts(runner.model, modules), rec) if capture else Hooks()
-            try:
-                with torch.no_grad():
-                    self._generate(runner, rec, prompts, decode_steps)
-            finally:
-                hooks.remove()
-            t2 = time.perf_counter()
-            result = save(rec.tensors(), out) if capture else {}
-            t3 = time.perf_counter()
-        finally:
-            runner.req_to_token_pool.clear()
-            runner.token_to_kv_pool_allocator.clear()
-            del runner  # unreachable before teardown's gc.collect(), so the model's memory goes now
-            _teardown()
-        return {**result, "seconds": {"load": t1 - t0, "forward": t2 - t1, "save": t3 - t2}}
+    def load(self, request: RunRequest) -> Any:
+        tokens = sum(len(p) + request.decode_steps + 1 for p in request.prompts)
+        return self._load(request.checkpoint, request.dtype, max_total_tokens=max(1024, tokens))
+
+    def hook(self, loaded: Any, rec: Recorder, modules: Mapping[str, str]) -> Hooks:
+        return self._install(Parts(loaded.model, modules), rec)
+
+    def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:
+        with torch.no_grad():
+            self._generate(loaded, rec, request.prompts, request.decode_steps)
+
+    def teardown(self, loaded: Any) -> None:
+        from sglang.srt.distributed.parallel_state import cleanup_dist_env_and_memory
+        from sglang.srt.layers.rotary_embedding import factory as rope_factory
+        from sglang.srt.runtime_context import reset_context
+
+        if loaded is not None:
+            loaded.req_to_token_pool.clear()
+            loaded.token_to_kv_pool_allocator.clear()
+            del loaded  # unreachable before the gc.collect() below, so the model's memory goes now
+        cleanup_dist_env_and_memory()
+        reset_context()  # the published ServerArgs and ranks
+        rope_factory._ROPE_DICT.clear()
+        gc.collect()
 
     def _load(self, checkpoint: str, dtype: str, max_total_tokens: int):
         """The model-runner set-up of ``sglang.benchmark.one_batch.load_model``, minus the tokenizer."""
@@ -243,7 +237,7 @@ class Adapter:
         return hooks
 
     @staticmethod
-    def _generate(runner, rec: Recorder, prompts: Sequence[Sequence[int]], decode_steps: int) -> None:
+    def _generate(runner, rec: Recorder | NullRecorder, prompts: list[list[int]], decode_steps: int) -> None:
         """One batched prefill (extend) of all prompts, then greedy decode steps with the KV cache."""
         from sglang.benchmark.one_batch import TreeCacheNamespace
         from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
@@ -283,14 +277,3 @@ class Adapter:
             batch.prepare_for_decode()
             logits = forward()
 
-
-def _teardown() -> None:
-    """Undo a model's process-wide state so the next model can be built in this worker."""
-    from sglang.srt.distributed.parallel_state import cleanup_dist_env_and_memory
-    from sglang.srt.layers.rotary_embedding import factory as rope_factory
-    from sglang.srt.runtime_context import reset_context
-
-    cleanup_dist_env_and_memory()
-    reset_context()  # the published ServerArgs and ranks
-    rope_factory._ROPE_DICT.clear()
-    gc.collect()

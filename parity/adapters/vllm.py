@@ -17,8 +17,7 @@ The CUDA path (``--device cuda``) uses the same hooks; it is untested on a GPU.
 from __future__ import annotations
 
 import os
-import time
-from typing import Any, Sequence
+from typing import Any, Mapping
 
 # Must be set before vllm is imported.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -26,8 +25,10 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default reserve
 
 import torch
 
-from parity.worker.capture import (Hooks, Parts, Recorder, config_head_dim, first, forward_inputs, hook_common,
-                                    hook_rotaries, save, takes_residual)
+from parity.adapters.base import EngineAdapter
+from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, first, forward_inputs, hook_common,
+                                    hook_rotaries, takes_residual)
+from parity.worker.contract import RunRequest
 
 
 def _residual(layer: torch.nn.Module, output: Any, args: tuple) -> torch.Tensor:
@@ -42,63 +43,55 @@ def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[1] if len(args) > 1 else kwargs["hidden_states"]
 
 
-class Adapter:
+class Adapter(EngineAdapter[Any]):
+    engine = "vllm"
+
     def __init__(self, device: str = "cpu"):
         import vllm
 
-        self.device = device
+        super().__init__(device)
         self.vllm = vllm
 
-    def capabilities(self) -> dict[str, Any]:
+    def versions(self) -> dict[str, str]:
         import transformers
+
+        return {"vllm": self.vllm.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+    def architectures(self) -> list[str]:
         from vllm import ModelRegistry
 
-        head_sizes = None
-        if self.device == "cpu":
-            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+        return list(ModelRegistry.get_supported_archs())
 
-            head_sizes = sorted(CPUAttentionBackend.get_supported_head_sizes())
-        return {
-            "engine": "vllm",
-            "versions": {"vllm": self.vllm.__version__, "torch": torch.__version__,
-                         "transformers": transformers.__version__},
-            "architectures": sorted(ModelRegistry.get_supported_archs()),
-            "head_sizes": head_sizes,
-            "dtypes": ["float32", "bfloat16", "float16"],
-        }
+    def head_sizes(self) -> list[int] | None:
+        if self.device != "cpu":
+            return None
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
-    def run(self, checkpoint: str, prompts: Sequence[Sequence[int]], decode_steps: int, dtype: str,
-            out: str, capture: bool = True, modules: dict[str, str] | None = None) -> dict[str, Any]:
-        from vllm import LLM, SamplingParams
+        return sorted(CPUAttentionBackend.get_supported_head_sizes())
 
-        t0 = time.perf_counter()
-        longest = max(len(p) for p in prompts) + decode_steps + 1
-        llm = LLM(
-            model=checkpoint, skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, seed=0,
-            max_model_len=max(longest, 64), max_num_seqs=max(len(prompts), 1),
-            max_num_batched_tokens=max(2048, longest * len(prompts)),
+    def load(self, request: RunRequest) -> Any:
+        from vllm import LLM
+
+        longest = max(len(p) for p in request.prompts) + request.decode_steps + 1
+        return LLM(
+            model=request.checkpoint, skip_tokenizer_init=True, dtype=request.dtype, enforce_eager=True, seed=0,
+            max_model_len=max(longest, 64), max_num_seqs=max(len(request.prompts), 1),
+            max_num_batched_tokens=max(2048, longest * len(request.prompts)),
             # On CPU this is the fraction of RAM reserved; the default 0.92 fails.
             gpu_memory_utilization=0.1 if self.device == "cpu" else 0.3,
             load_format="safetensors", trust_remote_code=False,
         )
-        try:
-            t1 = time.perf_counter()
-            rec = Recorder(prompts, decode_steps, config_head_dim(checkpoint))
-            hooks: list[Hooks] = llm.apply_model(lambda model: self._install(Parts(model, modules), rec)) if capture else []
-            try:
-                params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, ignore_eos=True, detokenize=False)
-                llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
-            finally:
-                for h in hooks:
-                    h.remove()
-            t2 = time.perf_counter()
-            result = save(rec.tensors(), out) if capture else {}
-            t3 = time.perf_counter()
-        finally:
-            del llm  # unreachable before the teardown's own gc.collect(), so its memory goes now
-            self._cleanup()
-        return {**result, "seconds": {"load": t1 - t0, "forward": t2 - t1, "save": t3 - t2,
-                                      "teardown": time.perf_counter() - t3}}
+
+    def hook(self, loaded: Any, rec: Recorder, modules: Mapping[str, str]) -> Hooks:
+        (hooks,) = loaded.apply_model(lambda model: self._install(Parts(model, modules), rec))
+        return hooks
+
+    def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=request.decode_steps + 1, ignore_eos=True,
+                                detokenize=False)
+        loaded.generate([{"prompt_token_ids": list(p)} for p in request.prompts], params, use_tqdm=False)
 
     @staticmethod
     def _install(parts: Parts, rec: Recorder) -> Hooks:
@@ -108,10 +101,10 @@ class Adapter:
         hook_rotaries(hooks, rec, parts)
         return hooks
 
-    @staticmethod
-    def _cleanup() -> None:
+    def teardown(self, loaded: Any) -> None:
         from vllm.distributed import cleanup_dist_env_and_memory
         from vllm.model_executor.layers import rotary_embedding
 
+        del loaded  # unreachable before the cleanup's own gc.collect(), so its memory goes now
         cleanup_dist_env_and_memory()
         rotary_embedding._ROPE_DICT.clear()

@@ -1,7 +1,8 @@
 """Worker process: ``python -m parity.worker --adapter NAME [--patch FILE]...``.
 
 Runs inside a backend's own environment: imports the engine once, applies the
-user's patch files, then serves requests from stdin until ``shutdown`` or EOF.
+user's patch files, says hello (its :class:`~parity.worker.contract.Capabilities`),
+then serves requests from stdin until ``shutdown`` or EOF.
 """
 
 from __future__ import annotations
@@ -13,14 +14,31 @@ import os
 import runpy
 import sys
 import traceback
-from typing import Any
+from typing import Any, Callable, Mapping
 
-from parity.worker import protocol
+from parity import checkpoint
+from parity.adapters.base import EngineAdapter, Unusable
+from parity.worker import contract, protocol
+from parity.worker.contract import CheckpointReply, CheckpointRequest, RunRequest, SurfaceRequest
+
+
+class PatchFailed(RuntimeError):
+    """A ``--patch`` file raised while it was applied."""
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
-    return {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)[:4000],
-                                   "traceback": traceback.format_exc()[-6000:]}}
+    error = contract.ErrorReply(type=type(exc).__name__, message=str(exc)[:4000],
+                                traceback=traceback.format_exc()[-6000:], usable=not isinstance(exc, Unusable))
+    return {"ok": False, "error": contract.to_json(error)}
+
+
+def _write_checkpoint(request: CheckpointRequest) -> CheckpointReply:
+    return CheckpointReply(files=checkpoint.write(request.config, request.seed, request.dir)["files"])
+
+
+def operations(adapter: EngineAdapter) -> Mapping[type, Callable[[Any], Any]]:
+    """Every request a worker serves, by request type (``shutdown`` ends the loop instead)."""
+    return {RunRequest: adapter.run, CheckpointRequest: _write_checkpoint, SurfaceRequest: adapter.surface}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,30 +60,31 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 runpy.run_path(patch, run_name="parity_patch")
             except BaseException as exc:
-                raise RuntimeError(f"patch {patch} failed to apply: {type(exc).__name__}: {exc}") from exc
+                raise PatchFailed(f"patch {patch} failed to apply: {type(exc).__name__}: {exc}") from exc
         # Engines collect garbage after every model; the engine import's millions of
         # objects never die, so keep them out of every later collection.
         gc.freeze()
-        hello = {"protocol": protocol.PROTOCOL_VERSION, "pid": os.getpid(), "python": sys.executable,
-                 **adapter.capabilities()}
-        protocol.write(replies, {"ok": True, "result": hello})
+        protocol.write(replies, {"ok": True, "result": contract.to_json(adapter.capabilities())})
     except BaseException as exc:
         protocol.write(replies, _error(exc))
         return 3
 
+    handlers = operations(adapter)
     for line in sys.stdin.buffer:
-        request = protocol.decode(line)
-        op = request.pop("op")
-        if op == "shutdown":
-            protocol.write(replies, {"ok": True, "result": {}})
+        try:
+            request = contract.request_from_json(protocol.decode(line))
+        except ValueError as exc:  # ContractError included
+            protocol.write(replies, _error(exc))
+            continue
+        if isinstance(request, contract.ShutdownRequest):
+            protocol.write(replies, {"ok": True, "result": contract.to_json(contract.ShutdownReply())})
             break
         try:
-            handler = getattr(adapter, op, None)
-            if handler is None or op.startswith("_") or op == "capabilities":
-                raise ValueError(f"backend {args.adapter!r} does not support the request {op!r}")
-            protocol.write(replies, {"ok": True, "result": handler(**request)})
+            protocol.write(replies, {"ok": True, "result": contract.to_json(handlers[type(request)](request))})
         except Exception as exc:
             protocol.write(replies, _error(exc))
+            if isinstance(exc, Unusable):
+                return 4
     return 0
 
 

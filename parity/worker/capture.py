@@ -137,11 +137,9 @@ class _Restore:
             delattr(self.owner, self.name)
 
 
-class NullRecorder(Recorder):
-    """Records nothing: for runs that time the bare engine (benchmarks)."""
-
-    def __init__(self) -> None:
-        super().__init__([], 0, 1)
+class NullRecorder:
+    """Stands in for a Recorder when capture is off (the bare engine, timed by benchmarks):
+    an engine's generate loop may report forwards and logits, and nothing is kept."""
 
     def begin_forward(self, positions: torch.Tensor, input_ids: torch.Tensor) -> None:
         pass
@@ -214,8 +212,8 @@ def head_dim(config: Mapping[str, Any]) -> int:
     return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
 
 
-def save(tensors: dict[str, torch.Tensor], out: str) -> dict[str, Any]:
-    """Write captured tensors atomically; non-finite values are reported, not hidden."""
+def save(tensors: dict[str, torch.Tensor], out: str) -> list[str]:
+    """Write captured tensors atomically; return the non-finite ones (reported, not hidden)."""
     import os
 
     from safetensors.torch import save_file
@@ -224,7 +222,7 @@ def save(tensors: dict[str, torch.Tensor], out: str) -> dict[str, Any]:
     tmp = f"{out}.tmp"
     save_file({k: t.contiguous() for k, t in tensors.items()}, tmp)
     os.replace(tmp, out)
-    return {"file": out, "tensors": len(tensors), "non_finite": non_finite}
+    return non_finite
 
 
 def forward_inputs(args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

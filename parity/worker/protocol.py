@@ -4,16 +4,14 @@ Requests go to the worker's stdin. Replies come back on a private pipe (the
 worker's original stdout, duplicated before the engine is imported), because
 engines print freely to stdout; everything they print ends up in the worker's
 stderr log instead. Tensors never travel on the pipe: they are written as
-safetensors files in the run directory and only their path is sent.
+safetensors files in the run directory and only their path is sent. What the
+messages hold is :mod:`parity.worker.contract`.
 """
 
 from __future__ import annotations
 
 import json
 from typing import IO, Any
-
-PROTOCOL_VERSION = 1
-
 
 def encode(message: dict[str, Any]) -> bytes:
     return (json.dumps(message, separators=(",", ":")) + "\n").encode()

@@ -1,0 +1,93 @@
+"""The Hypothesis glue: a search per architecture over generated examples, each judged
+by a :class:`~parity.session.Session`; a failure makes Hypothesis shrink it towards
+the plainest model that still fails, which is marked minimal in the report.
+"""
+
+from __future__ import annotations
+
+import time
+
+from hypothesis import given
+from hypothesis import seed as hypothesis_seed
+
+from parity import interrupts, registry, support
+from parity.example import Example
+from parity.profiles import Profile, hypothesis_settings
+from parity.records import Report
+from parity.session import HarnessError, Launch, RunConfig, Session
+from parity.strategies import examples as example_strategy
+from parity.strategies import supported_head_dims
+
+
+class _Failed(Exception):
+    """Raised inside the Hypothesis test so it shrinks towards a smaller failing example."""
+
+    def __init__(self, example_id: str):
+        super().__init__(example_id)
+        self.example_id = example_id
+
+
+class _Unsupported(Exception):
+    """Stops the search at the first example when no backend can run the architecture."""
+
+
+def search(session: Session, arch: str, profile: Profile, seed: int | None) -> str | None:
+    """Search one architecture; return the id of the minimal failing example, if any."""
+    spec = registry.get(arch)
+    runnable = [w for w in session.engines if support.supports(w.capabilities, arch) is None]
+    if not runnable:
+        session.log(f"parity: {arch}: no selected backend supports it; recording one example as unsupported")
+    head_dims = supported_head_dims(spec, [w.capabilities.head_sizes for w in runnable])
+    if not head_dims:
+        raise HarnessError(f"{arch}: none of its head sizes {spec.head_dims} is supported by "
+                           + ", ".join(f"{w.label} ({w.capabilities.head_sizes})" for w in runnable))
+    strategy = example_strategy(arch, spec, head_dims, profile.decode_steps)
+    shrink_deadline: list[float] = []
+
+    def check(example: Example) -> None:
+        record = session.known(example)
+        if record is None:
+            if shrink_deadline and time.monotonic() > shrink_deadline[0]:
+                return  # shrink budget spent: treat untried examples as not failing
+            record = session.evaluate(example, role="shrink" if shrink_deadline else "generated")
+        if record.failed:
+            if not shrink_deadline:
+                shrink_deadline.append(time.monotonic() + profile.shrink_seconds)
+            raise _Failed(record.id)
+        if not runnable:
+            raise _Unsupported()
+
+    test = given(strategy)(check)
+    test = hypothesis_settings(profile, session.cache / "examples", seeded=seed is not None)(test)
+    if seed is not None:
+        test = hypothesis_seed(seed)(test)
+    # One example-database key per architecture and backend set, so replays stay apart.
+    test._hypothesis_internal_add_digest = "|".join(
+        [arch] + [f"{w.label}:{','.join(w.spec.patches)}" for w in session.engines]).encode()
+    try:
+        test()
+    except _Failed as failure:
+        session.mark_minimal(failure.example_id)
+        return failure.example_id
+    except _Unsupported:
+        pass
+    return None
+
+
+def run(cfg: RunConfig, archs: list[str], profile: Profile, launch: Launch | None = None) -> Report:
+    """``parity run``: search every architecture; the report is complete unless interrupted."""
+    with Session(cfg, launch=launch) as session:
+        try:
+            for arch in archs:
+                session.log(f"parity: searching {arch} ({profile.name} profile, {profile.max_examples} examples)")
+                minimal = search(session, arch, profile, cfg.seed)
+                if minimal:
+                    session.log(f"parity: {arch}: minimal failing example {session.records[minimal].description}\n"
+                                f"        replay: {session.records[minimal].replay}")
+            interrupts.check()
+        except KeyboardInterrupt:
+            interrupts.handled()
+            session.write(complete=False, render=True)
+            session.log(f"parity: interrupted; {len(session.records)} finished examples kept in {cfg.out}/report.json")
+            raise
+        return session.write(complete=True)

@@ -1,0 +1,311 @@
+"""A session: the reference's and every backend's worker, and the flow of one example
+through them. Checkpoint (written by the reference worker) -> every request sent ->
+replies collected -> :func:`parity.judge.judge` -> record -> report.
+
+Workers are started through ``launch``: real worker processes by default, a fake
+in the orchestrator's unit tests.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from safetensors.numpy import load_file
+
+import parity
+from parity import checkpoint_cache, compare, envs, interrupts, judge, registry, support, surface
+from parity import report as report_mod
+from parity.backends import BackendSpec
+from parity.example import Example
+from parity.pool import Worker, WorkerError, WorkerHandle
+from parity.records import BackendInfo, BackendResult, ExampleRecord, Report
+from parity.summary import summarize
+from parity.worker.contract import CheckpointRequest, RunReply, RunRequest
+
+
+class HarnessError(RuntimeError):
+    """Parity itself cannot go on (exit code 2): setup failed or the reference broke."""
+
+
+class PatchError(HarnessError):
+    """A ``--patch`` file failed to apply in its worker."""
+
+    def __init__(self, message: str, traceback: str):
+        super().__init__(message)
+        self.traceback = traceback
+
+
+@dataclass
+class RunConfig:
+    backends: list[BackendSpec]
+    reference: BackendSpec = field(default_factory=lambda: BackendSpec("transformers", "reference"))
+    device: str = "cpu"
+    dtype: str = "float32"
+    out: Path = Path("reports/latest")
+    timeout: float = 300.0
+    command: str = ""
+    profile: str = "ci"
+    seed: int | None = None
+    resume: bool = False
+    """Reuse the finished examples of an earlier (interrupted) report in ``out``."""
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+Launch = Callable[[BackendSpec], WorkerHandle]
+
+
+class Session:
+    """Workers for the reference and every backend, and the results of one run."""
+
+    def __init__(self, cfg: RunConfig, log: Callable[[str], None] = _log, launch: Launch | None = None):
+        self.cfg = cfg
+        self.log = log
+        self.cache = envs.cache_dir()
+        self.launch = launch or self._launch
+        self.records: dict[str, ExampleRecord] = {}
+        self.workers: dict[str, WorkerHandle] = {}
+
+    # -- lifecycle -------------------------------------------------------
+
+    def _launch(self, spec: BackendSpec) -> Worker:
+        python = spec.python or str(envs.ensure(spec.definition, self.cfg.device, self.log))
+        return Worker(spec, python, self.cfg.device, self.cfg.out / "logs", self.cache)
+
+    def __enter__(self) -> Session:
+        try:
+            self.cfg.out.mkdir(parents=True, exist_ok=True)
+            probe = self.cfg.out / ".parity-write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise HarnessError(f"output directory {self.cfg.out} is not writable: {exc}") from None
+        try:
+            for spec in [self.cfg.reference, *self.cfg.backends]:
+                self.workers[spec.label] = self.launch(spec)
+            self.log(f"parity: starting {', '.join(self.workers)} workers")
+            for w in self.workers.values():  # in turn: two engine imports at once only thrash 2 cores
+                t0 = time.monotonic()
+                caps = w.start()
+                if self.cfg.dtype not in [*caps.dtypes, "float64"]:
+                    raise HarnessError(f"{w.label} does not support dtype {self.cfg.dtype}")
+                self.log(f"parity:   {w.label}: {caps.engine} {caps.versions_text} "
+                         f"({w.python}, {time.monotonic() - t0:.1f}s)")
+        except (WorkerError, envs.EnvBuildError) as exc:
+            self.close()
+            raise _setup_error(exc) from None
+        except BaseException:
+            self.close()
+            raise
+        if self.cfg.resume:
+            self._resume()
+        return self
+
+    def _resume(self) -> None:
+        path = self.cfg.out / "report.json"
+        if not path.exists():
+            return
+        try:
+            earlier = report_mod.read(path)
+        except ValueError as exc:
+            raise HarnessError(f"--resume: {exc}") from None
+        mine = (self.cfg.device, self.cfg.dtype, [self.info(w) for w in self.engines])
+        if (earlier.device, earlier.dtype, earlier.backends) != mine:
+            raise HarnessError(f"--resume: {path} was made with other backends, device or dtype; "
+                               f"use another --out or drop --resume")
+        self.records.update((ex.id, ex) for ex in earlier.examples)
+        self.log(f"parity: resuming: {len(earlier.examples)} finished examples reused from {path}")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for w in self.workers.values():
+            w.stop()
+
+    @property
+    def reference(self) -> WorkerHandle:
+        return self.workers[self.cfg.reference.label]
+
+    @property
+    def engines(self) -> list[WorkerHandle]:
+        return [self.workers[s.label] for s in self.cfg.backends]
+
+    # -- one example ------------------------------------------------------
+
+    def known(self, example: Example) -> ExampleRecord | None:
+        return self.records.get(example.id)
+
+    def evaluate(self, example: Example, role: str = "generated") -> ExampleRecord:
+        interrupts.check()
+        if example.id in self.records:
+            return self.records[example.id]
+        t0 = time.monotonic()
+        ckpt = self._checkpoint(example)
+        t_ckpt = time.monotonic()
+        acts = self.cfg.out / "activations" / example.id
+        acts.mkdir(parents=True, exist_ok=True)
+
+        def request(dtype: str, out: Path) -> RunRequest:
+            return RunRequest(checkpoint=str(ckpt), prompts=[list(p) for p in example.prompts],
+                              decode_steps=example.decode_steps, dtype=dtype, out=str(out),
+                              modules=asdict(registry.get(example.arch).modules))
+
+        failed: dict[str, BackendResult] = {}  # unsupported or errored, by label
+        runnable: list[WorkerHandle] = []
+        for w in self.engines:
+            reason = support.supports(w.capabilities, example.arch, example.config)
+            if reason:
+                failed[w.label] = BackendResult(backend=w.label, status="unsupported", reason=reason)
+            else:
+                runnable.append(w)
+        # Backends run concurrently: every request goes out before any reply is awaited.
+        ref_files = {d: acts / f"reference-{d}.safetensors" for d in ("float64", self.cfg.dtype)}
+        for d, f in ref_files.items():
+            self.reference.submit(request(d, f))
+        for w in runnable:
+            w.submit(request(self.cfg.dtype, acts / f"{w.label}.safetensors"))
+        exact, floors = self._reference(example, ref_files, runnable)
+        t_ref = time.monotonic()
+        captured: dict[str, Any] = {}
+        seconds: dict[str, dict[str, float]] = {}
+        for w in runnable:
+            try:
+                reply: RunReply = w.receive(self.cfg.timeout)
+                t1 = time.monotonic()
+                captured[w.label] = load_file(reply.file)
+                seconds[w.label] = {**reply.seconds, "wait": t1 - t_ckpt, "transfer": time.monotonic() - t1}
+            except (WorkerError, ValueError) as exc:
+                failed[w.label] = BackendResult(backend=w.label, status="error", reason=self._failure(w, exc))
+        t_judge = time.monotonic()
+        outcomes = [*(judge.Outcome((label,), r) for label, r in failed.items()),
+                    *judge.judge(judge.Captures(exact, captured), floors, self.cfg.dtype)]
+        engines = {w.label: (w.capabilities.engine, w.capabilities.engine_version) for w in self.engines}
+        judged = {o.backends: judge.explain(o, engines, example.arch, example.config) for o in outcomes}
+        results = [judged[(w.label,)].model_copy(update={"seconds": _rounded(seconds.get(w.label, {}))})
+                   for w in self.engines] + [r for backends, r in judged.items() if len(backends) == 2]
+        record = ExampleRecord(
+            id=example.id, arch=example.arch, role=role, description=example.describe(), config=example.config,
+            weight_seed=example.weight_seed, prompts=[list(p) for p in example.prompts],
+            decode_steps=example.decode_steps,
+            replay=f"parity replay {shlex.quote(str(self.cfg.out / 'report.json'))} {example.id}",
+            results=results,
+            seconds=_rounded({"checkpoint": t_ckpt - t0, "reference": t_ref - t_ckpt,
+                              "compare": time.monotonic() - t_judge, "total": time.monotonic() - t0}),
+        )
+        self.records[example.id] = record
+        self._progress(record, time.monotonic() - t0)
+        self.write(complete=False)
+        interrupts.check()
+        return record
+
+    def _checkpoint(self, example: Example) -> Path:
+        ckpt = self.cache / "checkpoints" / example.checkpoint_id
+        write = CheckpointRequest(config=example.config, seed=example.weight_seed, dir=str(ckpt))
+        try:
+            return checkpoint_cache.ensure(ckpt, lambda: self.reference.call(write, self.cfg.timeout), self.log)
+        except (WorkerError, checkpoint_cache.CorruptCheckpoint) as exc:
+            raise HarnessError(f"the reference could not build {example.describe()}: {exc}") from None
+
+    def _reference(self, example: Example, files: dict[str, Path],
+                   runnable: list[WorkerHandle]) -> tuple[dict[str, Any], dict[str, float]]:
+        """The fp64 reference's tensors and each tensor's noise floor (see parity/tolerance.py)."""
+        try:
+            replies: list[RunReply] = [self.reference.receive(self.cfg.timeout) for _ in files]
+        except WorkerError as exc:
+            self._recover(self.reference)
+            for w in runnable:  # their replies are still in flight
+                self._drain(w)
+            raise HarnessError(f"the reference failed on {example.describe()}: {exc}") from None
+        if replies[0].non_finite:
+            raise HarnessError(f"the fp64 reference is non-finite on {example.describe()}: {replies[0].non_finite[:3]}")
+        exact = load_file(files["float64"])
+        return exact, compare.floors(load_file(files[self.cfg.dtype]), exact)
+
+    def _failure(self, worker: WorkerHandle, exc: Exception) -> str:
+        """The reason of a backend's error result; a worker that cannot serve on is restarted."""
+        if not isinstance(exc, WorkerError):
+            return str(exc)
+        if not exc.usable:
+            self._recover(worker)
+        return exc.reason + "\n" + "\n".join(exc.log_tail.splitlines()[-12:])
+
+    def _recover(self, worker: WorkerHandle) -> None:
+        try:
+            worker.restart()
+        except WorkerError as exc:
+            raise HarnessError(f"{worker.label} could not be restarted: {exc}") from None
+
+    def _drain(self, worker: WorkerHandle) -> None:
+        try:
+            worker.receive(self.cfg.timeout)
+        except WorkerError as exc:
+            if not exc.usable:
+                self._recover(worker)
+
+    def _progress(self, record: ExampleRecord, seconds: float) -> None:
+        parts = []
+        for r in record.results:
+            extra = f" {r.max_rel_l2:.1e}" if r.status == "pass" and r.max_rel_l2 is not None else ""
+            if r.first_divergence:
+                extra = f" at {r.first_divergence.tensor} (step {r.first_divergence.step})"
+            extra += " [known engine issue]" if r.known_issue else ""
+            parts.append(f"{r.backend} {r.status}{extra}")
+        tag = {"generated": "", "shrink": " [shrinking]", "replay": " [replay]"}[record.role]
+        self.log(f"[{len(self.records):>3}] {record.description}{tag}: {'; '.join(parts)} ({seconds:.1f}s)")
+
+    # -- report -------------------------------------------------------------
+
+    def mark_minimal(self, example_id: str) -> None:
+        rec = self.records[example_id]
+        self.records[example_id] = rec.model_copy(update={"minimal": True})
+
+    def info(self, w: WorkerHandle) -> BackendInfo:
+        return BackendInfo(label=w.label, engine=w.capabilities.engine, python=w.python,
+                           versions=w.capabilities.versions, patches=list(w.spec.patches))
+
+    def report(self, complete: bool) -> Report:
+        examples = list(self.records.values())
+        return Report(
+            parity_version=parity.__version__, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            command=self.cfg.command, profile=self.cfg.profile, seed=self.cfg.seed, device=self.cfg.device,
+            dtype=self.cfg.dtype, complete=complete, reference=self.info(self.reference),
+            backends=[self.info(w) for w in self.engines], examples=examples,
+            summary=summarize(examples),
+            surface=surface.coverage(sorted({e.arch for e in examples}),
+                                     self.reference.capabilities.versions.get("transformers", "")),
+        )
+
+    def write(self, complete: bool, render: bool | None = None) -> Report:
+        """The report so far; Markdown and HTML only once complete, or when asked (an interrupt)."""
+        rep = self.report(complete)
+        report_mod.write(rep, self.cfg.out, render=complete if render is None else render)
+        return rep
+
+
+def _rounded(seconds: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in seconds.items()}
+
+
+def _setup_error(exc: Exception) -> HarnessError:
+    if isinstance(exc, WorkerError) and exc.kind == "PatchFailed":
+        return PatchError(f"{exc.label}: {exc.reason.removeprefix('PatchFailed: ')}", exc.log_tail)
+    if isinstance(exc, WorkerError) and exc.kind in ("ModuleNotFoundError", "ImportError"):
+        return HarnessError(f"{exc.label}: the interpreter cannot import its engine ({exc.reason}). "
+                            f"Point --backend NAME=PYTHON at an environment with the engine installed, "
+                            f"or omit =PYTHON to let parity build one.\n{exc.log_tail}")
+    return HarnessError(str(exc))
+
+
+def replay(cfg: RunConfig, example: Example) -> Report:
+    with Session(cfg) as session:
+        session.evaluate(example, role="replay")
+        return session.write(complete=True)

@@ -1,0 +1,23 @@
+"""What a real-engine test expects of a result's ``known_issue``, read from the known-issue
+table directly rather than through the code that attaches it."""
+
+from parity import known_issues
+from parity.records import BackendResult
+
+
+def diagnoses(engines, arch, config, result: BackendResult) -> set[str]:
+    """Every diagnosis that may explain ``result`` on ``engines`` ((name, version) of each side);
+    empty when nothing may: a pass, or a divergence or error no entry describes."""
+    kind = {"diverged": result.first_divergence and result.first_divergence.kind, "error": "error"}.get(result.status)
+    return {f"{engine} {version}: {issue.diagnosis} (verified on {engine} {issue.versions})" for engine, version in engines
+            for issue in known_issues.listed(engine, version, arch)
+            if kind in issue.kinds and issue.message in (result.reason or "") and issue.applies(config)}
+
+
+def check(result: BackendResult, engines, arch, config) -> None:
+    """The result carries a known issue exactly when the table explains it, and then one of those."""
+    expected = diagnoses(engines, arch, config, result)
+    if expected:
+        assert result.known_issue in expected, (result.backend, result.status, result.known_issue)
+    else:
+        assert result.known_issue is None, (result.backend, result.status, result.known_issue)

@@ -1,0 +1,73 @@
+"""The adapter skeleton inside a real worker environment (torch): teardown follows every
+failure, a failed load included, and only a failing teardown makes the worker unusable."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from parity import envs
+from parity.backends import BACKENDS
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.parity
+
+SCRIPT = r'''
+import json, sys
+from parity.adapters.base import EngineAdapter, Unusable
+from parity.worker.contract import RunRequest
+
+class Engine(EngineAdapter):
+    engine = "fake"
+
+    def __init__(self, fail_in, stuck=False):
+        super().__init__()
+        self.fail_in, self.stuck, self.calls = fail_in, stuck, []
+
+    def versions(self): return {"fake": "1"}
+    def architectures(self): return []
+
+    def _step(self, name, value=None):
+        self.calls.append(name)
+        if name == self.fail_in:
+            raise RuntimeError(f"{name} refused")
+        return value
+
+    def load(self, request): return self._step("load", "model")
+    def hook(self, loaded, rec, modules): raise AssertionError("capture is off")
+    def generate(self, loaded, rec, request): self._step("generate")
+
+    def teardown(self, loaded):
+        self.calls.append(f"teardown({loaded})")
+        if self.stuck:
+            raise OSError("stuck")
+
+request = RunRequest(checkpoint="/nonexistent", prompts=[[1, 2]], decode_steps=1, dtype="float32", out="",
+                     capture=False)
+out = {}
+for case, engine in {"load": Engine("load"), "generate": Engine("generate"), "none": Engine(None),
+                     "stuck": Engine("load", stuck=True)}.items():
+    try:
+        reply = engine.run(request)
+        result = sorted(reply.seconds)
+    except Unusable as exc:
+        result = f"Unusable: {exc}"
+    except RuntimeError as exc:
+        result = f"RuntimeError: {exc}"
+    out[case] = [engine.calls, result]
+print(json.dumps(out))
+'''
+
+
+def test_teardown_follows_every_failure_and_only_its_own_failure_is_fatal():
+    python = envs.ensure(BACKENDS["transformers"], "cpu")
+    proc = subprocess.run([str(python), "-c", SCRIPT], capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["load"] == [["load", "teardown(None)"], "RuntimeError: load refused"]
+    assert out["generate"] == [["load", "generate", "teardown(model)"], "RuntimeError: generate refused"]
+    assert out["none"] == [["load", "generate", "teardown(model)"], ["forward", "load", "save", "teardown"]]
+    assert out["stuck"][0] == ["load", "teardown(None)"]
+    assert out["stuck"][1] == "Unusable: fake could not be torn down after RuntimeError: load refused: OSError: stuck"
