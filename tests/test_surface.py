@@ -1,6 +1,8 @@
 """The config surface: every key the reference reads is varied, pinned with a reason or
 measured neutral, and every varied key's drawn values act."""
 
+import json
+
 import pytest
 
 from parity import registry, surface
@@ -61,3 +63,17 @@ def test_every_key_read_is_varied_pinned_or_neutral_and_drawn_values_act(parity_
     idle = [(k.key, k.effect) for k in measured.of("varied") if not (k.effect == "changes" and k.drawn_act)]
     assert not idle, f"{arch}: varied keys whose drawn values never change an activation: {idle}"
     assert measured.coverage >= 0.95, surface.render([measured])
+    # Reports compute their coverage from the stored measurement: it must be today's.
+    version = session.reference.capabilities.versions["transformers"]
+    stored = json.loads(surface.measured_path(version).read_text())[arch]
+    assert stored == {k.key: k.effect for k in measured.keys}, "run: parity surface --write"
+
+
+def test_reports_carry_the_stored_coverage():
+    stored = sorted(surface.MEASURED.glob("surface-transformers-*.json"))
+    assert stored, "no measured surface is stored (parity surface --write)"
+    version = stored[-1].name.removeprefix("surface-transformers-").removesuffix(".json")
+    got = surface.coverage(["llama", "gpt_j", "not-an-arch"], version)
+    assert set(got) == {"llama", "gpt_j"}
+    assert all(c.changing and c.varied <= c.changing and c.coverage == c.varied / c.changing for c in got.values())
+    assert surface.coverage(["llama"], "0.0.0-never-measured") == {}
