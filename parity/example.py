@@ -49,7 +49,8 @@ class Example:
         c = canonical_config(self.arch, self.config)
         rope = c.get("rope_parameters") or {}
         bits = [f"layers={c['num_hidden_layers']}", f"heads={c['num_attention_heads']}/{c['num_key_value_heads']}",
-                f"head_dim={c.get('head_dim')}", f"hidden={c['hidden_size']}"]
+                f"head_dim={c.get('head_dim') or c['hidden_size'] // c['num_attention_heads']}",
+                f"hidden={c['hidden_size']}"]
         if "partial_rotary_factor" in rope:
             bits.append(f"partial_rotary_factor={rope['partial_rotary_factor']}")
         if rope.get("rope_type", "default") != "default":

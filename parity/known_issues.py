@@ -144,6 +144,16 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     *(_each(engine, verified, ("gemma2",), ("error",), _not("hidden_activation", "gelu_pytorch_tanh"),
             "refuses at load: its Gemma2MLP implements only gelu_pytorch_tanh", "Gemma2 uses `gelu_pytorch_tanh`")[0]
       for engine, verified in (("vllm", VLLM_NEW), ("sglang", SGLANG))),
+    *_each("vllm", VLLM_NEW, ("gpt_j",), ("error",), lambda c: bool(c.get("tie_word_embeddings")),
+           "refuses at load: its GPTJForCausalLM asserts an untied lm_head", "AssertionError"),
+    *_each("sglang", SGLANG, ("gpt_j",), ("error",), lambda c: bool(c.get("tie_word_embeddings")),
+           "refuses at load: its GPTJForCausalLM asserts an untied lm_head", "AssertionError"),
+    KnownIssue(
+        "vllm", VLLM_NEW, "gemma", ("mlp_out",), lambda c: c.get("hidden_act") == "gelu",
+        "vLLM's Gemma takes hidden_activation literally (\"gelu\": exact GELU); transformers' GemmaConfig turns "
+        "the legacy hidden_act=\"gelu\" of the first Gemma releases into the tanh approximation it was meant to "
+        "be (configuration_gemma.py), so the MLPs differ by the two GELUs",
+    ),
     KnownIssue(
         "sglang", SGLANG, "llama", ("mlp_out",), lambda c: bool(c.get("mlp_bias")),
         "SGLang's LlamaMLP builds gate_up_proj and down_proj with bias=False whatever mlp_bias says, and the "

@@ -63,6 +63,11 @@ class ArchSpec:
     explicit_head_dim: bool = True
     """Whether ``head_dim`` may differ from ``hidden_size // num_attention_heads``."""
 
+    states_head_dim: bool = True
+    """Whether the checkpoint's config states head_dim. False where the config class has no such key
+    and a stated one would reach only part of the model (StableLM's RoPE reads it, its attention
+    does not), so that a config changed in hidden_size alone stays one model."""
+
     layers: tuple[int, int] = (1, 4)
     """Inclusive range of ``num_hidden_layers``."""
 
@@ -212,6 +217,10 @@ _GEMMA_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu", "silu", "relu")
 _SECOND_NAME = ("the activation's second name: transformers reads the other one (drawn); released configs "
                 "carry both, equal, and engine ports read either, so it is written equal to the drawn one")
 
+# Families whose config derives head_dim (hidden_size / heads) and ignores the key.
+_DERIVED_HEAD_DIM = {"head_dim": "the config has no head_dim: transformers derives it from hidden_size / "
+                                 "num_attention_heads, and the drawn value is written equal to that"}
+
 # Token ids of the full-size vocabularies must not index a tiny one.
 _NO_SPECIAL_TOKENS = {"pad_token_id": None, "eos_token_id": None, "bos_token_id": None}
 
@@ -314,6 +323,7 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         partial_rotary_factors=(0.25, 0.5, 1.0),
         knobs={"use_qkv_bias": (False, True), "qk_layernorm": (False, True), "use_parallel_residual": (False, True)},
         config_keys={"rms_norm_eps": "layer_norm_eps"},
+        states_head_dim=False,
         fixed=_NO_SPECIAL_TOKENS,
     ),
     # Parallel attention and MLP off one LayerNorm, interleaved (rotate-every-two) RoPE on
@@ -326,12 +336,19 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         gqa_groups=(1,),
         partial_rotary_factors=(1.0, 0.5, 0.25),
         rope_thetas=(10000.0,),
-        tie_word_embeddings=(False,),  # vLLM asserts an untied lm_head
+        tie_word_embeddings=(False, True),  # both engines refuse tied ones (parity/known_issues.py)
         config_keys={"rms_norm_eps": "layer_norm_epsilon", "intermediate_size": "n_inner"},
         rotary_dim_key="rotary_dim",
         rope_types=("default",),  # GPTJConfig has no rope_parameters
         activations=("gelu_new", "gelu", "relu", "silu"),
         activation_keys=("activation_function",),
+        # head_dim stays stated: GPT-J's config.json names its sizes n_embd and n_head, and capture
+        # reads the head size from config.json.
+        pinned={**_DERIVED_HEAD_DIM,
+                "num_key_value_heads": "GPT-J has no grouped-query attention: GPTJConfig ignores the key, drawn "
+                                       "equal to the head count",
+                "n_positions": "GPT-J's RoPE is never scaled, so its context length (max_position_embeddings) "
+                               "changes nothing transformers computes"},
         modules=ModuleNames(decoder="transformer", layers="h", final_norm="ln_f", attention="attn"),
         fixed=_NO_SPECIAL_TOKENS,
     ),

@@ -124,6 +124,8 @@ def model_configs(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) -> 
         **draw(optional_knobs(spec)),
         **spec.fixed,
     }
+    if not spec.states_head_dim:
+        del config["head_dim"]
     rope = config["rope_parameters"]
     if rope["rope_type"] == "longrope" and spec.top_level_original_context:
         # LongRoPE checkpoints (Phi-3) state the original context at top level too, and

@@ -38,7 +38,8 @@ def summarize(examples: list[ExampleRecord]) -> Summary:
 def _knobs(ex: ExampleRecord) -> dict[str, Any]:
     c = canonical_config(ex.arch, ex.config)
     rope = c.get("rope_parameters") or {}
-    heads, kv, head_dim = c.get("num_attention_heads"), c.get("num_key_value_heads"), c.get("head_dim")
+    heads, kv = c.get("num_attention_heads"), c.get("num_key_value_heads")
+    head_dim = c.get("head_dim") or (c["hidden_size"] // heads if heads and "hidden_size" in c else None)
     spec = ARCHITECTURES.get(ex.arch)
     return {
         "layers": c.get("num_hidden_layers"), "head_dim": head_dim,

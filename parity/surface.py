@@ -63,6 +63,11 @@ ROPE_PROBES: Mapping[str, Sequence[Mapping[str, Any]]] = {
 }
 
 
+def _rotated(config: Mapping[str, Any]) -> int:
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    return int(config["rope_parameters"].get("partial_rotary_factor", 1.0) * head_dim)
+
+
 def flatten(config: Mapping[str, Any]) -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (one level, as config dicts nest)."""
     out: dict[str, Any] = {}
@@ -93,9 +98,11 @@ def probe_configs(arch: str, seed: int = 0) -> list[dict[str, Any]]:
     """The configs whose reads and effects make up the family's surface: the first draws, and the
     plainest draw under every RoPE scaling type (``strategies.ROPE_SCALING``)."""
     drawn = [e.config for e in strategies.sample(arch, PROBE_DRAWS, seed)]
-    plain = drawn[0]
-    if "rope_parameters" not in plain:
+    if "rope_parameters" not in drawn[0]:
         return drawn
+    # The RoPE probes start from the draw that rotates the most dimensions: YaRN's correction bounds
+    # move only on wide enough rotations.
+    plain = max(drawn, key=_rotated)
     variants = []
     for rope_type, overrides in ROPE_PROBES.items():
         plainest = {k: v[0] for k, v in strategies.ROPE_SCALING[rope_type].items()}
@@ -107,7 +114,7 @@ def probe_configs(arch: str, seed: int = 0) -> list[dict[str, Any]]:
                 rope["partial_rotary_factor"] = plain["rope_parameters"]["partial_rotary_factor"]
             config = copy.deepcopy(plain)
             if rope_type == "longrope":
-                pairs = int(rope.get("partial_rotary_factor", 1.0) * plain["head_dim"]) // 2
+                pairs = _rotated(plain) // 2
                 rope.update(strategies.longrope_ramps(pairs, **{k: t[-1] for k, t in strategies.LONGROPE_TOPS.items()}))
                 if registry.get(arch).top_level_original_context:
                     config["original_max_position_embeddings"] = rope["original_max_position_embeddings"]
@@ -139,6 +146,8 @@ class FamilySurface:
     keys: list[KeySurface]
     rejected_configs: list[str] = field(default_factory=list)
     """Probe configs transformers refused to build (e.g. a RoPE type the family rejects), with why."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """The config class's other names for the keys (alias -> the stored name keys are listed under)."""
 
     @property
     def changing(self) -> list[KeySurface]:
@@ -171,8 +180,12 @@ def merge_effects(entries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, A
 
 
 def classify(arch: str, effects: Mapping[str, Mapping[str, Any]], drawn: Mapping[str, list[Any]],
-             rejected_configs: Sequence[str] = ()) -> FamilySurface:
+             rejected_configs: Sequence[str] = (), aliases: Mapping[str, str] | None = None) -> FamilySurface:
+    """Each key's class; ``drawn`` is keyed by the names the strategies write, ``effects`` by the
+    stored names (``aliases`` maps the one to the other)."""
     spec = registry.get(arch)
+    aliases = dict(aliases or {})
+    drawn = {aliases.get(k, k): v for k, v in drawn.items()}
     pins = {**registry.PINNED, **spec.pinned}
     keys = []
     for key, e in sorted(effects.items()):
@@ -194,7 +207,7 @@ def classify(arch: str, effects: Mapping[str, Mapping[str, Any]], drawn: Mapping
             keys.append(KeySurface(key, e["effect"], "neutral", f"no activation moved with {e.get('tried')}"))
         else:
             keys.append(KeySurface(key, e["effect"], "unclassified", e.get("error", "")))
-    return FamilySurface(arch, keys, list(rejected_configs))
+    return FamilySurface(arch, keys, list(rejected_configs), aliases)
 
 
 def _short(value: Any) -> str:
@@ -236,6 +249,7 @@ def measure(worker: WorkerHandle, arch: str, seed: int = 0, timeout: float = 600
     candidates = {k: [v for v in values if v != ABSENT] for k, values in drawn.items() if len(values) >= 2}
     entries: list[dict[str, Any]] = []
     refused: list[str] = []
+    names: dict[str, str] = {}
     for config in probe_configs(arch, seed):
         # Settled: keys known to change the output, by a drawn value where the strategies draw some.
         changing = sorted(k for k, e in merge_effects(entries).items()
@@ -249,7 +263,8 @@ def measure(worker: WorkerHandle, arch: str, seed: int = 0, timeout: float = 600
             refused.append(f"rope_type {rope}: {exc.reason.splitlines()[0][:200]}")
             continue
         entries += reply.entries
-    return classify(arch, merge_effects(entries), drawn, refused)
+        names.update(reply.aliases)
+    return classify(arch, merge_effects(entries), drawn, refused, names)
 
 
 def measured_path(transformers_version: str) -> Path:
@@ -260,7 +275,7 @@ def write_measured(surfaces: Sequence[FamilySurface], transformers_version: str)
     """Store each family's measured effects (not the classes: those follow the strategies and pins)."""
     path = measured_path(transformers_version)
     known = json.loads(path.read_text()) if path.exists() else {}
-    known.update({s.arch: {k.key: k.effect for k in s.keys} for s in surfaces})
+    known.update({s.arch: {"effects": {k.key: k.effect for k in s.keys}, "aliases": s.aliases} for s in surfaces})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(sorted(known.items())), indent=1, sort_keys=True) + "\n")
     return path
@@ -273,14 +288,15 @@ def coverage(archs: Iterable[str], transformers_version: str) -> dict[str, Surfa
     if not path.exists():
         return {}
     stored = json.loads(path.read_text())
-    return {arch: _coverage(arch, transformers_version, tuple(sorted(stored[arch].items())))
+    return {arch: _coverage(arch, transformers_version, json.dumps(stored[arch], sort_keys=True))
             for arch in archs if arch in stored and arch in registry.ARCHITECTURES}
 
 
 @functools.lru_cache(maxsize=None)  # reports are rewritten after every example; draws are the same
-def _coverage(arch: str, transformers_version: str, effects: tuple[tuple[str, str], ...]) -> SurfaceCoverage:
-    s = classify(arch, {k: {"key": k, "effect": e} for k, e in effects},
-                 drawn_values(strategies.sample(arch, VARIED_DRAWS, 0)))
+def _coverage(arch: str, transformers_version: str, stored: str) -> SurfaceCoverage:
+    measured = json.loads(stored)
+    s = classify(arch, {k: {"key": k, "effect": e} for k, e in measured["effects"].items()},
+                 drawn_values(strategies.sample(arch, VARIED_DRAWS, 0)), aliases=measured["aliases"])
     return SurfaceCoverage(
         transformers=transformers_version, coverage=s.coverage, varied=sum(k.cls == "varied" for k in s.changing),
         changing=len(s.changing), pinned={k.key: k.reason for k in s.changing if k.cls == "pinned"},

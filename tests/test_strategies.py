@@ -15,10 +15,11 @@ def test_examples_are_valid_by_construction(data):
     assert set(spec.config_keys.values()) <= set(ex.config) and not set(spec.config_keys) & set(ex.config)
     c = registry.canonical_config(arch, ex.config)
     assert c["num_attention_heads"] % c["num_key_value_heads"] == 0
-    assert c["head_dim"] in (32, 64)
+    head_dim = c["head_dim"] if spec.states_head_dim else c["hidden_size"] // c["num_attention_heads"]
+    assert head_dim in (32, 64) and ("head_dim" in c) == spec.states_head_dim
     assert spec.layers[0] <= c["num_hidden_layers"] <= spec.layers[1]
     rope = c["rope_parameters"]
-    rotary = rope.get("partial_rotary_factor", 1.0) * c["head_dim"]
+    rotary = rope.get("partial_rotary_factor", 1.0) * head_dim
     assert rotary == int(rotary) and int(rotary) % 2 == 0
     if rope.get("rope_type") == "longrope":  # one rescale factor per rotated pair
         assert len(rope["short_factor"]) == len(rope["long_factor"]) == int(rotary) // 2

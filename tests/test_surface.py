@@ -66,7 +66,8 @@ def test_every_key_read_is_varied_pinned_or_neutral_and_drawn_values_act(parity_
     # Reports compute their coverage from the stored measurement: it must be today's.
     version = session.reference.capabilities.versions["transformers"]
     stored = json.loads(surface.measured_path(version).read_text())[arch]
-    assert stored == {k.key: k.effect for k in measured.keys}, "run: parity surface --write"
+    assert stored == {"effects": {k.key: k.effect for k in measured.keys}, "aliases": measured.aliases}, \
+        "run: parity surface --write"
 
 
 def test_reports_carry_the_stored_coverage():

@@ -81,7 +81,8 @@ class Adapter(EngineAdapter[Any]):
 
         t0 = time.perf_counter()
         entries = surface.measure(request.config, request.seed, capture, request.skip, request.candidates)
-        return SurfaceReply(entries=entries, seconds={"measure": time.perf_counter() - t0})
+        return SurfaceReply(entries=entries, aliases=surface.aliases(request.config),
+                            seconds={"measure": time.perf_counter() - t0})
 
     @staticmethod
     def _install(parts: Parts, rec: Recorder) -> Hooks:

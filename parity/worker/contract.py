@@ -119,7 +119,11 @@ class SurfaceRequest:
 @dataclass(frozen=True)
 class SurfaceReply:
     entries: list[dict[str, Any]]
-    """Per key read: key, read (how), value, effect, tried, drawn_act, error."""
+    """Per key read, under the name the config stores it: key, read (how), value, effect, tried,
+    drawn_act, error."""
+
+    aliases: dict[str, str]
+    """The config class's other names for stored keys (alias -> stored name)."""
 
     seconds: dict[str, float]
 

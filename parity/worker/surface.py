@@ -168,14 +168,23 @@ def _same(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
+def aliases(config: Mapping[str, Any]) -> dict[str, str]:
+    """The config class's other names for its keys (``attribute_map``: GPT-J's hidden_size is n_embd)."""
+    return dict(ckpt.build_config(dict(config)).attribute_map)
+
+
 def measure(config: Mapping[str, Any], seed: int, capture: Capture, skip: Sequence[str] = (),
             candidates: Mapping[str, Sequence[Any]] | None = None) -> list[dict[str, Any]]:
-    """Every key read for ``config``, with its effect when changed alone.
+    """Every key read for ``config``, with its effect when changed alone, under the names the
+    config stores (an alias in ``config`` would override a changed stored key).
 
     ``skip``: keys already known to change the output (not measured again).
     ``candidates``: values to try first per key (the strategies' own draws, so that
     "changes" also says the drawn values act).
     """
+    names = aliases(config)
+    config = {names.get(k, k): v for k, v in config.items()}
+    candidates = {names.get(k, k): v for k, v in (candidates or {}).items()}
     reads: dict[str, tuple[str, Any]] = {}
     baseline = run_config(config, seed, capture, reads)
     entries = []
