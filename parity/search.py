@@ -42,6 +42,7 @@ def search(session: Session, arch: str, profile: Profile, seed: int | None) -> s
         raise HarnessError(f"{arch}: none of its head sizes {spec.head_dims} is supported by "
                            + ", ".join(f"{w.label} ({w.capabilities.head_sizes})" for w in runnable))
     strategy = example_strategy(arch, spec, head_dims, profile.decode_steps)
+    session.surface_coverage([arch])  # before the search's own Hypothesis test, where sampling is refused
     shrink_deadline: list[float] = []
 
     def check(example: Example) -> None:

@@ -24,7 +24,7 @@ from parity import report as report_mod
 from parity.backends import BackendSpec
 from parity.example import Example
 from parity.pool import Worker, WorkerError, WorkerHandle
-from parity.records import BackendInfo, BackendResult, ExampleRecord, Report
+from parity.records import BackendInfo, BackendResult, ExampleRecord, Report, SurfaceCoverage
 from parity.summary import summarize
 from parity.worker.contract import CheckpointRequest, RunReply, RunRequest
 
@@ -280,9 +280,13 @@ class Session:
             dtype=self.cfg.dtype, complete=complete, reference=self.info(self.reference),
             backends=[self.info(w) for w in self.engines], examples=examples,
             summary=summarize(examples),
-            surface=surface.coverage(sorted({e.arch for e in examples}),
-                                     self.reference.capabilities.versions.get("transformers", "")),
+            surface=self.surface_coverage(sorted({e.arch for e in examples})),
         )
+
+    def surface_coverage(self, archs: list[str]) -> dict[str, SurfaceCoverage]:
+        """Config-surface coverage for the reference's transformers version (memoized: it samples the
+        strategies, which Hypothesis refuses inside a running search, so a search asks first)."""
+        return surface.coverage(archs, self.reference.capabilities.versions.get("transformers", ""))
 
     def write(self, complete: bool, render: bool | None = None) -> Report:
         """The report so far; Markdown and HTML only once complete, or when asked (an interrupt)."""

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from parity import interrupts, judge, schema
+from parity import interrupts, judge, schema, surface
 from parity.backends import parse_backends
 from parity.example import Example
 from parity.profiles import Profile
@@ -171,3 +171,13 @@ def test_an_interrupt_swallowed_by_a_gc_callback_still_stops_the_run(tmp_path, m
     assert saved["complete"] is False and len(saved["examples"]) == 2
     assert len(launch.workers["e"].runs) == 2
 
+
+
+def test_reports_written_during_a_search_carry_the_surface_coverage(tmp_path):
+    # The coverage samples the strategies; Hypothesis refuses that inside the search's own test.
+    version = sorted(surface.MEASURED.glob("surface-transformers-*.json"))[-1].stem.split("-")[-1]
+    launch = launcher(reference={"engine": "transformers", "version": version})
+    with Session(config(tmp_path, "vllm@e"), log=lambda m: None, launch=launch) as session:
+        assert search(session, "llama", replace(PROFILE, max_examples=2), seed=0) is None
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["surface"]["llama"]["transformers"] == version and saved["surface"]["llama"]["changing"] > 0
