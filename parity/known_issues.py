@@ -148,6 +148,9 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
            "refuses at load: its GPTJForCausalLM asserts an untied lm_head", "AssertionError"),
     *_each("sglang", SGLANG, ("gpt_j",), ("error",), lambda c: bool(c.get("tie_word_embeddings")),
            "refuses at load: its GPTJForCausalLM asserts an untied lm_head", "AssertionError"),
+    *_each("sglang", SGLANG, ("gpt_j",), ("error",), lambda c: c.get("activation_function") in ("silu", "relu"),
+           "refuses at load: SGLang's get_act_fn knows only gelu, gelu_pytorch_tanh, gelu_new, relu2 and xielu "
+           "(layers/activation.py), not silu or relu", "is not supported"),
     KnownIssue(
         "vllm", VLLM_NEW, "gemma", ("mlp_out",), lambda c: c.get("hidden_act") == "gelu",
         "vLLM's Gemma takes hidden_activation literally (\"gelu\": exact GELU); transformers' GemmaConfig turns "
