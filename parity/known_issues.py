@@ -157,6 +157,11 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "the legacy hidden_act=\"gelu\" of the first Gemma releases into the tanh approximation it was meant to "
         "be (configuration_gemma.py), so the MLPs differ by the two GELUs",
     ),
+    *(KnownIssue(engine, verified, "glm4", ("error",), _rope_type("longrope"),
+                 "refuses at load: its LongRoPE rotary (Phi3LongRoPEScaledRotaryEmbedding) supports only NeoX-style "
+                 "(rotate-half) pairs, and GLM-4 rotates interleaved pairs; transformers runs it",
+                 "only supports neox_style")
+      for engine, verified in (("vllm", VLLM_NEW), ("sglang", SGLANG))),
     KnownIssue(
         "sglang", SGLANG, "llama", ("mlp_out",), lambda c: bool(c.get("mlp_bias")),
         "SGLang's LlamaMLP builds gate_up_proj and down_proj with bias=False whatever mlp_bias says, and the "
