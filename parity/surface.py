@@ -51,14 +51,16 @@ VARIED_DRAWS = 300
 """Draws per family from which the varied keys are read off."""
 
 # The RoPE probes: each scaling type with its plainest parameters, then with the overrides
-# under which the rest of its parameters act: original contexts the probe prompt outgrows
-# (llama3's and YaRN's thresholds, LongRoPE's long factors), and YaRN's mscale pair, which
-# only counts when both are set and attention_factor is not.
+# (rope_parameters keys) under which the rest of its parameters act: original contexts the
+# probe prompt outgrows (llama3's and YaRN's thresholds, LongRoPE's long factors), and YaRN's
+# mscale pair, which only counts when both are set and attention_factor is not.
 ROPE_PROBES: Mapping[str, Sequence[Mapping[str, Any]]] = {
     "linear": ({},),
     "dynamic": ({},),
     "llama3": ({}, {"original_max_position_embeddings": 8}),
-    "yarn": ({}, {"original_max_position_embeddings": 8}, {"mscale": 1.0, "mscale_all_dim": 0.5}),
+    # beta_fast moves YaRN's lower correction bound, dim * ln(original / (2 pi beta_fast)) / (2 ln theta),
+    # only where that crosses a whole dimension: a small theta makes it do so at any drawn width.
+    "yarn": ({"rope_theta": 10.0}, {"original_max_position_embeddings": 8}, {"mscale": 1.0, "mscale_all_dim": 0.5}),
     "longrope": ({}, {"original_max_position_embeddings": 8}),
 }
 
