@@ -60,7 +60,8 @@ ROPE_PROBES: Mapping[str, Sequence[Mapping[str, Any]]] = {
     "llama3": ({}, {"original_max_position_embeddings": 8}),
     # beta_fast moves YaRN's lower correction bound, dim * ln(original / (2 pi beta_fast)) / (2 ln theta),
     # only where that crosses a whole dimension: a small theta makes it do so at any drawn width.
-    "yarn": ({"rope_theta": 10.0}, {"original_max_position_embeddings": 8}, {"mscale": 1.0, "mscale_all_dim": 0.5}),
+    # The mscale pair gets a value the strategies never draw, so that every drawn one differs from it.
+    "yarn": ({"rope_theta": 10.0}, {"original_max_position_embeddings": 8}, {"mscale": 0.7, "mscale_all_dim": 0.7}),
     "longrope": ({}, {"original_max_position_embeddings": 8}),
 }
 
@@ -249,6 +250,11 @@ def measure(worker: WorkerHandle, arch: str, seed: int = 0, timeout: float = 600
     spec = registry.get(arch)
     drawn = drawn_values(strategies.sample(arch, VARIED_DRAWS, seed))
     candidates = {k: [v for v in values if v != ABSENT] for k, values in drawn.items() if len(values) >= 2}
+    # Every value the strategies list for a RoPE parameter, also those a sample happened to miss.
+    for params in strategies.ROPE_SCALING.values():
+        for key, values in params.items():
+            listed = candidates.setdefault(f"rope_parameters.{key}", [])
+            listed += [v for v in values if v != strategies.OMIT and v not in listed]
     entries: list[dict[str, Any]] = []
     refused: list[str] = []
     names: dict[str, str] = {}
