@@ -141,8 +141,8 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     *_each("vllm", VLLM_NEW, ("gemma",), ("error",), lambda c: c.get("hidden_activation") not in ("gelu_pytorch_tanh", "gelu"),
            "refuses at load: its GemmaMLP implements only GELU, exact or tanh (hidden_activation)",
            "is not supported for Gemma models"),
-    *(_each(engine, verified, ("gemma2",), ("error",), _not("hidden_activation", "gelu_pytorch_tanh"),
-            "refuses at load: its Gemma2MLP implements only gelu_pytorch_tanh", "Gemma2 uses `gelu_pytorch_tanh`")[0]
+    *(KnownIssue(engine, verified, "gemma2", ("error",), _not("hidden_activation", "gelu_pytorch_tanh"),
+                 "refuses at load: its Gemma2MLP implements only gelu_pytorch_tanh", "Gemma2 uses `gelu_pytorch_tanh`")
       for engine, verified in (("vllm", VLLM_NEW), ("sglang", SGLANG))),
     *_each("vllm", VLLM_NEW, ("gpt_j",), ("error",), lambda c: bool(c.get("tie_word_embeddings")),
            "refuses at load: its GPTJForCausalLM asserts an untied lm_head", "AssertionError"),

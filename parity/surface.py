@@ -248,7 +248,7 @@ def sized_candidates(config: Mapping[str, Any]) -> dict[str, list[Any]]:
 def measure(worker: WorkerHandle, arch: str, seed: int = 0, timeout: float = 600.0) -> FamilySurface:
     """Probe every config of ``arch`` in a reference worker and classify what it read."""
     spec = registry.get(arch)
-    drawn = drawn_values(strategies.sample(arch, VARIED_DRAWS, seed))
+    drawn = _drawn(arch, seed)
     candidates = {k: [v for v in values if v != ABSENT] for k, values in drawn.items() if len(values) >= 2}
     # Every value the strategies list for a RoPE parameter, also those a sample happened to miss.
     for params in strategies.ROPE_SCALING.values():
@@ -282,29 +282,41 @@ def measured_path(transformers_version: str) -> Path:
 def write_measured(surfaces: Sequence[FamilySurface], transformers_version: str) -> Path:
     """Store each family's measured effects (not the classes: those follow the strategies and pins)."""
     path = measured_path(transformers_version)
-    known = json.loads(path.read_text()) if path.exists() else {}
+    known = dict(_stored(transformers_version))
     known.update({s.arch: {"effects": {k.key: k.effect for k in s.keys}, "aliases": s.aliases} for s in surfaces})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(sorted(known.items())), indent=1, sort_keys=True) + "\n")
+    _stored.cache_clear()
+    _coverage.cache_clear()
     return path
 
 
 def coverage(archs: Iterable[str], transformers_version: str) -> dict[str, SurfaceCoverage]:
     """Each family's coverage from the stored measurement for this transformers version and today's
     strategies and pins; families not measured on that version are left out."""
-    path = measured_path(transformers_version)
-    if not path.exists():
-        return {}
-    stored = json.loads(path.read_text())
-    return {arch: _coverage(arch, transformers_version, json.dumps(stored[arch], sort_keys=True))
+    stored = _stored(transformers_version)
+    return {arch: _coverage(arch, transformers_version)
             for arch in archs if arch in stored and arch in registry.ARCHITECTURES}
 
 
-@functools.lru_cache(maxsize=None)  # reports are rewritten after every example; draws are the same
-def _coverage(arch: str, transformers_version: str, stored: str) -> SurfaceCoverage:
-    measured = json.loads(stored)
+# Reports are rewritten after every example: the stored file, the draws and the classes are the same
+# each time, so each is read or computed once per process (write_measured forgets them).
+@functools.lru_cache(maxsize=None)
+def _stored(transformers_version: str) -> dict[str, Any]:
+    path = measured_path(transformers_version)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@functools.lru_cache(maxsize=None)
+def _drawn(arch: str, seed: int) -> dict[str, list[Any]]:
+    return drawn_values(strategies.sample(arch, VARIED_DRAWS, seed))
+
+
+@functools.lru_cache(maxsize=None)
+def _coverage(arch: str, transformers_version: str) -> SurfaceCoverage:
+    measured = _stored(transformers_version)[arch]
     s = classify(arch, {k: {"key": k, "effect": e} for k, e in measured["effects"].items()},
-                 drawn_values(strategies.sample(arch, VARIED_DRAWS, 0)), aliases=measured["aliases"])
+                 _drawn(arch, 0), aliases=measured["aliases"])
     return SurfaceCoverage(
         transformers=transformers_version, coverage=s.coverage, varied=sum(k.cls == "varied" for k in s.changing),
         changing=len(s.changing), pinned={k.key: k.reason for k in s.changing if k.cls == "pinned"},
