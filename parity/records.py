@@ -70,6 +70,10 @@ class BackendResult(Record):
     first_divergence: Divergence | None = None
     known_issue: str | None = Field(None, description="diagnosis of the known engine bug this divergence or error is "
                                                        "(parity/known_issues.py); such results do not fail a run")
+    diagnosis: Literal["confirmed", "matched"] | None = Field(
+        None, description="how known_issue was established: 'confirmed' when the engine agrees with the reference "
+                          "run on the config rewritten as the issue says the engine reads it, 'matched' when the "
+                          "issue has nothing to test and matched the config and the symptom")
     max_rel_l2: float | None = Field(None, description="largest relative L2 over compared tensors")
     notes: list[str] = []
     seconds: dict[str, float] = Field({}, description="worker-side load/forward/save/teardown, then "
@@ -82,6 +86,8 @@ class BackendResult(Record):
             raise ValueError("a diverged result needs a first_divergence, and only a diverged one")
         if self.status in ("error", "unsupported") and not self.reason:
             raise ValueError(f"a result with status {self.status!r} must give a reason")
+        if self.diagnosis and not self.known_issue:
+            raise ValueError("a diagnosis needs the known issue it establishes")
         return self
 
 

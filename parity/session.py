@@ -8,18 +8,22 @@ in the orchestrator's unit tests.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 import parity
-from parity import checkpoint_cache, compare, envs, interrupts, judge, registry, support, surface
+from parity import (checkpoint_cache, compare, diagnosis, envs, interrupts, judge, known_issues, registry, support,
+                    surface)
 from parity import report as report_mod
 from parity.backends import BackendSpec
 from parity.example import Example
@@ -154,11 +158,6 @@ class Session:
         acts = self.cfg.out / "activations" / example.id
         acts.mkdir(parents=True, exist_ok=True)
 
-        def request(dtype: str, out: Path) -> RunRequest:
-            return RunRequest(checkpoint=str(ckpt), prompts=[list(p) for p in example.prompts],
-                              decode_steps=example.decode_steps, dtype=dtype, out=str(out),
-                              modules=asdict(registry.get(example.arch).modules))
-
         failed: dict[str, BackendResult] = {}  # unsupported or errored, by label
         runnable: list[WorkerHandle] = []
         for w in self.engines:
@@ -168,11 +167,9 @@ class Session:
             else:
                 runnable.append(w)
         # Backends run concurrently: every request goes out before any reply is awaited.
-        ref_files = {d: acts / f"reference-{d}.safetensors" for d in ("float64", self.cfg.dtype)}
-        for d, f in ref_files.items():
-            self.reference.submit(request(d, f))
+        ref_files = self._submit_reference(example, ckpt, acts)
         for w in runnable:
-            w.submit(request(self.cfg.dtype, acts / f"{w.label}.safetensors"))
+            w.submit(_request(example, ckpt, self.cfg.dtype, acts / f"{w.label}.safetensors"))
         exact, floors = self._reference(example, ref_files, runnable)
         t_ref = time.monotonic()
         captured: dict[str, Any] = {}
@@ -189,7 +186,10 @@ class Session:
         outcomes = [*(judge.Outcome((label,), r) for label, r in failed.items()),
                     *judge.judge(judge.Captures(exact, captured), floors, self.cfg.dtype)]
         engines = {w.label: (w.capabilities.engine, w.capabilities.engine_version) for w in self.engines}
-        judged = {o.backends: judge.explain(o, engines, example.arch, example.config) for o in outcomes}
+        verdicts = self._verdicts(example, ckpt, acts, captured, engines)
+        judged = {o.backends: diagnosis.diagnose(o.result, judge.candidates(o, engines, example.arch, example.config),
+                                                 verdicts)
+                  for o in outcomes}
         results = [judged[(w.label,)].model_copy(update={"seconds": _rounded(seconds.get(w.label, {}))})
                    for w in self.engines] + [r for backends, r in judged.items() if len(backends) == 2]
         record = ExampleRecord(
@@ -215,6 +215,13 @@ class Session:
         except (WorkerError, checkpoint_cache.CorruptCheckpoint) as exc:
             raise HarnessError(f"the reference could not build {example.describe()}: {exc}") from None
 
+    def _submit_reference(self, example: Example, ckpt: Path, where: Path) -> dict[str, Path]:
+        """The reference's runs at fp64 and at the dtype under test, sent; their files, by dtype."""
+        files = {d: where / f"reference-{d}.safetensors" for d in ("float64", self.cfg.dtype)}
+        for d, f in files.items():
+            self.reference.submit(_request(example, ckpt, d, f))
+        return files
+
     def _reference(self, example: Example, files: dict[str, Path],
                    runnable: list[WorkerHandle]) -> tuple[dict[str, Any], dict[str, float]]:
         """The fp64 reference's tensors and each tensor's noise floor (see parity/tolerance.py)."""
@@ -227,6 +234,69 @@ class Session:
             raise HarnessError(f"the reference failed on {example.describe()}: {exc}") from None
         if replies[0].non_finite:
             raise HarnessError(f"the fp64 reference is non-finite on {example.describe()}: {replies[0].non_finite[:3]}")
+        exact = load_file(files["float64"])
+        return exact, compare.floors(load_file(files[self.cfg.dtype]), exact)
+
+    def _verdicts(self, example: Example, ckpt: Path, acts: Path, captured: Mapping[str, Any],
+                  engines: Mapping[str, tuple[str, str]]
+                  ) -> Callable[[known_issues.Match], diagnosis.Verdict]:
+        """Each engine's known issues on this example tested (:mod:`parity.diagnosis`): the fp64 reference run
+        on the checkpoint's config as the engine reads it, and the engine's captures compared with that run.
+        One verdict per engine, shared by its result and its pairs' results."""
+        config = json.loads((ckpt / "config.json").read_text())
+        found: dict[tuple[str, str], diagnosis.Verdict] = {}
+
+        def test(label: str, issues: list[known_issues.KnownIssue]) -> str | None:
+            rewritten = config
+            for issue in issues:
+                rewritten = issue.reads_as(rewritten) if issue.reads_as else rewritten
+            run = self._as_read(example, ckpt, acts, rewritten, [p for i in issues for p in i.ignores])
+            if isinstance(run, str):
+                return f"the reference cannot run the checkpoint as the engine reads it: {run}"
+            _, first, _ = compare.compare(captured[label], *run, self.cfg.dtype)
+            if first is None:
+                return None
+            return (f"{label} also diverges from the reference run on the checkpoint as it reads it, at {first.tensor} "
+                    f"(step {first.step}, prompt {first.prompt}; relative L2 {first.rel_l2:.2e})")
+
+        def verdicts(match: known_issues.Match) -> diagnosis.Verdict:
+            engine = (match.engine, match.version)
+            if engine not in found:
+                label = next((lb for lb, ev in engines.items() if ev == engine and lb in captured), None)
+                applies = known_issues.applicable(*engine, example.arch, example.config)
+                found[engine] = (diagnosis.Verdict("matched") if label is None else
+                                 diagnosis.verdict(applies, lambda issues: test(label, issues)))
+            return found[engine]
+
+        return verdicts
+
+    def _as_read(self, example: Example, ckpt: Path, acts: Path, config: dict[str, Any],
+                 ignored: list[str]) -> tuple[dict[str, Any], dict[str, float]] | str:
+        """The fp64 reference's tensors and their noise floors on ``ckpt`` read another way: under ``config`` and
+        without the tensors matching ``ignored``; or why the reference could not run it."""
+        read = json.dumps([config, ignored], sort_keys=True).encode()
+        where = acts / ("as-read-" + hashlib.sha256(read).hexdigest()[:12])
+        where.mkdir(exist_ok=True)
+        (where / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        weights = where / "model.safetensors"
+        if ignored and not weights.exists():
+            kept = {k: v for k, v in load_file(ckpt / "model.safetensors").items()
+                    if not any(re.search(p, k) for p in ignored)}
+            save_file(kept, weights, metadata={"format": "pt"})
+        elif not weights.exists():
+            weights.symlink_to(ckpt / "model.safetensors")
+        files = self._submit_reference(example, where, where)
+        failures = []
+        for _ in files:
+            try:
+                self.reference.receive(self.cfg.timeout)
+            except WorkerError as exc:
+                failures.append(exc.reason)
+                if not exc.usable:
+                    self._recover(self.reference)
+                    break
+        if failures:
+            return failures[0]
         exact = load_file(files["float64"])
         return exact, compare.floors(load_file(files[self.cfg.dtype]), exact)
 
@@ -293,6 +363,12 @@ class Session:
         rep = self.report(complete)
         report_mod.write(rep, self.cfg.out, render=complete if render is None else render)
         return rep
+
+
+def _request(example: Example, ckpt: Path, dtype: str, out: Path) -> RunRequest:
+    return RunRequest(checkpoint=str(ckpt), prompts=[list(p) for p in example.prompts],
+                      decode_steps=example.decode_steps, dtype=dtype, out=str(out),
+                      modules=asdict(registry.get(example.arch).modules))
 
 
 def _rounded(seconds: dict[str, float]) -> dict[str, float]:

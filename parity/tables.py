@@ -41,22 +41,27 @@ class KnownIssueSeen:
     archs: tuple[str, ...]
     backends: tuple[str, ...]
     results: int
+    confirmed: int
+    """Results whose engine agreed with the reference run on the checkpoint as the issue says it reads it."""
 
     @property
     def where(self) -> str:
+        tested = ("all confirmed" if self.confirmed == self.results else
+                  f"{self.confirmed} confirmed" if self.confirmed else "matched, nothing to test")
         return (f"{', '.join(self.archs)} on {', '.join(self.backends)} "
-                f"({self.results} result{'' if self.results == 1 else 's'})")
+                f"({self.results} result{'' if self.results == 1 else 's'}, {tested})")
 
 
 def known_issues_seen(report: Report) -> list[KnownIssueSeen]:
     """Each known engine issue the report holds and where it showed, in order of first appearance."""
-    hits: dict[str, list[tuple[str, str]]] = {}
+    hits: dict[str, list[tuple[str, str, bool]]] = {}
     for ex in report.examples:
         for r in ex.results:
             if r.known_issue:
-                hits.setdefault(r.known_issue, []).append((ex.arch, r.backend))
-    return [KnownIssueSeen(diagnosis, tuple(dict.fromkeys(a for a, _ in h)), tuple(dict.fromkeys(b for _, b in h)),
-                           len(h)) for diagnosis, h in hits.items()]
+                hits.setdefault(r.known_issue, []).append((ex.arch, r.backend, r.diagnosis == "confirmed"))
+    return [KnownIssueSeen(diagnosis, tuple(dict.fromkeys(a for a, _, _ in h)),
+                           tuple(dict.fromkeys(b for _, b, _ in h)), len(h), sum(c for _, _, c in h))
+            for diagnosis, h in hits.items()]
 
 
 def verdict(report: Report) -> str:

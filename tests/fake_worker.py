@@ -33,7 +33,7 @@ Failure = Callable[[Mapping[str, Any]], "tuple[str, bool] | None"]
 
 
 def _rng(*parts: Any) -> np.random.Generator:
-    return np.random.default_rng(int(hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12], 16))
+    return np.random.default_rng(int(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12], 16))
 
 
 def activations(config: Mapping[str, Any], prompts: list[list[int]], decode_steps: int) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ GEMMA_BUG = "sglang 0.5.23: SGLang GemmaMLP hard-codes exact GELU"
 def known(backend: str, diagnosis: str = GEMMA_BUG, load_error: bool = False):
     """A result that a known engine issue explains: a divergence at layer 0's MLP, or an error."""
     r = error(backend) if load_error else result(backend, {"layers.0.mlp_out": 1e-2})
-    return r.model_copy(update={"known_issue": diagnosis})
+    return r.model_copy(update={"known_issue": diagnosis, "diagnosis": "matched" if load_error else "confirmed"})
 
 
 def test_coverage_counts_the_knob_values_each_family_draws():
@@ -130,8 +130,8 @@ def test_markdown_shows_known_issues_apart_from_failures():
     assert next(l for l in lines if l.startswith("| sglang |")).startswith("| sglang | 1 |  |  | 2 |  |")
     assert next(l for l in lines if l.startswith("| vllm~sglang |")).startswith("| vllm~sglang |  |  |  | 1 |  |")
     assert "Architectures: llama 4 pass, 3 known issue" in lines
-    assert f"- llama on sglang, vllm~sglang (2 results): {GEMMA_BUG}" in lines
-    assert "- llama on sglang (1 result): sglang 0.5.23: no q/k norms" in lines
+    assert f"- llama on sglang, vllm~sglang (2 results, all confirmed): {GEMMA_BUG}" in lines
+    assert "- llama on sglang (1 result, matched, nothing to test): sglang 0.5.23: no q/k norms" in lines
     assert "first divergence" not in text  # no failure table
 
 
@@ -153,7 +153,9 @@ def test_html_gives_known_issues_their_own_badge_column_and_diagnosis():
     assert ('<td>backend</td><td>sglang</td><td class="n">1</td><td class="n">0</td><td class="n">0</td>'
             '<td class="n">2</td><td class="n">0</td>') in summary
     # The diagnosis, one click away: in a closed <details> under the result and in the list of known issues.
-    assert (f'<details class="known"><summary>known engine issue: diverged, not failing the run</summary>'
+    assert (f'<details class="known"><summary>known engine issue: diverged, not failing the run, confirmed: the '
+            f'engine agrees with the reference on the checkpoint as the issue says it reads it</summary>'
             f"<p>{GEMMA_BUG}</p></details>") in page
-    assert f"<li><details><summary>llama on sglang, vllm~sglang (2 results)</summary><p>{GEMMA_BUG}</p>" in page
+    assert (f"<li><details><summary>llama on sglang, vllm~sglang (2 results, all confirmed)</summary>"
+            f"<p>{GEMMA_BUG}</p>") in page
     assert 'id="ex-a" open' not in page and 'id="ex-b" open' not in page

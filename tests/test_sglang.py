@@ -67,3 +67,27 @@ def test_support_matrix_comes_from_the_engines_and_the_known_issues():
     assert rows["stablelm"] == ["yes", "yes*", "yes*"]
     assert "gemma2 on sglang: " in proc.stdout and "attn_logit_softcapping" in proc.stdout
     assert "stablelm on vllm: known issue (error): " in proc.stdout
+
+
+def test_known_issue_diagnoses_are_tested_on_the_engine(parity_sessions, monkeypatch):
+    """SGLang's GPT-J never adds lm_head's bias (a known issue): the reference run without that bias agrees with
+    it, so the diagnosis is confirmed. The same divergence under a diagnosis that predicts nothing different
+    (the table's entry with its prediction removed) is refuted, and fails."""
+    from dataclasses import replace as with_
+
+    from parity import known_issues, strategies
+
+    session = parity_sessions(["sglang"])
+    plain = strategies.sample("gpt_j", 1, 0)[0]
+    (result,) = session.evaluate(plain).results
+    assert result.status == "diverged" and result.first_divergence.kind == "logits"
+    assert result.diagnosis == "confirmed" and "lm_head" in result.known_issue
+
+    wrong = [with_(i, ignores=(), reads_as=lambda c: c) if (i.engine, i.arch, i.kinds) == ("sglang", "gpt_j", ("logits",))
+             else i for i in known_issues.KNOWN_ISSUES]
+    monkeypatch.setattr(known_issues, "KNOWN_ISSUES", tuple(wrong))
+    record = session.evaluate(with_(plain, weight_seed=plain.weight_seed + 1))
+    (result,) = record.results
+    assert result.status == "diverged" and result.known_issue is None and record.failed
+    assert any(n.startswith("not a known sglang issue: sglang also diverges") and "at logits" in n
+               for n in result.notes), result.notes
