@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--examples", type=int, metavar="N", help="examples per architecture (overrides the profile)")
     run.add_argument("--profile", choices=list(profiles.PROFILES), default=profiles.DEFAULT,
                      help="search effort. Default: %(default)r (env PARITY_PROFILE)")
-    run.add_argument("--seed", type=int, help="Hypothesis seed; default: the profile's (ci: fixed)")
+    run.add_argument("--seed", type=int, help="Hypothesis seed. Default: ci, the UTC date (YYYYMMDD, rotating daily); "
+                          "other profiles, random")
     run.add_argument("--out", type=Path, default=Path("reports/latest"), help="report directory. Default: %(default)s")
     run.add_argument("--resume", action="store_true",
                      help="reuse the finished examples of an interrupted run's report in --out")
@@ -140,9 +141,13 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         if args.examples < 1:
             raise ValueError(f"--examples must be at least 1, got {args.examples}")
         profile = replace(profile, max_examples=args.examples)
+    seed = args.seed if args.seed is not None else profile.seed()
+    if args.seed is None and seed is not None:
+        print(f"parity: seed {seed} (the {profile.name} profile's seed of the day; --seed N pins another)",
+              file=sys.stderr)
     cfg = RunConfig(backends=parse_backends(args.backend or ["vllm"], args.patch), reference=_reference(args),
                     device=args.device, dtype=args.dtype, out=args.out, timeout=args.timeout,
-                    command=shlex.join(["parity", *argv]), profile=profile.name, seed=args.seed,
+                    command=shlex.join(["parity", *argv]), profile=profile.name, seed=seed,
                     resume=args.resume)
     report = _harness(lambda: run(cfg, archs, profile), args)
     if report is None:

@@ -61,12 +61,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "parity: drives real engine workers (slow; needs the engine environments)")
     out = config.getoption(f"{PREFIX}out")
+    profile = profiles.get(config.getoption(f"{PREFIX}profile"))
     config.stash[_KEY] = ParityConfig(
         backends=config.getoption(f"{PREFIX}backend") or ["vllm"],
-        profile=profiles.get(config.getoption(f"{PREFIX}profile")),
+        profile=profile,
         device=config.getoption(f"{PREFIX}device"),
         out=Path(out) if out else Path(config.rootpath) / ".parity" / "pytest",
-        seed=config.getoption(f"{PREFIX}seed"),
+        seed=config.getoption(f"{PREFIX}seed") if config.getoption(f"{PREFIX}seed") is not None else profile.seed(),
         archs=config.getoption(f"{PREFIX}arch"),
     )
 

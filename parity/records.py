@@ -159,6 +159,9 @@ class SurfaceCoverage(Record):
     changing: int = Field(description="keys that change the output")
     pinned: dict[str, str] = Field({}, description="keys that change the output but are held, with the reason")
     unclassified: list[str] = Field([], description="keys read that are neither varied, pinned nor neutral")
+    varied_keys: list[str] = Field([], description="the varied keys that change the output")
+    exercised: list[str] | None = Field(None, description="of varied_keys, those this run's examples of the family "
+                                                          "drew at two values or more")
 
 
 class Report(Record):

@@ -59,7 +59,7 @@ def search(session: Session, arch: str, profile: Profile, seed: int | None) -> s
             raise _Unsupported()
 
     test = given(strategy)(check)
-    test = hypothesis_settings(profile, session.cache / "examples", seeded=seed is not None)(test)
+    test = hypothesis_settings(profile, session.cache / "examples")(test)
     if seed is not None:
         test = hypothesis_seed(seed)(test)
     # One example-database key per architecture and backend set, so replays stay apart.

@@ -350,13 +350,17 @@ class Session:
             dtype=self.cfg.dtype, complete=complete, reference=self.info(self.reference),
             backends=[self.info(w) for w in self.engines], examples=examples,
             summary=summarize(examples),
-            surface=self.surface_coverage(sorted({e.arch for e in examples})),
+            surface=self.surface_coverage(sorted({e.arch for e in examples}), examples),
         )
 
-    def surface_coverage(self, archs: list[str]) -> dict[str, SurfaceCoverage]:
+    def surface_coverage(self, archs: list[str], examples: list[ExampleRecord] = ()) -> dict[str, SurfaceCoverage]:
         """Config-surface coverage for the reference's transformers version (memoized: it samples the
-        strategies, which Hypothesis refuses inside a running search, so a search asks first)."""
-        return surface.coverage(archs, self.reference.capabilities.versions.get("transformers", ""))
+        strategies, which Hypothesis refuses inside a running search, so a search asks first), and what
+        ``examples`` exercised of it."""
+        configs: dict[str, list[dict[str, Any]]] = {}
+        for ex in examples:
+            configs.setdefault(ex.arch, []).append(ex.config)
+        return surface.coverage(archs, self.reference.capabilities.versions.get("transformers", ""), configs)
 
     def write(self, complete: bool, render: bool | None = None) -> Report:
         """The report so far; Markdown and HTML only once complete, or when asked (an interrupt)."""

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from parity import registry, strategies
-from parity.example import Example
 from parity.pool import WorkerError, WorkerHandle
 from parity.records import SurfaceCoverage
 from parity.worker.contract import SurfaceRequest
@@ -82,9 +81,9 @@ def flatten(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def drawn_values(examples: Iterable[Example]) -> dict[str, list[Any]]:
-    """Per flattened config key, the distinct values the examples drew (``ABSENT`` where a draw lacks it)."""
-    configs = [flatten(e.config) for e in examples]
+def drawn_values(drawn: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Per flattened config key, the distinct values the configs drew (``ABSENT`` where a draw lacks it)."""
+    configs = [flatten(c) for c in drawn]
     keys = sorted({k for c in configs for k in c})
     values: dict[str, list[Any]] = {}
     for key in keys:
@@ -291,12 +290,30 @@ def write_measured(surfaces: Sequence[FamilySurface], transformers_version: str)
     return path
 
 
-def coverage(archs: Iterable[str], transformers_version: str) -> dict[str, SurfaceCoverage]:
+def coverage(archs: Iterable[str], transformers_version: str,
+             configs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> dict[str, SurfaceCoverage]:
     """Each family's coverage from the stored measurement for this transformers version and today's
-    strategies and pins; families not measured on that version are left out."""
+    strategies and pins; families not measured on that version are left out. With ``configs`` (a run's
+    configs by family), also which of the varied keys those configs exercised."""
     stored = _stored(transformers_version)
-    return {arch: _coverage(arch, transformers_version)
-            for arch in archs if arch in stored and arch in registry.ARCHITECTURES}
+    out = {}
+    for arch in archs:
+        if arch not in stored or arch not in registry.ARCHITECTURES:
+            continue
+        c = _coverage(arch, transformers_version)
+        if configs and configs.get(arch):
+            c = c.model_copy(update={"exercised": exercised(arch, configs[arch], c.varied_keys,
+                                                            stored[arch]["aliases"])})
+        out[arch] = c
+    return out
+
+
+def exercised(arch: str, configs: Sequence[Mapping[str, Any]], varied: Sequence[str],
+              aliases: Mapping[str, str]) -> list[str]:
+    """The varied keys (stored names) that ``configs`` drew at two values or more."""
+    drawn = drawn_values(configs)
+    moved = {aliases.get(k, k) for k, values in drawn.items() if len(values) >= 2}
+    return [k for k in varied if k in moved]
 
 
 # Reports are rewritten after every example: the stored file, the draws and the classes are the same
@@ -309,7 +326,7 @@ def _stored(transformers_version: str) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def _drawn(arch: str, seed: int) -> dict[str, list[Any]]:
-    return drawn_values(strategies.sample(arch, VARIED_DRAWS, seed))
+    return drawn_values(e.config for e in strategies.sample(arch, VARIED_DRAWS, seed))
 
 
 @functools.lru_cache(maxsize=None)
@@ -319,5 +336,6 @@ def _coverage(arch: str, transformers_version: str) -> SurfaceCoverage:
                  _drawn(arch, 0), aliases=measured["aliases"])
     return SurfaceCoverage(
         transformers=transformers_version, coverage=s.coverage, varied=sum(k.cls == "varied" for k in s.changing),
+        varied_keys=[k.key for k in s.changing if k.cls == "varied"],
         changing=len(s.changing), pinned={k.key: k.reason for k in s.changing if k.cls == "pinned"},
         unclassified=[k.key for k in s.of("unclassified")])

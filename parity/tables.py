@@ -76,6 +76,8 @@ def surface_line(arch: str, report: Report) -> str:
     """One family's config-surface coverage in words (``parity surface``)."""
     c = report.surface[arch]
     text = f"{c.coverage:.0%} ({c.varied} of {c.changing} keys that change the output are varied"
+    if c.exercised is not None:
+        text += f", {len(c.exercised)} of them exercised by this run"
     if c.pinned:
         text += "; pinned: " + ", ".join(c.pinned)
     if c.unclassified:

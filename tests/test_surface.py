@@ -6,7 +6,6 @@ import json
 import pytest
 
 from parity import registry, surface
-from parity.example import Example
 
 
 def effect(key, what, **kw):
@@ -36,11 +35,14 @@ def test_classes_pins_first_then_varied_then_measured():
 
 
 def test_drawn_values_count_absence_as_a_value():
-    def ex(config):
-        return Example("llama", config, 0, ((1, 2),), 1)
-
-    values = surface.drawn_values([ex({"a": 1, "r": {"t": "yarn"}}), ex({"a": 1, "r": {"t": "yarn", "f": 2.0}})])
+    values = surface.drawn_values([{"a": 1, "r": {"t": "yarn"}}, {"a": 1, "r": {"t": "yarn", "f": 2.0}}])
     assert values == {"a": [1], "r.t": ["yarn"], "r.f": [surface.ABSENT, 2.0]}
+
+
+def test_a_run_says_which_varied_keys_its_examples_exercised():
+    configs = [{"a": 1, "r": {"t": "yarn"}}, {"a": 2, "r": {"t": "yarn", "f": 2.0}}, {"a": 2, "b": 1}]
+    assert surface.exercised("llama", configs, ["a", "b", "c", "rope.f"], {"r.f": "rope.f"}) == ["a", "b", "rope.f"]
+    assert surface.exercised("llama", configs[:1], ["a", "b"], {}) == []
 
 
 def test_probe_configs_reach_every_rope_type_the_strategies_draw():
