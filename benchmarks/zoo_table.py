@@ -10,7 +10,7 @@ replayed from earlier runs; engine environments are reused.
     python benchmarks/zoo_table.py [--dtype bfloat16] [--only s1_vllm_rotary_dim_halved_per_layer ...]
 
 "x band" is the first divergence's relative L2 over its band: how far the bug leaves the
-noise floor at that dtype.
+noise floor at that dtype; for a bug not caught, the largest of any tensor the search compared.
 """
 
 from __future__ import annotations
@@ -46,8 +46,11 @@ def row(fixture: Fixture, out: Path, dtype: str) -> str:
         searched = time.monotonic() - t0
         records = list(session.records.values())
     patch = f"[`{fixture.id}`](fixtures/patches/{fixture.path.name})"
-    if minimal is None:
-        return f"| {fixture.bug} | {fixture.backend} | {patch} | **no** | | | | | | {searched:.0f} s |"
+    if minimal is None:  # how close it came: the largest error over band of any tensor the search compared
+        closest = max((r.rel_l2 / r.band for ex in records for res in ex.results for r in res.rows
+                       if r.verdict != "skipped"), default=float("nan"))
+        return (f"| {fixture.bug} | {fixture.backend} | {patch} | **no** | | | {closest:.2f}x (largest) | "
+                f"{len(records)} examples | | {searched:.0f} s |")
     generated = [r for r in records if r.role == "generated"]
     found = next(i for i, r in enumerate(generated, 1) if r.failed)
     seconds = sum(r.seconds.get("total", 0.0) for r in generated[:found])

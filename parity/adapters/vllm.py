@@ -75,7 +75,8 @@ class Adapter(EngineAdapter[Any]):
         runs bf16 attention on AMX tiles wherever torch reports them (``_get_attn_isa``). Both other
         paths die with SIGILL (measured on 0.32.0): the AVX2 build on an AVX2 CPU (issue #12), and
         the AMX attention at its first ``tilezero`` (``cpu_attn_amx.hpp``) on an AMX Xeon whose
-        AMX tiles work outside vLLM. Left: AVX512-BF16 without AMX, where it runs its vector attention."""
+        AMX tiles work outside vLLM. Left: AVX512-BF16 without AMX, where it runs its vector attention
+        (which, forced on that same Xeon, runs bf16)."""
         if self.device != "cpu":
             return {}
         from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
