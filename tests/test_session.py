@@ -30,7 +30,8 @@ def config(tmp_path, *backends, **kw):
 
 def example(layers=2, seed=0, arch="llama", **knobs):
     return Example(arch=arch, config={"model_type": arch, "num_hidden_layers": layers, "num_attention_heads": 2,
-                                      "num_key_value_heads": 1, "head_dim": 32, "hidden_size": 64, "vocab_size": 16, **knobs},
+                                      "num_key_value_heads": 1, "head_dim": 32, "hidden_size": 64, "vocab_size": 16,
+                                      **knobs},
                    weight_seed=seed, prompts=((3, 1, 4), (1, 5, 9, 2)), decode_steps=2)
 
 
