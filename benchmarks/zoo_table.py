@@ -7,7 +7,10 @@ and their seconds (checkpoint, reference and engine, as the session timed them);
 Checkpoints and Hypothesis' example database go to a fresh directory, so nothing is
 replayed from earlier runs; engine environments are reused.
 
-    python benchmarks/zoo_table.py [--only s1_vllm_rotary_dim_halved_per_layer ...]
+    python benchmarks/zoo_table.py [--dtype bfloat16] [--only s1_vllm_rotary_dim_halved_per_layer ...]
+
+"x band" is the first divergence's relative L2 over its band: how far the bug leaves the
+noise floor at that dtype; for a bug not caught, the largest of any tensor the search compared.
 """
 
 from __future__ import annotations
@@ -33,17 +36,21 @@ PROFILE = get("zoo")
 SEED = 0  # as tests/test_bug_zoo.py
 
 
-def row(fixture: Fixture, out: Path) -> str:
+def row(fixture: Fixture, out: Path, dtype: str) -> str:
     cfg = RunConfig(backends=parse_backends([fixture.backend], [f"{fixture.backend}={fixture.path}"]),
-                    out=out / fixture.id, profile=PROFILE.name, seed=SEED, command="benchmarks/zoo_table.py")
+                    out=out / fixture.id, profile=PROFILE.name, seed=SEED, dtype=dtype,
+                    command="benchmarks/zoo_table.py")
     with Session(cfg) as session:
         t0 = time.monotonic()
         minimal = search(session, fixture.arch, PROFILE, SEED)
         searched = time.monotonic() - t0
         records = list(session.records.values())
     patch = f"[`{fixture.id}`](fixtures/patches/{fixture.path.name})"
-    if minimal is None:
-        return f"| {fixture.bug} | {fixture.backend} | {patch} | **no** | | | | | {searched:.0f} s |"
+    if minimal is None:  # how close it came: the largest error over band of any tensor the search compared
+        closest = max((r.rel_l2 / r.band for ex in records for res in ex.results for r in res.rows
+                       if r.verdict != "skipped"), default=float("nan"))
+        return (f"| {fixture.bug} | {fixture.backend} | {patch} | **no** | | | {closest:.2f}x (largest) | "
+                f"{len(records)} examples | | {searched:.0f} s |")
     generated = [r for r in records if r.role == "generated"]
     found = next(i for i, r in enumerate(generated, 1) if r.failed)
     seconds = sum(r.seconds.get("total", 0.0) for r in generated[:found])
@@ -51,15 +58,17 @@ def row(fixture: Fixture, out: Path) -> str:
     (result,) = [r for r in record.results if r.backend == fixture.backend]
     d = result.first_divergence
     where = f"`{d.tensor}` (rel L2 {d.rel_l2:.1e})" if d else result.status
+    band = f"{d.rel_l2 / d.band:.0f}x" if d else ""
     expected = result.status == fixture.status and d is not None and d.kind in fixture.kinds \
         and d.layer == fixture.layer and fixture.minimal(record.config)
-    return (f"| {fixture.bug} | {fixture.backend} | {patch} | yes | {'yes' if expected else '**no**'} | {where} "
+    return (f"| {fixture.bug} | {fixture.backend} | {patch} | yes | {'yes' if expected else '**no**'} | {where} | {band} "
             f"| {record.description} | {found} ex, {seconds:.0f} s | {searched:.0f} s |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="fixture ids (patch file stems)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args()
     chosen = [f for f in FIXTURES if args.only is None or f.id in args.only]
     with tempfile.TemporaryDirectory(prefix="parity-zoo-") as tmp:
@@ -67,11 +76,13 @@ def main() -> None:
         cache.mkdir()
         (cache / "envs").symlink_to(envs.cache_dir() / "envs", target_is_directory=True)
         os.environ["PARITY_CACHE_DIR"] = str(cache)
-        rows = [row(f, Path(tmp) / "out") for f in chosen]
+        rows = [row(f, Path(tmp) / "out", args.dtype) for f in chosen]
     print(f"Profile `{PROFILE.name}` ({PROFILE.max_examples} examples, shrink budget {PROFILE.shrink_seconds:.0f} s), "
-          f"seed {SEED}, CPU, float32. As expected: first divergence and minimal config as fixtures/zoo.py states.\n")
-    print("| bug | engine | patch | caught | as expected | first divergence | minimal config | found after | search |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"seed {SEED}, CPU, {args.dtype}. As expected: first divergence and minimal config as fixtures/zoo.py "
+          f"states.\n")
+    print("| bug | engine | patch | caught | as expected | first divergence | x band | minimal config | found after "
+          "| search |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 

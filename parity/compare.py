@@ -92,6 +92,19 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
     return rows, first, notes
 
 
+Trajectory = tuple[tuple[int, ...], ...]
+"""Per prompt, the token fed at each decode step 1..n: a greedy run's own choices."""
+
+
+def decode_tokens(tensors: Tensors, prompts: int, steps: int) -> Trajectory | None:
+    """The trajectory a capture was fed; None where it lacks a step's ids (a capture that broke the schema)."""
+    try:
+        return tuple(tuple(int(tensors[schema.key(s, p, schema.TOKEN_IDS)][0]) for s in range(1, steps + 1))
+                     for p in range(prompts))
+    except (KeyError, IndexError):
+        return None
+
+
 def floors(low: Tensors, exact: Tensors) -> dict[str, float]:
     """Noise floor per tensor: the reference's own relative error at the dtype under test.
 

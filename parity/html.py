@@ -15,8 +15,8 @@ from html import escape
 
 from parity import schema
 from parity.records import BackendInfo, BackendResult, Divergence, ExampleRecord, Report, TensorRow
-from parity.tables import (COLUMNS, KNOWN, known_issues_seen, shown_counts, shown_status, step_name, surface_line,
-                           verdict)
+from parity.tables import (COLUMNS, KNOWN, TRAJECTORIES, known_issues_seen, shown_counts, shown_status, step_name,
+                           surface_line, trajectory_line, verdict)
 
 KIND_COLORS = {"q_rot": "#1f77b4", "k_rot": "#ff7f0e", "attn_out": "#2ca02c", "mlp_out": "#9467bd",
                "residual": "#8c564b"}
@@ -44,7 +44,7 @@ def render(report: Report) -> str:
         + ("" if report.complete else ' — <strong class="st-error">incomplete run</strong>') + "</p>",
         f"<p>Command: <code>{_e(report.command)}</code></p>",
         f'<p class="verdict">{_e(verdict(report))}</p>',
-        "<h2>Summary</h2>", _summary_table(report), _known_issues(report), _surface(report),
+        "<h2>Summary</h2>", _summary_table(report), _decode(report), _known_issues(report), _surface(report),
         "<h2>Examples</h2>", _index_table(report),
         "<h2>Versions</h2>", _versions_table([report.reference, *report.backends]),
         *(_example(ex) for ex in report.examples),
@@ -77,6 +77,11 @@ def _summary_table(report: Report) -> str:
             mx = s.max_rel_l2.get(name) if group == "backend" else None
             rows.append(f"<tr><td>{group}</td><td>{_e(name)}</td>{cells}<td class=\"n\">{_num(mx)}</td></tr>")
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _decode(report: Report) -> str:
+    line = trajectory_line(report)
+    return f"<p>{_e(line)}.</p>" if line else ""
 
 
 def _known_issues(report: Report) -> str:
@@ -146,6 +151,8 @@ def _result(ex: ExampleRecord, r: BackendResult) -> str:
                    f"</summary><p>{_e(r.known_issue)}</p></details>")
     if r.reason:
         out.append(f"<pre>{_e(r.reason)}</pre>")
+    if r.trajectory and ex.decode_steps:
+        out.append(f"<p>Decode steps compared along {_e(TRAJECTORIES[r.trajectory])}.</p>")
     out += [f'<p class="note">{_e(n)}</p>' for n in r.notes]
     d = r.first_divergence
     if d:

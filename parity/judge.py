@@ -1,30 +1,50 @@
 """Judging one example: captured activations in, results out. Pure: no workers, no files.
 
 Every backend is compared with the fp64 reference, and every pair of backends
-with each other (a wider band: both sides carry error). Which known engine issues
-may explain a divergence or an error is found here too, from the engines' names
-and versions, the example's config and the symptom.
+with each other (a wider band: both sides carry error). Decode steps are compared
+along the tokens the backend fed: where its greedy tokens differ from the
+reference's, against the reference teacher-forced along them (``Captures.forced``),
+so a near-tie in the argmax costs no step. Which known engine issues may explain a
+divergence or an error is found here too, from the engines' names and versions,
+the example's config and the symptom.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Mapping
 
 from parity import compare, known_issues
-from parity.compare import Tensors
-from parity.records import BackendResult
+from parity.compare import Tensors, Trajectory
+from parity.records import BackendResult, DecodeTrajectory
 from parity.tolerance import PAIR_FACTOR
 
 
 @dataclass(frozen=True)
+class Reference:
+    """The fp64 reference along one decode trajectory, and each tensor's noise floor along it."""
+
+    exact: Tensors
+    floors: Mapping[str, float]
+    tokens: Trajectory | None
+    """The tokens it fed at decode steps (None: not known, nothing teacher-forced)."""
+
+
+@dataclass(frozen=True)
 class Captures:
-    reference: Tensors
-    """The fp64 reference: the truth every backend is compared with."""
+    reference: Reference
+    """The reference along its own greedy tokens: the truth every backend is compared with."""
 
     backends: Mapping[str, Tensors]
     """Backend label -> its canonical tensors, for the backends that produced them."""
+
+    forced: Mapping[str, Reference] = field(default_factory=dict)
+    """Backend label -> the reference teacher-forced along that backend's greedy tokens, for the
+    backends whose tokens differ from the reference's own."""
+
+    def along(self, name: str) -> Reference:
+        return self.forced.get(name, self.reference)
 
 
 @dataclass(frozen=True)
@@ -43,24 +63,43 @@ def label(backends: tuple[str, ...]) -> str:
 
 
 def _result(name: str, candidate: Tensors, reference: Tensors, floors: Mapping[str, float], dtype: str,
-            factor: float) -> BackendResult:
+            factor: float, trajectory: DecodeTrajectory, notes: list[str]) -> BackendResult:
     try:
-        rows, first, notes = compare.compare(candidate, reference, floors, dtype, factor)
+        rows, first, skipped = compare.compare(candidate, reference, floors, dtype, factor)
     except ValueError as exc:  # tensors missing or misshapen: the backend broke the schema
         return BackendResult(backend=name, status="error", reason=str(exc))
     compared = [r.rel_l2 for r in rows if r.verdict != "skipped"]
     return BackendResult(backend=name, status="diverged" if first else "pass", first_divergence=first,
-                         max_rel_l2=max(compared) if compared else None, notes=notes, rows=rows)
+                         max_rel_l2=max(compared) if compared else None, trajectory=trajectory,
+                         notes=notes + skipped, rows=rows)
 
 
-def judge(captures: Captures, floors: Mapping[str, float], dtype: str) -> list[Outcome]:
-    """Each backend against the reference, then each pair of backends that fit the schema against each other."""
-    outcomes = [Outcome((name,), _result(name, tensors, captures.reference, floors, dtype, 1.0))
-                for name, tensors in captures.backends.items()]
+def _parted(own: Trajectory, reference: Trajectory) -> str:
+    """Where two trajectories first part, in words."""
+    step, prompt = min((s + 1, p) for p, (a, b) in enumerate(zip(own, reference))
+                       for s, (x, y) in enumerate(zip(a, b)) if x != y)
+    return f"decode step {step} prompt {prompt}"
+
+
+def judge(captures: Captures, dtype: str) -> list[Outcome]:
+    """Each backend against the reference along its own tokens, then each pair of backends that fit the
+    schema against each other (along the tokens they share; steps where theirs differ are not compared)."""
+    outcomes = []
+    for name, tensors in captures.backends.items():
+        ref = captures.along(name)
+        own = name in captures.forced
+        notes = [f"greedy tokens differ from the reference's from {_parted(ref.tokens, captures.reference.tokens)} "
+                 f"on; the reference was teacher-forced along this backend's tokens"] if own else []
+        outcomes.append(Outcome((name,), _result(name, tensors, ref.exact, ref.floors, dtype, 1.0,
+                                                 "own" if own else "reference", notes)))
     fit = [o.backends[0] for o in outcomes if o.result.status != "error"]
     for a, b in combinations(fit, 2):
-        outcomes.append(Outcome((a, b), _result(label((a, b)), captures.backends[a], captures.backends[b], floors,
-                                                dtype, PAIR_FACTOR)))
+        ref_a, ref_b = captures.along(a), captures.along(b)
+        trajectory: DecodeTrajectory = ("split" if ref_a.tokens != ref_b.tokens
+                                        else "own" if ref_a is not captures.reference else "reference")
+        ref = ref_a if trajectory != "split" else captures.reference
+        outcomes.append(Outcome((a, b), _result(label((a, b)), captures.backends[a], captures.backends[b],
+                                                ref.floors, dtype, PAIR_FACTOR, trajectory, [])))
     return outcomes
 
 

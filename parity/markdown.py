@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from parity.records import BackendResult, ExampleRecord, Report
-from parity.tables import COLUMNS, cell, known_issues_seen, shown_counts, step_name, surface_line, verdict
+from parity.tables import (COLUMNS, cell, known_issues_seen, shown_counts, step_name, surface_line, trajectory_line,
+                           verdict)
 
 MAX_FAILURES = 10  # rows in the failure table; report.html has the rest
 
@@ -31,6 +32,9 @@ def render(report: Report, html: Path | None = None) -> str:
                      + f" | {'' if mx is None else f'{mx:.1e}'} |")
     lines += ["", "Architectures: " + "; ".join(f"{arch} {_counts(shown_counts(c, s.known_by_arch.get(arch, {})))}"
                                                 for arch, c in s.by_arch.items())]
+    decode = trajectory_line(report)
+    if decode:
+        lines += ["", decode]
     if failing:
         rows = [(ex, r) for ex in failing for r in ex.results
                 if r.status in ("diverged", "error") and not r.known_issue]

@@ -21,6 +21,7 @@ SCHEMA_VERSION = 1
 Status = Literal["pass", "diverged", "error", "unsupported"]
 Verdict = Literal["ok", "diverged", "propagated", "skipped"]
 Role = Literal["generated", "shrink", "replay"]
+DecodeTrajectory = Literal["reference", "own", "split"]
 STATUSES: tuple[str, ...] = get_args(Status)
 
 
@@ -75,6 +76,12 @@ class BackendResult(Record):
                           "run on the config rewritten as the issue says the engine reads it, 'matched' when the "
                           "issue has nothing to test and matched the config and the symptom")
     max_rel_l2: float | None = Field(None, description="largest relative L2 over compared tensors")
+    trajectory: DecodeTrajectory | None = Field(
+        None, description="the greedy tokens decode steps were compared along: 'reference' (the fp64 reference's "
+                          "own; the backend's equal them), 'own' (the backend's, which differ from the reference's: "
+                          "the reference was teacher-forced along them, so every step is compared), 'split' (a pair "
+                          "whose backends' tokens differ: steps after they part are not compared here, each backend "
+                          "is compared with the reference along its own); null where nothing was compared")
     notes: list[str] = []
     seconds: dict[str, float] = Field({}, description="worker-side load/forward/save/teardown, then "
                                       "orchestrator-side wait (submit to reply), transfer and compare")
@@ -102,7 +109,8 @@ class ExampleRecord(Record):
     prompts: list[list[int]]
     decode_steps: int
     replay: str = Field(description="one command that re-runs exactly this example")
-    seconds: dict[str, float] = Field({}, description="orchestrator time: checkpoint, reference, total")
+    seconds: dict[str, float] = Field({}, description="orchestrator time: checkpoint, reference, teacher_forced "
+                                      "(the reference along backends' own tokens), compare, total")
     results: list[BackendResult]
 
     @property

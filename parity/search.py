@@ -34,7 +34,7 @@ class _Unsupported(Exception):
 def search(session: Session, arch: str, profile: Profile, seed: int | None) -> str | None:
     """Search one architecture; return the id of the minimal failing example, if any."""
     spec = registry.get(arch)
-    runnable = [w for w in session.engines if support.supports(w.capabilities, arch) is None]
+    runnable = [w for w in session.engines if support.supports(w.capabilities, arch, dtype=session.cfg.dtype) is None]
     if not runnable:
         session.log(f"parity: {arch}: no selected backend supports it; recording one example as unsupported")
     head_dims = supported_head_dims(spec, [w.capabilities.head_sizes for w in runnable])

@@ -8,6 +8,7 @@ in the orchestrator's unit tests.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -99,10 +100,13 @@ class Session:
             for w in self.workers.values():  # in turn: two engine imports at once only thrash 2 cores
                 t0 = time.monotonic()
                 caps = w.start()
-                if self.cfg.dtype not in [*caps.dtypes, "float64"]:
-                    raise HarnessError(f"{w.label} does not support dtype {self.cfg.dtype}")
                 self.log(f"parity:   {w.label}: {caps.engine} {caps.versions_text} "
                          f"({w.python}, {time.monotonic() - t0:.1f}s)")
+                if self.cfg.dtype not in caps.dtypes:  # every example will say so, as unsupported
+                    self.log(f"parity:   {w.label}: {self.cfg.dtype} unsupported: "
+                             f"{caps.unsupported_dtypes.get(self.cfg.dtype, 'not among its dtypes')}")
+            if self.cfg.dtype not in self.reference.capabilities.dtypes:
+                raise HarnessError(f"the reference does not run {self.cfg.dtype}")
         except (WorkerError, envs.EnvBuildError) as exc:
             self.close()
             raise _setup_error(exc) from None
@@ -158,19 +162,22 @@ class Session:
         acts = self.cfg.out / "activations" / example.id
         acts.mkdir(parents=True, exist_ok=True)
 
+        request = functools.partial(_request, example, ckpt)
         failed: dict[str, BackendResult] = {}  # unsupported or errored, by label
         runnable: list[WorkerHandle] = []
         for w in self.engines:
-            reason = support.supports(w.capabilities, example.arch, example.config)
+            reason = support.supports(w.capabilities, example.arch, example.config, self.cfg.dtype)
             if reason:
                 failed[w.label] = BackendResult(backend=w.label, status="unsupported", reason=reason)
             else:
                 runnable.append(w)
         # Backends run concurrently: every request goes out before any reply is awaited.
-        ref_files = self._submit_reference(example, ckpt, acts)
+        ref_files = self._reference_files(acts, "")
+        for d, f in ref_files.items():
+            self.reference.submit(request(d, f))
         for w in runnable:
-            w.submit(_request(example, ckpt, self.cfg.dtype, acts / f"{w.label}.safetensors"))
-        exact, floors = self._reference(example, ref_files, runnable)
+            w.submit(request(self.cfg.dtype, acts / f"{w.label}.safetensors"))
+        reference = self._reference(example, ref_files, runnable, request)
         t_ref = time.monotonic()
         captured: dict[str, Any] = {}
         seconds: dict[str, dict[str, float]] = {}
@@ -182,9 +189,11 @@ class Session:
                 seconds[w.label] = {**reply.seconds, "wait": t1 - t_ckpt, "transfer": time.monotonic() - t1}
             except (WorkerError, ValueError) as exc:
                 failed[w.label] = BackendResult(backend=w.label, status="error", reason=self._failure(w, exc))
+        t_forced = time.monotonic()
+        forced = self._teacher_forced(example, reference, captured, acts, request)
         t_judge = time.monotonic()
         outcomes = [*(judge.Outcome((label,), r) for label, r in failed.items()),
-                    *judge.judge(judge.Captures(exact, captured), floors, self.cfg.dtype)]
+                    *judge.judge(judge.Captures(reference, captured, forced), self.cfg.dtype)]
         engines = {w.label: (w.capabilities.engine, w.capabilities.engine_version) for w in self.engines}
         verdicts = self._verdicts(example, ckpt, acts, captured, engines)
         judged = {o.backends: diagnosis.diagnose(o.result, judge.candidates(o, engines, example.arch, example.config),
@@ -199,6 +208,7 @@ class Session:
             replay=f"parity replay {shlex.quote(str(self.cfg.out / 'report.json'))} {example.id}",
             results=results,
             seconds=_rounded({"checkpoint": t_ckpt - t0, "reference": t_ref - t_ckpt,
+                              "teacher_forced": t_judge - t_forced,
                               "compare": time.monotonic() - t_judge, "total": time.monotonic() - t0}),
         )
         self.records[example.id] = record
@@ -215,16 +225,12 @@ class Session:
         except (WorkerError, checkpoint_cache.CorruptCheckpoint) as exc:
             raise HarnessError(f"the reference could not build {example.describe()}: {exc}") from None
 
-    def _submit_reference(self, example: Example, ckpt: Path, where: Path) -> dict[str, Path]:
-        """The reference's runs at fp64 and at the dtype under test, sent; their files, by dtype."""
-        files = {d: where / f"reference-{d}.safetensors" for d in ("float64", self.cfg.dtype)}
-        for d, f in files.items():
-            self.reference.submit(_request(example, ckpt, d, f))
-        return files
+    def _reference_files(self, acts: Path, along: str) -> dict[str, Path]:
+        return {d: acts / f"reference-{d}{along}.safetensors" for d in ("float64", self.cfg.dtype)}
 
-    def _reference(self, example: Example, files: dict[str, Path],
-                   runnable: list[WorkerHandle]) -> tuple[dict[str, Any], dict[str, float]]:
-        """The fp64 reference's tensors and each tensor's noise floor (see parity/tolerance.py)."""
+    def _receive_reference(self, example: Example, files: dict[str, Path],
+                           runnable: list[WorkerHandle]) -> dict[str, dict[str, Any]]:
+        """The reference's replies to requests already sent, one per file, loaded by dtype."""
         try:
             replies: list[RunReply] = [self.reference.receive(self.cfg.timeout) for _ in files]
         except WorkerError as exc:
@@ -232,10 +238,48 @@ class Session:
             for w in runnable:  # their replies are still in flight
                 self._drain(w)
             raise HarnessError(f"the reference failed on {example.describe()}: {exc}") from None
-        if replies[0].non_finite:
-            raise HarnessError(f"the fp64 reference is non-finite on {example.describe()}: {replies[0].non_finite[:3]}")
-        exact = load_file(files["float64"])
-        return exact, compare.floors(load_file(files[self.cfg.dtype]), exact)
+        exact = dict(zip(files, replies)).get("float64")
+        if exact and exact.non_finite:
+            raise HarnessError(f"the fp64 reference is non-finite on {example.describe()}: {exact.non_finite[:3]}")
+        return {d: load_file(f) for d, f in files.items()}
+
+    def _reference(self, example: Example, files: dict[str, Path], runnable: list[WorkerHandle],
+                   request: Callable[[str, Path, compare.Trajectory], RunRequest]) -> judge.Reference:
+        """The fp64 reference along its own greedy tokens, and each tensor's noise floor (parity/tolerance.py).
+
+        Where the low-precision reference's own greedy tokens part from fp64's (an argmax near-tie, common
+        in bf16), it is run again teacher-forced along fp64's, so every step has a floor.
+        """
+        got = self._receive_reference(example, files, runnable)
+        exact, low = got["float64"], got[self.cfg.dtype]
+        tokens = compare.decode_tokens(exact, len(example.prompts), example.decode_steps)
+        if compare.decode_tokens(low, len(example.prompts), example.decode_steps) != tokens:
+            out = self._reference_files(files["float64"].parent, "-along-float64")[self.cfg.dtype]
+            self.reference.submit(request(self.cfg.dtype, out, tokens))
+            low = self._receive_reference(example, {self.cfg.dtype: out}, runnable)[self.cfg.dtype]
+        return judge.Reference(exact, compare.floors(low, exact), tokens)
+
+    def _teacher_forced(self, example: Example, reference: judge.Reference, captured: dict[str, Any], acts: Path,
+                        request: Callable[[str, Path, compare.Trajectory], RunRequest]) -> dict[str, judge.Reference]:
+        """For each backend whose greedy tokens part from the reference's: the reference (fp64 and the dtype
+        under test) teacher-forced along that backend's tokens; one run per distinct trajectory."""
+        along: dict[compare.Trajectory, judge.Reference] = {}
+        forced: dict[str, judge.Reference] = {}
+        vocab = example.config.get("vocab_size", 0)
+        for label, tensors in captured.items():
+            tokens = compare.decode_tokens(tensors, len(example.prompts), example.decode_steps)
+            # A broken capture (no ids, or ids off the vocabulary) is judged as it is: compare reports it.
+            if tokens is None or tokens == reference.tokens or not all(0 <= t < vocab for t in sum(tokens, ())):
+                continue
+            if tokens not in along:
+                files = self._reference_files(acts, f"-along-{label}")
+                for d, f in files.items():
+                    self.reference.submit(request(d, f, tokens))
+                got = self._receive_reference(example, files, [])
+                along[tokens] = judge.Reference(got["float64"], compare.floors(got[self.cfg.dtype], got["float64"]),
+                                                tokens)
+            forced[label] = along[tokens]
+        return forced
 
     def _verdicts(self, example: Example, ckpt: Path, acts: Path, captured: Mapping[str, Any],
                   engines: Mapping[str, tuple[str, str]]
@@ -285,20 +329,14 @@ class Session:
             save_file(kept, weights, metadata={"format": "pt"})
         elif not weights.exists():
             weights.symlink_to(ckpt / "model.safetensors")
-        files = self._submit_reference(example, where, where)
-        failures = []
-        for _ in files:
-            try:
-                self.reference.receive(self.cfg.timeout)
-            except WorkerError as exc:
-                failures.append(exc.reason)
-                if not exc.usable:
-                    self._recover(self.reference)
-                    break
-        if failures:
-            return failures[0]
-        exact = load_file(files["float64"])
-        return exact, compare.floors(load_file(files[self.cfg.dtype]), exact)
+        files = self._reference_files(where, "")
+        for d, f in files.items():
+            self.reference.submit(_request(example, where, d, f))
+        try:
+            got = self._receive_reference(example, files, [])
+        except HarnessError as exc:
+            return str(exc)
+        return got["float64"], compare.floors(got[self.cfg.dtype], got["float64"])
 
     def _failure(self, worker: WorkerHandle, exc: Exception) -> str:
         """The reason of a backend's error result; a worker that cannot serve on is restarted."""
@@ -369,10 +407,10 @@ class Session:
         return rep
 
 
-def _request(example: Example, ckpt: Path, dtype: str, out: Path) -> RunRequest:
+def _request(example: Example, ckpt: Path, dtype: str, out: Path, forced: compare.Trajectory = ()) -> RunRequest:
     return RunRequest(checkpoint=str(ckpt), prompts=[list(p) for p in example.prompts],
                       decode_steps=example.decode_steps, dtype=dtype, out=str(out),
-                      modules=asdict(registry.get(example.arch).modules))
+                      modules=asdict(registry.get(example.arch).modules), forced=[list(t) for t in forced])
 
 
 def _rounded(seconds: dict[str, float]) -> dict[str, float]:

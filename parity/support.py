@@ -11,9 +11,13 @@ from parity import known_issues, registry
 from parity.worker.contract import Capabilities
 
 
-def supports(caps: Capabilities, arch: str, config: Mapping[str, Any] | None = None) -> str | None:
+def supports(caps: Capabilities, arch: str, config: Mapping[str, Any] | None = None,
+             dtype: str | None = None) -> str | None:
     """None if the backend can run the architecture (and the features ``config`` turns on,
-    see ``registry.FEATURES``), else the reason it cannot."""
+    see ``registry.FEATURES``, in ``dtype``), else the reason it cannot."""
+    if dtype is not None and dtype not in caps.dtypes:
+        why = caps.unsupported_dtypes.get(dtype, f"it runs {', '.join(caps.dtypes)}")
+        return f"{caps.engine} ({caps.versions_text}) does not run {dtype} here: {why}"
     spec = registry.get(arch)
     if spec.architecture not in caps.architectures:
         return f"{caps.engine} ({caps.versions_text}) does not register {spec.architecture}"

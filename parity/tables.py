@@ -21,6 +21,24 @@ def step_name(step: int) -> str:
     return "prefill" if step == 0 else f"decode step {step}"
 
 
+TRAJECTORIES = {
+    "reference": "the reference's own greedy tokens",
+    "own": "its own greedy tokens, which differ from the reference's (the reference teacher-forced along them)",
+    "split": "the tokens both backends fed; steps after their greedy tokens part are not compared",
+}
+"""What each ``BackendResult.trajectory`` means, in words."""
+
+
+def trajectory_line(report: Report) -> str | None:
+    """How many results were compared along tokens other than the reference's own, or None if none were."""
+    counts = {t: sum(r.trajectory == t for ex in report.examples for r in ex.results) for t in ("own", "split")}
+    if not any(counts.values()):
+        return None
+    return (f"Decode steps: {counts['own']} results compared along the backend's own greedy tokens (they differ from "
+            f"the reference's; the reference was teacher-forced along them), {counts['split']} engine pairs whose "
+            f"tokens part (steps after that not compared between them)")
+
+
 def cell(text: str) -> str:
     """Text made safe inside a Markdown table cell."""
     return text.replace("|", "\\|")

@@ -3,7 +3,10 @@ contract's requests at once with synthetic canonical activations.
 
 The reference's fp64 run is the truth; its low-precision run and every backend add
 noise of ~1e-7 (so they pass); a backend with a ``bug`` adds an O(1) error to one
-tensor kind from some layer on, and one with a ``failure`` answers with an error.
+tensor kind from some layer (and decode step) on, and one with a ``failure`` answers
+with an error. Activations follow the tokens fed: a backend given ``tokens`` picks those
+greedy tokens (in its low-precision runs, for the reference), and a teacher-forced
+request is served along its ``forced`` tokens.
 """
 
 from __future__ import annotations
@@ -25,8 +28,13 @@ from parity.worker.contract import (Capabilities, CheckpointReply, CheckpointReq
 
 HIDDEN, HEADS, HEAD_DIM, VOCAB = 8, 2, 4, 16
 
-Bug = Callable[[Mapping[str, Any]], "tuple[str, int] | None"]
-"""config -> (tensor kind, first layer) the backend gets wrong, or None."""
+Bug = Callable[[Mapping[str, Any]], "tuple[str, int] | tuple[str, int, int] | None"]
+"""config -> (tensor kind, first layer[, first step]) the backend gets wrong, or None."""
+
+Tokens = Callable[[Mapping[str, Any]], "list[list[int]] | None"]
+"""config -> per prompt, the greedy tokens fed at decode steps 1..n (None: the reference's own)."""
+
+REFERENCE_TOKENS = 1  # the fp64 truth feeds token 1 + step at decode step 1 + step
 
 Failure = Callable[[Mapping[str, Any]], "tuple[str, bool] | None"]
 """config -> (error message, whether the worker stays usable), or None."""
@@ -36,15 +44,18 @@ def _rng(*parts: Any) -> np.random.Generator:
     return np.random.default_rng(int(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12], 16))
 
 
-def activations(config: Mapping[str, Any], prompts: list[list[int]], decode_steps: int) -> dict[str, np.ndarray]:
-    """The fp64 truth: deterministic in the config and prompts."""
+def activations(config: Mapping[str, Any], prompts: list[list[int]], decode_steps: int,
+                fed: list[list[int]] | None = None) -> dict[str, np.ndarray]:
+    """The fp64 truth along the tokens ``fed`` at decode steps (default: its own greedy ones):
+    deterministic in the config, prompt and tokens fed so far."""
     out: dict[str, np.ndarray] = {}
     for p, prompt in enumerate(prompts):
+        decoded = fed[p] if fed else list(range(REFERENCE_TOKENS, REFERENCE_TOKENS + decode_steps))
         for step in range(decode_steps + 1):
             tokens = len(prompt) if step == 0 else 1
-            ids = np.array(prompt if step == 0 else [step], dtype=np.int64)
+            ids = np.array(prompt if step == 0 else [decoded[step - 1]], dtype=np.int64)
             out[schema.key(step, p, schema.TOKEN_IDS)] = ids
-            rng = _rng(config, prompt, step)
+            rng = _rng(config, prompt, decoded[:step])
             names = {"embed": (tokens, HIDDEN), "final_norm": (tokens, HIDDEN), "logits": (1, VOCAB)}
             for layer in range(config["num_hidden_layers"]):
                 names |= {schema.layer_name(layer, "q_rot"): (tokens, HEADS, HEAD_DIM),
@@ -57,11 +68,13 @@ def activations(config: Mapping[str, Any], prompts: list[list[int]], decode_step
 
 class FakeWorker:
     def __init__(self, spec: BackendSpec, engine: str = "fake", version: str = "1", bug: Bug | None = None,
-                 failure: Failure | None = None, on_run: Callable[[RunRequest], None] | None = None):
+                 failure: Failure | None = None, on_run: Callable[[RunRequest], None] | None = None,
+                 tokens: Tokens | None = None, refuses: Mapping[str, str] | None = None):
         self.spec = spec
         self.python = "fake-python"
         self.engine, self.version = engine, version
-        self.bug, self.failure, self.on_run = bug, failure, on_run
+        self.bug, self.failure, self.on_run, self.tokens = bug, failure, on_run, tokens
+        self.refuses = dict(refuses or {})
         self.starts = 0
         self.runs: list[RunRequest] = []
         self._replies: deque[Any] = deque()
@@ -75,7 +88,8 @@ class FakeWorker:
         self.capabilities = Capabilities(
             engine=self.engine, versions={self.engine: self.version},
             architectures=[s.architecture for s in registry.ARCHITECTURES.values()], head_sizes=None,
-            dtypes=["float32", "float64"], unsupported_features={}, pid=1000 + self.starts, python=self.python)
+            dtypes=[d for d in ("float32", "float64", "bfloat16") if d not in self.refuses],
+            unsupported_dtypes=self.refuses, unsupported_features={}, pid=1000 + self.starts, python=self.python)
         return self.capabilities
 
     def restart(self) -> Capabilities:
@@ -120,15 +134,17 @@ class FakeWorker:
             message, usable = failed
             return WorkerError(self.label, f"RuntimeError: {message}", "Traceback: ...", usable=usable,
                                kind="RuntimeError")
-        tensors = activations(config, request.prompts, request.decode_steps)
+        greedy = self.tokens(config) if self.tokens and request.dtype != "float64" else None
+        tensors = activations(config, request.prompts, request.decode_steps, request.forced or greedy)
         bug = self.bug(config) if self.bug else None
         for key, value in tensors.items():
             if key.endswith(schema.TOKEN_IDS) or request.dtype == "float64":
                 continue
             noise = _rng(self.label, key, request.dtype).standard_normal(value.shape)
             tensors[key] = value + 1e-7 * noise * np.linalg.norm(value) / np.sqrt(value.size)
-            kind, layer = schema.parse_name(schema.parse_key(key)[2])
-            if bug and kind == bug[0] and layer is not None and layer >= bug[1]:
+            step, _, name = schema.parse_key(key)
+            kind, layer = schema.parse_name(name)
+            if bug and kind == bug[0] and layer is not None and layer >= bug[1] and step >= (bug[2:] or (0,))[0]:
                 tensors[key] = value + noise
         save_file(tensors, request.out)
         return RunReply(file=request.out, seconds={"load": 0.0, "forward": 0.0, "save": 0.0, "teardown": 0.0})

@@ -8,7 +8,7 @@ from parity.worker.contract import Capabilities, ContractError, RunRequest
 
 def test_requests_round_trip_and_unknown_ones_are_refused():
     request = RunRequest(checkpoint="c", prompts=[[1, 2]], decode_steps=1, dtype="float32", out="o",
-                         modules={"layers": "h"})
+                         modules={"layers": "h"}, forced=[[7]])
     assert contract.request_from_json(contract.request_to_json(request)) == request
     with pytest.raises(ContractError, match="unknown operation 'capabilities'"):
         contract.request_from_json({"op": "capabilities"})
@@ -18,7 +18,8 @@ def test_requests_round_trip_and_unknown_ones_are_refused():
 
 def test_hello_checks_the_protocol_version_first():
     caps = Capabilities(engine="vllm", versions={"vllm": "0.32.0", "torch": "2.13.0"}, architectures=["X"],
-                        head_sizes=None, dtypes=["float32"], unsupported_features={}, pid=1, python="py")
+                        head_sizes=None, dtypes=["float32"], unsupported_dtypes={"bfloat16": "no AVX512-BF16"},
+                        unsupported_features={}, pid=1, python="py")
     hello = contract.to_json(caps)
     assert contract.hello(hello) == caps and caps.engine_version == "0.32.0"
     older = {"engine": "vllm", "versions": {}, "architectures": [], "protocol": 1}

@@ -9,7 +9,7 @@ import parity
 from parity import html, markdown
 from parity import report as report_mod
 from parity.example import Example
-from parity.records import Summary
+from parity.records import Report, Summary
 from parity.registry import ArchSpec
 from parity.summary import coverage, merge, summarize
 
@@ -159,3 +159,20 @@ def test_html_gives_known_issues_their_own_badge_column_and_diagnosis():
     assert (f"<li><details><summary>llama on sglang, vllm~sglang (2 results, all confirmed)</summary>"
             f"<p>{GEMMA_BUG}</p>") in page
     assert 'id="ex-a" open' not in page and 'id="ex-b" open' not in page
+
+
+def test_the_decode_trajectory_of_each_result_is_shown_in_markdown_and_html():
+    own = result("sglang").model_copy(update={"trajectory": "own"})
+    same = result("vllm").model_copy(update={"trajectory": "reference"})
+    pair = result("vllm~sglang").model_copy(update={"trajectory": "split"})
+    rep = report(example("a", same, own, pair).model_copy(update={"decode_steps": 2}))
+    line = ("Decode steps: 1 results compared along the backend's own greedy tokens (they differ from the reference's; "
+            "the reference was teacher-forced along them), 1 engine pairs whose tokens part (steps after that not "
+            "compared between them)")
+    assert line in markdown.render(rep).splitlines()
+    page = html.render(rep)
+    assert "<p>" + line.replace("'", "&#x27;") + ".</p>" in page
+    assert "<p>Decode steps compared along its own greedy tokens, which differ from the reference&#x27;s" in page
+    assert "<p>Decode steps compared along the reference&#x27;s own greedy tokens.</p>" in page
+    assert "Decode steps:" not in markdown.render(report(example("b", same)))
+    assert "trajectory" in Report.model_json_schema()["$defs"]["BackendResult"]["properties"]

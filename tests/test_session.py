@@ -30,19 +30,24 @@ def config(tmp_path, *backends, **kw):
 
 def example(layers=2, seed=0, arch="llama", **knobs):
     return Example(arch=arch, config={"model_type": arch, "num_hidden_layers": layers, "num_attention_heads": 2,
-                                      "num_key_value_heads": 1, "head_dim": 32, "hidden_size": 64, **knobs},
+                                      "num_key_value_heads": 1, "head_dim": 32, "hidden_size": 64, "vocab_size": 16,
+                                      **knobs},
                    weight_seed=seed, prompts=((3, 1, 4), (1, 5, 9, 2)), decode_steps=2)
 
 
 # -- judge: pure -----------------------------------------------------------------------------
+
+def truth(exact, tokens=None):
+    """The reference along ``tokens`` (its own greedy ones when None), floors of 1e-7."""
+    return judge.Reference(exact, {k: 1e-7 for k in exact if not k.endswith(schema.TOKEN_IDS)}, tokens)
+
 
 def test_judge_compares_each_backend_and_each_pair_that_fits_the_schema():
     exact = activations({"num_hidden_layers": 2}, [[3, 1, 4]], 1)
     close = {k: v if k.endswith(schema.TOKEN_IDS) else v * (1 + 1e-8) for k, v in exact.items()}
     wrong = dict(close, **{schema.key(0, 0, "layers.1.mlp_out"): close[schema.key(0, 0, "layers.1.mlp_out")] + 1})
     broken = {k: v for k, v in close.items() if "final_norm" not in k}
-    floors = {k: 1e-7 for k in exact if not k.endswith(schema.TOKEN_IDS)}
-    outcomes = judge.judge(judge.Captures(exact, {"a": close, "b": wrong, "c": broken}), floors, "float32")
+    outcomes = judge.judge(judge.Captures(truth(exact), {"a": close, "b": wrong, "c": broken}), "float32")
     by = {o.backends: o.result for o in outcomes}
     assert set(by) == {("a",), ("b",), ("c",), ("a", "b")}  # c broke the schema: no pair with it
     assert by[("a",)].status == "pass" and by[("a", "b")].backend == "a~b"
@@ -54,8 +59,7 @@ def test_judge_compares_each_backend_and_each_pair_that_fits_the_schema():
 def test_known_issues_may_explain_either_side_of_a_pair():
     exact = activations({"num_hidden_layers": 1}, [[3, 1]], 0)
     wrong = {k: v + (0 if k.endswith(schema.TOKEN_IDS) or "attn_out" not in k else 1) for k, v in exact.items()}
-    floors = {k: 1e-7 for k in exact if not k.endswith(schema.TOKEN_IDS)}
-    (_, _, pair) = judge.judge(judge.Captures(exact, {"v": wrong, "s": exact}), floors, "float32")
+    (_, _, pair) = judge.judge(judge.Captures(truth(exact), {"v": wrong, "s": exact}), "float32")
     engines = {"v": ("vllm", "0.32.0"), "s": ("sglang", "0.5.23")}
     (found,) = judge.candidates(pair, engines, "qwen3", {"attention_bias": True})
     assert (found.engine, found.version, found.issue.arch) == ("vllm", "0.32.0", "qwen3")
@@ -200,3 +204,54 @@ def test_reports_written_during_a_search_carry_the_surface_coverage(tmp_path):
         assert search(session, "llama", replace(PROFILE, max_examples=2), seed=0) is None
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["surface"]["llama"]["transformers"] == version and saved["surface"]["llama"]["changing"] > 0
+
+
+# -- decode along each backend's own tokens, and dtypes a backend cannot run ---------------------
+
+STRAY = [[1, 9], [7, 8]]  # the reference feeds [1, 2] to both prompts: prompt 1 parts at step 1, prompt 0 at 2
+
+
+def test_a_backend_whose_greedy_tokens_part_is_compared_along_them_at_every_step(tmp_path):
+    launch = launcher(s={"tokens": lambda c: STRAY})
+    with Session(config(tmp_path, "vllm@v", "sglang@s"), log=lambda m: None, launch=launch) as session:
+        record = session.evaluate(example())
+    by = {r.backend: r for r in record.results}
+    assert (by["v"].status, by["v"].trajectory) == ("pass", "reference")
+    assert (by["s"].status, by["s"].trajectory) == ("pass", "own")
+    assert by["s"].rows and {r.verdict for r in by["s"].rows} == {"ok"}  # no step skipped
+    assert "from decode step 1 prompt 1 on; the reference was teacher-forced" in by["s"].notes[0]
+    forced = [(r.dtype, r.forced) for r in launch.workers["reference"].runs if r.forced]
+    assert forced == [("float64", STRAY), ("float32", STRAY)]
+    pair = by["v~s"]
+    assert pair.trajectory == "split" and {(r.step, r.prompt) for r in pair.rows if r.verdict == "skipped"} == {
+        (1, 1), (2, 0), (2, 1)}
+
+
+def test_a_decode_bug_after_the_tokens_part_is_still_caught(tmp_path):
+    launch = launcher(s={"tokens": lambda c: STRAY, "bug": lambda c: ("mlp_out", 0, 2)})
+    with Session(config(tmp_path, "sglang@s"), log=lambda m: None, launch=launch) as session:
+        (result,) = session.evaluate(example()).results
+    d = result.first_divergence
+    assert result.status == "diverged" and result.trajectory == "own"
+    assert (d.tensor, d.step, d.prompt) == ("layers.0.mlp_out", 2, 0)
+
+
+def test_the_noise_floor_follows_the_fp64_tokens_where_the_low_precision_reference_parts(tmp_path):
+    launch = launcher(reference={"tokens": lambda c: STRAY})  # its float32 run takes other greedy tokens
+    with Session(config(tmp_path, "sglang@s"), log=lambda m: None, launch=launch) as session:
+        (result,) = session.evaluate(example()).results
+    assert result.status == "pass" and result.trajectory == "reference"
+    assert result.rows and max(r.floor for r in result.rows) < 1e-5  # a floor at every step, none infinite
+    forced = [(r.dtype, r.forced) for r in launch.workers["reference"].runs if r.forced]
+    assert forced == [("float32", [[1, 2], [1, 2]])]
+
+
+def test_a_dtype_a_backend_cannot_run_is_unsupported_per_backend_with_its_reason(tmp_path):
+    launch = launcher(v={"refuses": {"bfloat16": "its bf16 kernels need AVX512-BF16"}})
+    report = run(config(tmp_path, "vllm@v", "sglang@s", dtype="bfloat16", seed=0), ["llama"],
+                 replace(PROFILE, max_examples=2), launch=launch)
+    results = [r for ex in report.examples for r in ex.results]
+    assert {(r.backend, r.status) for r in results} == {("v", "unsupported"), ("s", "pass")}
+    assert all("does not run bfloat16 here: its bf16 kernels need AVX512-BF16" in r.reason
+               for r in results if r.backend == "v")
+    assert launch.workers["v"].runs == [] and launch.workers["v"].starts == 1 and not report.summary.failing

@@ -7,7 +7,8 @@ from parity.worker.contract import Capabilities
 
 def caps(engine="e", version="1", architectures=("Gemma2ForCausalLM",), lacking=None):
     return Capabilities(engine=engine, versions={engine: version, "torch": "2"}, architectures=list(architectures),
-                        head_sizes=None, dtypes=["float32"], unsupported_features=lacking or {}, pid=1, python="py")
+                        head_sizes=None, dtypes=["float32"], unsupported_dtypes={"bfloat16": "no AVX512-BF16 here"},
+                        unsupported_features=lacking or {}, pid=1, python="py")
 
 
 def test_feature_support_is_decided_from_the_engines_capabilities():
@@ -17,6 +18,13 @@ def test_feature_support_is_decided_from_the_engines_capabilities():
     reason = supports(hello, "gemma2", {"attn_logit_softcapping": 2.0})
     assert reason and "attn_logit_softcapping" in reason and "no logit_cap" in reason
     assert "does not register LlamaForCausalLM" in supports(hello, "llama")
+
+
+def test_a_dtype_the_engine_refuses_here_is_unsupported_with_its_reason():
+    hello = caps()
+    assert supports(hello, "gemma2", {}, "float32") is None
+    assert supports(hello, "gemma2", {}, "bfloat16") == "e (e 1 torch 2) does not run bfloat16 here: no AVX512-BF16 here"
+    assert supports(hello, "gemma2", {}, "float16") == "e (e 1 torch 2) does not run float16 here: it runs float32"
 
 
 def test_matrix_marks_partial_support_and_known_issues():

@@ -33,6 +33,10 @@ class EngineAdapter(ABC, Generic[Loaded]):
     """Name under which known issues and reports list the engine (its version is ``versions()[engine]``)."""
 
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "bfloat16", "float16")
+    """The dtypes the engine implements; :meth:`unsupported_dtypes` strikes those this machine cannot run."""
+
+    teacher_forcing: ClassVar[bool] = False
+    """Whether :meth:`generate` feeds ``RunRequest.forced`` tokens (the reference's job)."""
 
     def __init__(self, device: str = "cpu"):
         self.device = device
@@ -51,14 +55,20 @@ class EngineAdapter(ABC, Generic[Loaded]):
         """Head sizes its attention takes; None for any."""
         return None
 
+    def unsupported_dtypes(self) -> dict[str, str]:
+        """Dtypes of :attr:`dtypes` the engine cannot run on this machine, with the reason."""
+        return {}
+
     def unsupported_features(self) -> dict[str, str]:
         """Features of ``parity.registry.FEATURES`` the engine lacks, with the reason."""
         return {}
 
     def capabilities(self) -> Capabilities:
+        refused = self.unsupported_dtypes()
         return Capabilities(engine=self.engine, versions=self.versions(), architectures=sorted(self.architectures()),
-                            head_sizes=self.head_sizes(), dtypes=list(self.dtypes),
-                            unsupported_features=self.unsupported_features(), pid=os.getpid(), python=sys.executable)
+                            head_sizes=self.head_sizes(), dtypes=[d for d in self.dtypes if d not in refused],
+                            unsupported_dtypes=refused, unsupported_features=self.unsupported_features(),
+                            pid=os.getpid(), python=sys.executable)
 
     # -- the engine's conventions -----------------------------------------
 
@@ -84,6 +94,8 @@ class EngineAdapter(ABC, Generic[Loaded]):
     def run(self, request: RunRequest) -> RunReply:
         # The model lives only in ``held`` between calls, so teardown is handed the last
         # reference and can free the model before it collects garbage.
+        if request.forced and not self.teacher_forcing:
+            raise ContractError(f"{self.engine} serves greedy decoding only; teacher forcing is the reference's")
         held: list[Loaded] = []
         t0 = time.perf_counter()
         try:

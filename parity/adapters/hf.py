@@ -29,6 +29,7 @@ def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
 class Adapter(EngineAdapter[Any]):
     engine = "transformers"
     dtypes = ("float32", "float64", "bfloat16", "float16")
+    teacher_forcing = True
 
     def __init__(self, device: str = "cpu"):
         import transformers
@@ -57,8 +58,9 @@ class Adapter(EngineAdapter[Any]):
 
     def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:
         with torch.no_grad():
-            for prompt in request.prompts:
-                self._generate(loaded, rec, list(prompt), request.decode_steps)
+            for i, prompt in enumerate(request.prompts):
+                forced = request.forced[i] if request.forced else None
+                self._generate(loaded, rec, list(prompt), request.decode_steps, forced)
 
     def teardown(self, loaded: Any) -> None:
         pass  # a transformers model holds no process-wide state
@@ -114,16 +116,21 @@ class Adapter(EngineAdapter[Any]):
                 hooks.replace(attention, "_attn", attn)
         return hooks
 
-    def _generate(self, model, rec: Recorder | NullRecorder, prompt: list[int], decode_steps: int) -> None:
-        """Prefill then greedy decode with the KV cache, exactly as an engine serves the prompt."""
+    def _generate(self, model, rec: Recorder | NullRecorder, prompt: list[int], decode_steps: int,
+                  forced: list[int] | None) -> None:
+        """Prefill then decode with the KV cache, exactly as an engine serves the prompt: greedy, or
+        teacher-forced along ``forced`` (the tokens another backend fed at decode steps 1..n)."""
         ids = torch.tensor([prompt], device=self.device)
         positions = torch.arange(len(prompt), device=self.device)[None]
         cache = None
-        for _ in range(decode_steps + 1):
+        for step in range(decode_steps + 1):
             rec.begin_forward(positions, ids)
             out = model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             logits = out.logits[0, -1:]
             rec.record_logits(logits)
-            ids = logits.argmax(-1)[None]
+            if forced is None:
+                ids = logits.argmax(-1)[None]
+            elif step < decode_steps:
+                ids = torch.tensor([[forced[step]]], device=self.device)
             positions = positions[:, -1:] + 1

@@ -69,6 +69,27 @@ class Adapter(EngineAdapter[Any]):
 
         return sorted(CPUAttentionBackend.get_supported_head_sizes())
 
+    def unsupported_dtypes(self) -> dict[str, str]:
+        """bf16 on CPU, decided from vLLM's own kernel choices: it loads its bf16 kernel build
+        (``vllm._C``) only where torch reports AVX512-BF16 (``CpuPlatform.import_kernels``), and
+        runs bf16 attention on AMX tiles wherever torch reports them (``_get_attn_isa``). Both other
+        paths die with SIGILL (measured on 0.32.0): the AVX2 build on an AVX2 CPU (issue #12), and
+        the AMX attention at its first ``tilezero`` (``cpu_attn_amx.hpp``) on an AMX Xeon whose
+        AMX tiles work outside vLLM. Left: AVX512-BF16 without AMX, where it runs its vector attention
+        (which, forced on that same Xeon, runs bf16)."""
+        if self.device != "cpu":
+            return {}
+        from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+        if not torch.cpu._is_avx512_bf16_supported():
+            isa = "AVX-512 without BF16" if torch.cpu._is_avx512_supported() else "AVX2 only"
+            return {"bfloat16": f"vLLM's CPU bf16 kernels (vllm._C) need AVX512-BF16, and this CPU has {isa}; "
+                                f"its fallback build dies with SIGILL at bf16"}
+        if _get_attn_isa(torch.bfloat16, block_size=32) == "amx":
+            return {"bfloat16": "vLLM runs bf16 attention on AMX tiles on this CPU, and its AMX attention dies with "
+                                "SIGILL at its first tilezero (cpu_attn_amx.hpp; AMX itself works here)"}
+        return {}
+
     def load(self, request: RunRequest) -> Any:
         from vllm import LLM
 

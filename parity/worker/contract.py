@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar, Mapping, TypeVar
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 class ContractError(ValueError):
@@ -37,6 +37,12 @@ class Capabilities:
     """Head sizes its attention accepts; None for any."""
 
     dtypes: list[str]
+    """The dtypes the engine runs on this machine."""
+
+    unsupported_dtypes: dict[str, str]
+    """Dtypes parity may ask for that the engine cannot run here -> why (decided from the engine's own
+    checks before any model is built: a kernel that needs instructions the CPU lacks dies with SIGILL)."""
+
     unsupported_features: dict[str, str]
     """Features of ``parity.registry.FEATURES`` the engine lacks -> why."""
 
@@ -69,6 +75,10 @@ class RunRequest:
 
     capture: bool = True
     """False times the bare engine: no hooks, no recorder, nothing saved."""
+
+    forced: list[list[int]] = field(default_factory=list)
+    """Teacher forcing (the reference alone serves it): per prompt, the tokens fed at decode steps 1..n
+    instead of the model's own greedy ones; empty: greedy."""
 
 
 @dataclass(frozen=True)
