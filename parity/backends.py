@@ -49,6 +49,9 @@ class BackendDef:
     engine_package: str
     """Distribution whose version names the environment in reports."""
 
+    runner: str | None = None
+    """Module in parity.adapters that drives the engine with no parity import (repro bundles copy it)."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "environments", MappingProxyType(dict(self.environments)))
 
@@ -67,7 +70,7 @@ BACKENDS: Mapping[str, BackendDef] = MappingProxyType({
         },
     ),
     "vllm": BackendDef(
-        name="vllm", adapter="vllm", engine_package="vllm",
+        name="vllm", adapter="vllm", engine_package="vllm", runner="vllm_runner",
         environments={
             "cpu": (
                 _CPU_TORCH,
@@ -80,7 +83,7 @@ BACKENDS: Mapping[str, BackendDef] = MappingProxyType({
         },
     ),
     "sglang": BackendDef(
-        name="sglang", adapter="sglang", engine_package="sglang",
+        name="sglang", adapter="sglang", engine_package="sglang", runner="sglang_runner",
         environments={
             # sglang pins CUDA torch and CUDA-only kernel packages, so on CPU it goes in
             # without its dependencies, next to CPU torch, with the ones it imports listed

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from parity import __version__, envs, gate, interrupts, profiles, registry, support, surface
+from parity import __version__, envs, gate, interrupts, profiles, registry, repro, support, surface
 from parity import report as report_mod
 from parity.backends import BACKENDS, BackendSpec, BackendUsageError, parse, parse_backends
 from parity.example import Example
@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
                                       "2 unreadable or incomparable reports.")
     gate.add_argument("--baseline", type=Path, required=True, metavar="REPORT", help="baseline report.json (or its directory)")
     gate.add_argument("--candidate", type=Path, required=True, metavar="REPORT", help="candidate report.json (or its directory)")
+
+    bundle = sub.add_parser("repro", help="write one example as a folder that reproduces it without parity",
+                            description="The folder holds config.json, the weight seed and prompts, a script that "
+                                        "rebuilds the checkpoint and run.py, which runs transformers and the engine "
+                                        "and prints the first divergent layer; it needs only the engine's environment.")
+    bundle.add_argument("report", type=Path, help="report.json (or its directory)")
+    bundle.add_argument("example", help="example id (see the report)")
+    bundle.add_argument("--backend", required=True, metavar="LABEL", help="the backend's label in the report")
+    bundle.add_argument("--out", type=Path, help="bundle directory. Default: <report dir>/repro-<id>-<label>")
 
     archs = sub.add_parser("archs", help="list the architecture registry; with --backend, the support matrix")
     archs.add_argument("--backend", action="append", metavar="NAME[@LABEL][=PYTHON]",
@@ -178,6 +187,15 @@ def cmd_gate(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_DIVERGED if result.regressed else EXIT_OK
 
 
+def cmd_repro(args: argparse.Namespace, argv: list[str]) -> int:
+    report = report_mod.read(args.report)
+    directory = args.report if args.report.is_dir() else args.report.parent
+    out = repro.write(report, args.example, args.backend, args.out or directory / f"repro-{args.example}-{args.backend}")
+    python = next(b.python for b in report.backends if b.label == args.backend)
+    print(f"parity: repro bundle written to {out}; run it with: {shlex.quote(python)} {shlex.quote(str(out / 'run.py'))}")
+    return EXIT_OK
+
+
 def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
     for name, spec in registry.ARCHITECTURES.items():
         features = registry.possible_features(spec)
@@ -244,5 +262,5 @@ def cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "replay": cmd_replay, "gate": cmd_gate, "archs": cmd_archs, "surface": cmd_surface,
+COMMANDS = {"run": cmd_run, "replay": cmd_replay, "gate": cmd_gate, "repro": cmd_repro, "archs": cmd_archs, "surface": cmd_surface,
             "schema": cmd_schema, "env": cmd_env}
