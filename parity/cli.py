@@ -24,6 +24,7 @@ from parity.pool import Worker, WorkerError
 from parity.records import Report
 from parity.search import run
 from parity.session import HarnessError, PatchError, RunConfig, Session, replay
+from parity.summary import merge
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -83,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("example", help="example id (see the report)")
     bundle.add_argument("--backend", required=True, metavar="LABEL", help="the backend's label in the report")
     bundle.add_argument("--out", type=Path, help="bundle directory. Default: <report dir>/repro-<id>-<label>")
+
+    shards = sub.add_parser("merge", help="merge the reports of one run split over machines or shards into one",
+                           description="Refuses (exit 2) reports that are not parts of one run: other engines or "
+                                       "versions, reference, device, dtype, profile or seed. Exit 0 once written.")
+    shards.add_argument("out", type=Path, help="directory for the merged report.json, report.md and report.html")
+    shards.add_argument("reports", type=Path, nargs="+", metavar="REPORT", help="report.json files (or their directories)")
 
     archs = sub.add_parser("archs", help="list the architecture registry; with --backend, the support matrix")
     archs.add_argument("--backend", action="append", metavar="NAME[@LABEL][=PYTHON]",
@@ -196,6 +203,14 @@ def cmd_repro(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_OK
 
 
+def cmd_merge(args: argparse.Namespace, argv: list[str]) -> int:
+    merged = merge([report_mod.read(p) for p in args.reports], command=shlex.join(["parity", *argv]))
+    report_mod.write(merged, args.out)
+    print(f"parity: {len(args.reports)} reports, {merged.summary.examples} examples merged into {args.out}/report.json",
+          file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
     for name, spec in registry.ARCHITECTURES.items():
         features = registry.possible_features(spec)
@@ -262,5 +277,5 @@ def cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "replay": cmd_replay, "gate": cmd_gate, "repro": cmd_repro, "archs": cmd_archs, "surface": cmd_surface,
+COMMANDS = {"run": cmd_run, "replay": cmd_replay, "gate": cmd_gate, "repro": cmd_repro, "merge": cmd_merge, "archs": cmd_archs, "surface": cmd_surface,
             "schema": cmd_schema, "env": cmd_env}
