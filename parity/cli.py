@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from parity import __version__, envs, gate, interrupts, profiles, registry, repro, support, surface
+from parity import __version__, change, envs, gate, interrupts, pr, profiles, registry, repro, support, surface
 from parity import report as report_mod
 from parity.backends import BACKENDS, BackendSpec, BackendUsageError, parse, parse_backends
 from parity.example import Example
@@ -75,6 +75,31 @@ def build_parser() -> argparse.ArgumentParser:
                                       "2 unreadable or incomparable reports.")
     gate.add_argument("--baseline", type=Path, required=True, metavar="REPORT", help="baseline report.json (or its directory)")
     gate.add_argument("--candidate", type=Path, required=True, metavar="REPORT", help="candidate report.json (or its directory)")
+
+    prg = sub.add_parser("pr", help="gate an engine change to Python files on the pinned build, without building it",
+                         description="Overlays the change's Python files onto parity's pinned build of the engine "
+                                     "(its environment is not modified), picks the families the change can affect, "
+                                     "searches them on the build with the files before the change and runs the same "
+                                     "examples with the files after it, then gates. Exit 0 no regression (or no "
+                                     "family affected), 1 regression, 2 refused: compiled sources, a far version, "
+                                     "bad input.")
+    prg.add_argument("engine", metavar="NAME[=PYTHON]", help="engine (vllm, sglang); =PYTHON: your own install to overlay")
+    what = prg.add_mutually_exclusive_group(required=True)
+    what.add_argument("--range", metavar="BASE..HEAD", help="the change: a git range of --checkout")
+    what.add_argument("--diff", type=Path, metavar="FILE", help="the change: a unified diff (git diff, diff -u)")
+    prg.add_argument("--reverse", action="store_true", help="gate the change undone (a revert of it)")
+    prg.add_argument("--checkout", type=Path, metavar="DIR", help="git checkout of the engine (with --range)")
+    prg.add_argument("--path", action="append", default=[], metavar="PATH",
+                     help="limit --range to these paths of the checkout (repeatable)")
+    prg.add_argument("--arch", action="append", metavar="NAME",
+                     help="only these families, among those the change can affect (repeatable)")
+    prg.add_argument("--examples", type=int, metavar="N", help="examples per architecture (overrides the profile)")
+    prg.add_argument("--profile", choices=list(profiles.PROFILES), default="ci",
+                     help="search effort (ci is derandomized). Default: %(default)r")
+    prg.add_argument("--seed", type=int, help="Hypothesis seed; default: the profile's")
+    prg.add_argument("--out", type=Path, default=Path("reports/pr"),
+                     help="directory for baseline/, candidate/, overlay/ and report.md. Default: %(default)s")
+    _common(prg)
 
     bundle = sub.add_parser("repro", help="write one example as a folder that reproduces it without parity",
                             description="The folder holds config.json, the weight seed and prompts, a script that "
@@ -147,15 +172,26 @@ def _exit_code(report) -> int:
     return EXIT_DIVERGED if report.summary.failing else EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+def _archs(args: argparse.Namespace) -> list[str]:
+    """``--arch`` options, each checked (default: every architecture)."""
     archs = args.arch or list(registry.ARCHITECTURES)
     for a in archs:
         registry.get(a)
+    return archs
+
+
+def _profile(args: argparse.Namespace) -> profiles.Profile:
     profile = profiles.get(args.profile)
     if args.examples is not None:
         if args.examples < 1:
             raise ValueError(f"--examples must be at least 1, got {args.examples}")
         profile = replace(profile, max_examples=args.examples)
+    return profile
+
+
+def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+    archs = _archs(args)
+    profile = _profile(args)
     cfg = RunConfig(backends=parse_backends(args.backend or ["vllm"], args.patch), reference=_reference(args),
                     device=args.device, dtype=args.dtype, out=args.out, timeout=args.timeout,
                     command=shlex.join(["parity", *argv]), profile=profile.name, seed=args.seed,
@@ -178,7 +214,7 @@ def cmd_replay(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = RunConfig(backends=specs, reference=_reference(args), device=old.device, dtype=old.dtype,
                     out=args.out or args.report.parent / f"replay-{example.id}", timeout=args.timeout,
                     command=shlex.join(["parity", *argv]), profile=old.profile, seed=old.seed)
-    report = _harness(lambda: replay(cfg, example), args)
+    report = _harness(lambda: replay(cfg, [example]), args)
     if report is None:
         return EXIT_USAGE
     for r in report.examples[0].results:
@@ -192,6 +228,40 @@ def cmd_gate(args: argparse.Namespace, argv: list[str]) -> int:
     result = gate.gate(report_mod.read(args.baseline), report_mod.read(args.candidate))
     print(gate.render(result, str(args.baseline), str(args.candidate)))
     return EXIT_DIVERGED if result.regressed else EXIT_OK
+
+
+def cmd_pr(args: argparse.Namespace, argv: list[str]) -> int:
+    archs = _archs(args) if args.arch else None
+    spec = parse(args.engine)
+    package = spec.definition.repo_package
+    if package is None:
+        raise ValueError(f"{spec.name} is no engine with a repository layout parity knows; use vllm or sglang")
+    if args.range and args.checkout is None:
+        raise ValueError("--range needs --checkout DIR, the engine's git checkout")
+    profile = _profile(args)
+    try:
+        python = spec.python or str(envs.ensure(spec.definition, args.device, lambda m: print(m, file=sys.stderr)))
+    except envs.EnvBuildError as exc:
+        print(f"parity: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    parent, version = pr.installed(python, Path(package).name)
+    the_change = (change.from_range(args.checkout, args.range, package, version, args.path) if args.range
+                  else change.from_diff(args.diff, package, parent, version))
+    if args.reverse:
+        the_change = change.reversed_change(the_change)
+    if not the_change.files:
+        print(f"parity: the change touches no Python file of {spec.name}'s package: nothing to gate", file=sys.stderr)
+        return EXIT_OK
+    cfg = RunConfig(backends=[replace(spec, python=python)], reference=_reference(args), device=args.device,
+                    dtype=args.dtype, out=args.out, timeout=args.timeout, command=shlex.join(["parity", *argv]),
+                    profile=profile.name, seed=args.seed)
+    outcome = _harness(lambda: pr.gate_change(cfg, the_change, archs, profile,
+                                              lambda m: print(m, file=sys.stderr, flush=True)), args)
+    if outcome is None:
+        return EXIT_USAGE
+    print(outcome.markdown)
+    print(f"parity: PR comment in {args.out}/report.md", file=sys.stderr)
+    return EXIT_DIVERGED if outcome.result and outcome.result.regressed else EXIT_OK
 
 
 def cmd_repro(args: argparse.Namespace, argv: list[str]) -> int:
@@ -235,9 +305,7 @@ def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_surface(args: argparse.Namespace, argv: list[str]) -> int:
-    archs = args.arch or list(registry.ARCHITECTURES)
-    for a in archs:
-        registry.get(a)
+    archs = _archs(args)
     spec = _reference(args)
     measured = []
     with tempfile.TemporaryDirectory(prefix="parity-surface-") as tmp:
@@ -277,5 +345,5 @@ def cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "replay": cmd_replay, "gate": cmd_gate, "repro": cmd_repro, "merge": cmd_merge, "archs": cmd_archs, "surface": cmd_surface,
+COMMANDS = {"run": cmd_run, "replay": cmd_replay, "gate": cmd_gate, "repro": cmd_repro, "pr": cmd_pr, "merge": cmd_merge, "archs": cmd_archs, "surface": cmd_surface,
             "schema": cmd_schema, "env": cmd_env}

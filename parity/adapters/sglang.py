@@ -79,6 +79,12 @@ class Adapter(EngineAdapter[Any]):
 
         return list(ModelRegistry.get_supported_archs())
 
+    def model_modules(self, architecture: str) -> str | None:
+        from sglang.srt.models.registry import ModelRegistry
+
+        cls = ModelRegistry.models.get(architecture) if ModelRegistry.is_arch_supported(architecture) else None
+        return None if cls is None else cls.__module__
+
     def unsupported_features(self) -> dict[str, str]:
         """Read from the attention backend's own code: a torch_native backend that never reads a
         layer's ``logit_cap`` computes plain softmax attention, so soft-capped models would run,

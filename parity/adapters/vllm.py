@@ -53,6 +53,14 @@ class Adapter(EngineAdapter[Any]):
 
         return list(ModelRegistry.get_supported_archs())
 
+    def model_modules(self, architecture: str) -> str | None:
+        from vllm import ModelRegistry
+
+        entry = ModelRegistry.models.get(architecture)  # lazy entries name their module, loaded ones hold the class
+        if entry is None:
+            return None
+        return getattr(entry, "module_name", None) or entry.model_cls.__module__
+
     def head_sizes(self) -> list[int] | None:
         if self.device != "cpu":
             return None
