@@ -6,7 +6,7 @@ overlay directory: the pinned build's environment, untouched, runs with that sid
 taking precedence (:mod:`parity.worker.overlay`). The engine says where each family lives,
 which picks the families the change can affect (:mod:`parity.affected`). The baseline
 (pinned build + the files before) is searched; the candidate (+ the files after) runs the
-baseline's very examples; :mod:`parity.gate` judges the pair.
+baseline's very examples (generated ones, and the minimal example of a failure); :mod:`parity.gate` judges the pair.
 """
 
 from __future__ import annotations
@@ -96,8 +96,10 @@ def gate_change(cfg: RunConfig, change: Change, archs: list[str] | None, profile
         text = _markdown(change, families, None, baseline, None)
         report_mod.atomic_write(out / "report.md", text)
         return PrOutcome(families, None, text)
-    examples = [Example.from_json(ex.model_dump()) for ex in baseline.examples]
-    log(f"parity: candidate: the baseline's {len(examples)} examples with the change applied")
+    # The steps of shrinking a baseline failure repeat what its minimal example shows.
+    examples = [Example.from_json(ex.model_dump()) for ex in baseline.examples if ex.role != "shrink" or ex.minimal]
+    log(f"parity: candidate: the baseline's {len(examples)} examples (generated, and minimal failing ones) "
+        f"with the change applied")
     candidate = replay(replace(cfg, backends=[head_spec], out=out / "candidate"), examples)
     result = gate.gate(baseline, candidate)
     text = _markdown(change, families, result, baseline, candidate)
