@@ -159,19 +159,17 @@ def from_diff(diff: Path, repo_package: str, installed: Path, pinned: str) -> Ch
                 shutil.copyfile(src, dst)
         pinned_tree.mkdir(exist_ok=True)
         shutil.copytree(pinned_tree, other_tree)
-        include = [f"--include={_repo(rel, prefix)}" for rel in inside]
-        forward = subprocess.run(["git", "apply", "--check", *include, str(diff.resolve())], cwd=other_tree,
-                                 capture_output=True, text=True)
-        reverse = forward.returncode and subprocess.run(["git", "apply", "-R", "--check", *include,
-                                                          str(diff.resolve())], cwd=other_tree, capture_output=True,
-                                                         text=True)
-        if forward.returncode and reverse.returncode:
+        apply = ["apply", *(f"--include={_repo(rel, prefix)}" for rel in inside), str(diff.resolve())]
+        forward = subprocess.run(["git", *apply[:1], "--check", *apply[1:]], cwd=other_tree, capture_output=True,
+                                 text=True)
+        released = forward.returncode != 0  # the pinned build may already hold the change
+        if released and subprocess.run(["git", *apply[:1], "-R", "--check", *apply[1:]], cwd=other_tree,
+                                       capture_output=True).returncode:
             why = (forward.stderr.strip().splitlines() or ["?"])[0]
             raise ChangeRefused(f"{diff} applies to neither side of the pinned {pinned}'s files ({why}): "
                                 f"it was made against another version")
-        _git(["apply", *(["-R"] if forward.returncode else []), *include, str(diff.resolve())], other_tree,
-             f"git apply {diff}")
-        base_tree, head_tree = (other_tree, pinned_tree) if forward.returncode else (pinned_tree, other_tree)
+        _git([*apply[:1], *(["-R"] if released else []), *apply[1:]], other_tree, f"git apply {diff}")
+        base_tree, head_tree = (other_tree, pinned_tree) if released else (pinned_tree, other_tree)
 
         def read(tree: Path, rel: str) -> bytes | None:
             p = tree / _repo(rel, prefix)
@@ -179,5 +177,5 @@ def from_diff(diff: Path, repo_package: str, installed: Path, pinned: str) -> Ch
 
         files = tuple(f for f in (ChangedFile(rel, read(base_tree, rel), read(head_tree, rel)) for rel in inside)
                       if f.base != f.head)
-    direction = "already in the pinned build: gated as base -> pinned" if forward.returncode else "onto the pinned build"
+    direction = "already in the pinned build: gated as base -> pinned" if released else "onto the pinned build"
     return Change(f"{diff} ({direction})", files, tuple(ignored))

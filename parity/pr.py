@@ -26,6 +26,7 @@ from parity.profiles import Profile
 from parity.records import Report
 from parity.search import run
 from parity.session import RunConfig, Session, replay
+from parity.summary import summarize
 from parity.worker import overlay
 from parity.worker.contract import ModulesReply, ModulesRequest
 
@@ -96,12 +97,13 @@ def gate_change(cfg: RunConfig, change: Change, archs: list[str] | None, profile
         text = _markdown(change, families, None, baseline, None)
         report_mod.atomic_write(out / "report.md", text)
         return PrOutcome(families, None, text)
-    # The steps of shrinking a baseline failure repeat what its minimal example shows.
-    examples = [Example.from_json(ex.model_dump()) for ex in baseline.examples if ex.role != "shrink" or ex.minimal]
+    # The steps of shrinking a baseline failure repeat what its minimal example shows: neither run nor judged.
+    kept = [ex for ex in baseline.examples if ex.role != "shrink" or ex.minimal]
+    examples = [Example.from_json(ex.model_dump()) for ex in kept]
     log(f"parity: candidate: the baseline's {len(examples)} examples (generated, and minimal failing ones) "
         f"with the change applied")
     candidate = replay(replace(cfg, backends=[head_spec], out=out / "candidate"), examples)
-    result = gate.gate(baseline, candidate)
+    result = gate.gate(baseline.model_copy(update={"examples": kept, "summary": summarize(kept)}), candidate)
     text = _markdown(change, families, result, baseline, candidate)
     report_mod.atomic_write(out / "report.md", text)
     return PrOutcome(families, result, text)

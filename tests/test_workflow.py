@@ -59,12 +59,13 @@ def _run_job(job, workspace, context, artifacts, engine_repo, overrides):
         elif uses.startswith(("actions/setup-python", "actions/cache")):
             pass  # this interpreter; the engine environments are already built (PARITY_CACHE_DIR)
         elif uses.startswith("actions/upload-artifact"):
-            target = artifacts / with_["name"]
-            for pattern in with_["path"].split():
-                for hit in glob.glob(str(workspace / pattern)):
-                    rel = Path(hit).relative_to(workspace)
-                    (target / rel).parent.mkdir(parents=True, exist_ok=True)
-                    (shutil.copytree if Path(hit).is_dir() else shutil.copyfile)(hit, target / rel)
+            files = [f for pattern in with_["path"].split() for hit in glob.glob(str(workspace / pattern))
+                     for f in ([Path(hit)] if Path(hit).is_file() else Path(hit).rglob("*")) if f.is_file()]
+            # As upload-artifact does: paths kept relative to the least common ancestor of what was found.
+            root = Path(os.path.commonpath([f.parent for f in files])) if files else workspace
+            for f in files:
+                (artifacts / with_["name"] / f.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, artifacts / with_["name"] / f.relative_to(root))
         elif uses.startswith("actions/download-artifact"):
             for art in sorted(artifacts.iterdir()):
                 if fnmatch.fnmatch(art.name, with_["pattern"]):
@@ -93,7 +94,7 @@ def _engine_repo(path):
     rope = "vllm/model_executor/layers/rotary_embedding"
     shutil.copytree(site / rope, path / rope, ignore=shutil.ignore_patterns("__pycache__"))
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "base"], ["tag", f"v{version}"],
-                 ["apply", "-R", str(UPSTREAM)], ["commit", "-qam", "revert YaRN attention_factor/mscale"]):
+                 ["apply", "-R", str(UPSTREAM)], ["add", "-A"], ["commit", "-qm", "revert the YaRN fix"]):
         subprocess.run(["git", "-c", "user.email=a@b", "-c", "user.name=a", *args], cwd=path, check=True,
                        capture_output=True)
     return f"v{version}", subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True,
@@ -118,6 +119,7 @@ def test_two_shards_merged_then_gated(tmp_path):
         _run_job(workflow["jobs"]["shard"], ws, {**context, "github.workspace": ws, "matrix.arch": arch},
                  artifacts, tmp_path / "engine-repo", overrides)
     assert sorted(p.name for p in artifacts.iterdir()) == ["parity-shard-llama", "parity-shard-qwen2"]
+    assert (artifacts / "parity-shard-llama" / "candidate" / "report.json").is_file()
 
     ws = tmp_path / "gate"
     gate_context = {**context, "github.workspace": ws}
