@@ -2,8 +2,9 @@
 
 Exit codes: 0 every backend agrees with the reference; 1 a divergence or an
 engine error was found; 2 usage or harness error (nothing was concluded);
-130 interrupted (finished examples are kept in the report). ``parity gate``: 0 no
-regression, 1 a regression against the baseline, 2 unreadable or incomparable reports.
+130 interrupted (finished examples are kept in the report). ``parity gate`` and ``parity pr``:
+0 no regression, 1 a regression against the baseline, 2 unreadable or incomparable reports
+(``parity pr``: a change it refuses). ``parity merge`` and ``parity repro``: 0 written, 2 refused.
 """
 
 from __future__ import annotations
