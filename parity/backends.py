@@ -8,7 +8,7 @@ module and one entry in ``BACKENDS``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
@@ -49,6 +49,12 @@ class BackendDef:
     engine_package: str
     """Distribution whose version names the environment in reports."""
 
+    runner: str | None = None
+    """Module in parity.adapters that drives the engine with no parity import (repro bundles copy it)."""
+
+    repo_package: str | None = None
+    """Where the engine's importable package lies in its own git repository (``parity pr`` reads changes there)."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "environments", MappingProxyType(dict(self.environments)))
 
@@ -67,7 +73,8 @@ BACKENDS: Mapping[str, BackendDef] = MappingProxyType({
         },
     ),
     "vllm": BackendDef(
-        name="vllm", adapter="vllm", engine_package="vllm",
+        name="vllm", adapter="vllm", engine_package="vllm", runner="vllm_runner",
+        repo_package="vllm",
         environments={
             "cpu": (
                 _CPU_TORCH,
@@ -80,7 +87,8 @@ BACKENDS: Mapping[str, BackendDef] = MappingProxyType({
         },
     ),
     "sglang": BackendDef(
-        name="sglang", adapter="sglang", engine_package="sglang",
+        name="sglang", adapter="sglang", engine_package="sglang", runner="sglang_runner",
+        repo_package="python/sglang",
         environments={
             # sglang pins CUDA torch and CUDA-only kernel packages, so on CPU it goes in
             # without its dependencies, next to CPU torch, with the ones it imports listed
@@ -116,6 +124,10 @@ class BackendSpec:
     """Interpreter of the user's own engine environment; None means parity's managed one."""
 
     patches: tuple[str, ...] = field(default=())
+
+    overlay: str | None = None
+    """Directory put first on the worker's PYTHONPATH whose files take precedence over the installed
+    engine's (``parity pr``; see parity/worker/overlay.py)."""
 
     @property
     def definition(self) -> BackendDef:
@@ -160,7 +172,7 @@ def attach_patches(specs: list[BackendSpec], patches: list[str]) -> list[Backend
         if not path.is_file():
             raise BackendUsageError(f"--patch {text!r}: file {file!r} does not exist")
         by_label[label].append(str(path.absolute()))
-    return [BackendSpec(s.name, s.label, s.python, tuple(by_label[s.label])) for s in specs]
+    return [replace(s, patches=tuple(by_label[s.label])) for s in specs]
 
 
 def parse_backends(texts: list[str], patches: list[str]) -> list[BackendSpec]:

@@ -2,8 +2,9 @@
 
 Exit codes: 0 every backend agrees with the reference; 1 a divergence or an
 engine error was found; 2 usage or harness error (nothing was concluded);
-130 interrupted (finished examples are kept in the report). ``parity gate``: 0 no
-regression, 1 a regression against the baseline, 2 unreadable or incomparable reports.
+130 interrupted (finished examples are kept in the report). ``parity gate`` and ``parity pr``:
+0 no regression, 1 a regression against the baseline, 2 unreadable or incomparable reports
+(``parity pr``: a change it refuses). ``parity merge`` and ``parity repro``: 0 written, 2 refused.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from parity import __version__, envs, gate, interrupts, profiles, registry, support, surface
+from parity import __version__, change, envs, gate, interrupts, pr, profiles, registry, repro, support, surface
 from parity import report as report_mod
 from parity.backends import BACKENDS, BackendSpec, BackendUsageError, parse, parse_backends
 from parity.example import Example
@@ -24,6 +25,7 @@ from parity.pool import Worker, WorkerError
 from parity.records import Report
 from parity.search import run
 from parity.session import HarnessError, PatchError, RunConfig, Session, replay
+from parity.summary import merge
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -75,6 +77,46 @@ def build_parser() -> argparse.ArgumentParser:
                                       "2 unreadable or incomparable reports.")
     gate.add_argument("--baseline", type=Path, required=True, metavar="REPORT", help="baseline report.json (or its directory)")
     gate.add_argument("--candidate", type=Path, required=True, metavar="REPORT", help="candidate report.json (or its directory)")
+
+    prg = sub.add_parser("pr", help="gate an engine change to Python files on the pinned build, without building it",
+                         description="Overlays the change's Python files onto parity's pinned build of the engine "
+                                     "(its environment is not modified), picks the families the change can affect, "
+                                     "searches them on the build with the files before the change and runs the same "
+                                     "examples with the files after it, then gates. Exit 0 no regression (or no "
+                                     "family affected), 1 regression, 2 refused: compiled sources, a far version, "
+                                     "bad input.")
+    prg.add_argument("engine", metavar="NAME[=PYTHON]", help="engine (vllm, sglang); =PYTHON: your own install to overlay")
+    what = prg.add_mutually_exclusive_group(required=True)
+    what.add_argument("--range", metavar="BASE..HEAD", help="the change: a git range of --checkout")
+    what.add_argument("--diff", type=Path, metavar="FILE", help="the change: a unified diff (git diff, diff -u)")
+    prg.add_argument("--reverse", action="store_true", help="gate the change undone (a revert of it)")
+    prg.add_argument("--checkout", type=Path, metavar="DIR", help="git checkout of the engine (with --range)")
+    prg.add_argument("--path", action="append", default=[], metavar="PATH",
+                     help="limit --range to these paths of the checkout (repeatable)")
+    prg.add_argument("--arch", action="append", metavar="NAME",
+                     help="only these families, among those the change can affect (repeatable)")
+    prg.add_argument("--examples", type=int, metavar="N", help="examples per architecture (overrides the profile)")
+    prg.add_argument("--profile", choices=list(profiles.PROFILES), default="ci",
+                     help="search effort (ci is derandomized). Default: %(default)r")
+    prg.add_argument("--seed", type=int, help="Hypothesis seed. Default: the profile's (ci: the UTC date)")
+    prg.add_argument("--out", type=Path, default=Path("reports/pr"),
+                     help="directory for baseline/, candidate/, overlay/ and report.md. Default: %(default)s")
+    _common(prg)
+
+    bundle = sub.add_parser("repro", help="write one example as a folder that reproduces it without parity",
+                            description="The folder holds config.json, the weight seed and prompts, a script that "
+                                        "rebuilds the checkpoint and run.py, which runs transformers and the engine "
+                                        "and prints the first divergent layer; it needs only the engine's environment.")
+    bundle.add_argument("report", type=Path, help="report.json (or its directory)")
+    bundle.add_argument("example", help="example id (see the report)")
+    bundle.add_argument("--backend", required=True, metavar="LABEL", help="the backend's label in the report")
+    bundle.add_argument("--out", type=Path, help="bundle directory. Default: <report dir>/repro-<id>-<label>")
+
+    shards = sub.add_parser("merge", help="merge the reports of one run split over machines or shards into one",
+                           description="Refuses (exit 2) reports that are not parts of one run: other engines or "
+                                       "versions, reference, device, dtype, profile or seed. Exit 0 once written.")
+    shards.add_argument("out", type=Path, help="directory for the merged report.json, report.md and report.html")
+    shards.add_argument("reports", type=Path, nargs="+", metavar="REPORT", help="report.json files (or their directories)")
 
     archs = sub.add_parser("archs", help="list the architecture registry; with --backend, the support matrix")
     archs.add_argument("--backend", action="append", metavar="NAME[@LABEL][=PYTHON]",
@@ -132,19 +174,38 @@ def _exit_code(report) -> int:
     return EXIT_DIVERGED if report.summary.failing else EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+def _archs(args: argparse.Namespace) -> list[str]:
+    """``--arch`` options, each checked (default: every architecture)."""
     archs = args.arch or list(registry.ARCHITECTURES)
     for a in archs:
         registry.get(a)
+    return archs
+
+
+def _profile(args: argparse.Namespace) -> profiles.Profile:
     profile = profiles.get(args.profile)
     if args.examples is not None:
         if args.examples < 1:
             raise ValueError(f"--examples must be at least 1, got {args.examples}")
         profile = replace(profile, max_examples=args.examples)
-    seed = args.seed if args.seed is not None else profile.seed()
-    if args.seed is None and seed is not None:
+    return profile
+
+
+def _seed(args: argparse.Namespace, profile: profiles.Profile) -> int | None:
+    """``--seed``, else the profile's (ci: the seed of the day, said on stderr)."""
+    if args.seed is not None:
+        return args.seed
+    seed = profile.seed()
+    if seed is not None:
         print(f"parity: seed {seed} (the {profile.name} profile's seed of the day; --seed N pins another)",
               file=sys.stderr)
+    return seed
+
+
+def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+    archs = _archs(args)
+    profile = _profile(args)
+    seed = _seed(args, profile)
     cfg = RunConfig(backends=parse_backends(args.backend or ["vllm"], args.patch), reference=_reference(args),
                     device=args.device, dtype=args.dtype, out=args.out, timeout=args.timeout,
                     command=shlex.join(["parity", *argv]), profile=profile.name, seed=seed,
@@ -167,7 +228,7 @@ def cmd_replay(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = RunConfig(backends=specs, reference=_reference(args), device=old.device, dtype=old.dtype,
                     out=args.out or args.report.parent / f"replay-{example.id}", timeout=args.timeout,
                     command=shlex.join(["parity", *argv]), profile=old.profile, seed=old.seed)
-    report = _harness(lambda: replay(cfg, example), args)
+    report = _harness(lambda: replay(cfg, [example]), args)
     if report is None:
         return EXIT_USAGE
     for r in report.examples[0].results:
@@ -181,6 +242,57 @@ def cmd_gate(args: argparse.Namespace, argv: list[str]) -> int:
     result = gate.gate(report_mod.read(args.baseline), report_mod.read(args.candidate))
     print(gate.render(result, str(args.baseline), str(args.candidate)))
     return EXIT_DIVERGED if result.regressed else EXIT_OK
+
+
+def cmd_pr(args: argparse.Namespace, argv: list[str]) -> int:
+    archs = _archs(args) if args.arch else None
+    spec = parse(args.engine)
+    package = spec.definition.repo_package
+    if package is None:
+        raise ValueError(f"{spec.name} is no engine with a repository layout parity knows; use vllm or sglang")
+    if args.range and args.checkout is None:
+        raise ValueError("--range needs --checkout DIR, the engine's git checkout")
+    profile = _profile(args)
+    try:
+        python = spec.python or str(envs.ensure(spec.definition, args.device, lambda m: print(m, file=sys.stderr)))
+    except envs.EnvBuildError as exc:
+        print(f"parity: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    parent, version = pr.installed(python, Path(package).name)
+    the_change = (change.from_range(args.checkout, args.range, package, version, args.path) if args.range
+                  else change.from_diff(args.diff, package, parent, version))
+    if args.reverse:
+        the_change = change.reversed_change(the_change)
+    if not the_change.files:
+        print(f"parity: the change touches no Python file of {spec.name}'s package: nothing to gate", file=sys.stderr)
+        return EXIT_OK
+    cfg = RunConfig(backends=[replace(spec, python=python)], reference=_reference(args), device=args.device,
+                    dtype=args.dtype, out=args.out, timeout=args.timeout, command=shlex.join(["parity", *argv]),
+                    profile=profile.name, seed=_seed(args, profile))
+    outcome = _harness(lambda: pr.gate_change(cfg, the_change, archs, profile,
+                                              lambda m: print(m, file=sys.stderr, flush=True)), args)
+    if outcome is None:
+        return EXIT_USAGE
+    print(outcome.markdown)
+    print(f"parity: PR comment in {args.out}/report.md", file=sys.stderr)
+    return EXIT_DIVERGED if outcome.result and outcome.result.regressed else EXIT_OK
+
+
+def cmd_repro(args: argparse.Namespace, argv: list[str]) -> int:
+    report = report_mod.read(args.report)
+    directory = args.report if args.report.is_dir() else args.report.parent
+    out = repro.write(report, args.example, args.backend, args.out or directory / f"repro-{args.example}-{args.backend}")
+    python = next(b.python for b in report.backends if b.label == args.backend)
+    print(f"parity: repro bundle written to {out}; run it with: {shlex.quote(python)} {shlex.quote(str(out / 'run.py'))}")
+    return EXIT_OK
+
+
+def cmd_merge(args: argparse.Namespace, argv: list[str]) -> int:
+    merged = merge([report_mod.read(p) for p in args.reports], command=shlex.join(["parity", *argv]))
+    report_mod.write(merged, args.out)
+    print(f"parity: {len(args.reports)} reports, {merged.summary.examples} examples merged into {args.out}/report.json",
+          file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
@@ -207,9 +319,7 @@ def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_surface(args: argparse.Namespace, argv: list[str]) -> int:
-    archs = args.arch or list(registry.ARCHITECTURES)
-    for a in archs:
-        registry.get(a)
+    archs = _archs(args)
     spec = _reference(args)
     measured = []
     with tempfile.TemporaryDirectory(prefix="parity-surface-") as tmp:
@@ -249,5 +359,5 @@ def cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "replay": cmd_replay, "gate": cmd_gate, "archs": cmd_archs, "surface": cmd_surface,
+COMMANDS = {"run": cmd_run, "replay": cmd_replay, "gate": cmd_gate, "repro": cmd_repro, "pr": cmd_pr, "merge": cmd_merge, "archs": cmd_archs, "surface": cmd_surface,
             "schema": cmd_schema, "env": cmd_env}

@@ -99,7 +99,8 @@ class Worker:
         for patch in self.spec.patches:
             cmd += ["--patch", patch]
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(worker_path(self.cache)), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.spec.overlay, str(worker_path(self.cache)),
+                                                          env.get("PYTHONPATH")]))
         env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:

@@ -6,6 +6,7 @@ the plainest model that still fails, which is marked minimal in the report.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from hypothesis import given
 from hypothesis import seed as hypothesis_seed
@@ -62,9 +63,11 @@ def search(session: Session, arch: str, profile: Profile, seed: int | None) -> s
     test = hypothesis_settings(profile, session.cache / "examples")(test)
     if seed is not None:
         test = hypothesis_seed(seed)(test)
-    # One example-database key per architecture and backend set, so replays stay apart.
+    # One example-database key per architecture and backend set (patches and overlays included), so replays
+    # stay apart.
     test._hypothesis_internal_add_digest = "|".join(
-        [arch] + [f"{w.label}:{','.join(w.spec.patches)}" for w in session.engines]).encode()
+        [arch] + [f"{w.label}:{','.join(w.spec.patches)}" + (f"+{w.spec.overlay}" if w.spec.overlay else "")
+                  for w in session.engines]).encode()
     try:
         test()
     except _Failed as failure:
@@ -75,11 +78,13 @@ def search(session: Session, arch: str, profile: Profile, seed: int | None) -> s
     return None
 
 
-def run(cfg: RunConfig, archs: list[str], profile: Profile, launch: Launch | None = None) -> Report:
-    """``parity run``: search every architecture; the report is complete unless interrupted."""
+def run(cfg: RunConfig, archs: list[str] | Callable[[Session], list[str]], profile: Profile,
+        launch: Launch | None = None) -> Report:
+    """``parity run``: search every architecture; the report is complete unless interrupted. ``archs`` may be
+    chosen once the workers have started, from what they say (``parity pr`` asks the engine)."""
     with Session(cfg, launch=launch) as session:
         try:
-            for arch in archs:
+            for arch in archs(session) if callable(archs) else archs:
                 session.log(f"parity: searching {arch} ({profile.name} profile, {profile.max_examples} examples)")
                 minimal = search(session, arch, profile, cfg.seed)
                 if minimal:

@@ -427,7 +427,9 @@ def _setup_error(exc: Exception) -> HarnessError:
     return HarnessError(str(exc))
 
 
-def replay(cfg: RunConfig, example: Example) -> Report:
+def replay(cfg: RunConfig, examples: list[Example]) -> Report:
+    """Run exactly these examples (``parity replay``; ``parity pr``'s candidate, on the baseline's examples)."""
     with Session(cfg) as session:
-        session.evaluate(example, role="replay")
+        for example in examples:
+            session.evaluate(example, role="replay")
         return session.write(complete=True)

@@ -4,9 +4,10 @@ of a report can use it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from parity.records import ExampleRecord, Report, Summary
+from parity.records import BackendInfo, ExampleRecord, Report, Summary
 from parity.registry import ARCHITECTURES, canonical_config
 
 
@@ -63,18 +64,32 @@ def coverage(examples: list[ExampleRecord]) -> dict[str, dict[str, dict[str, int
     return out
 
 
+def _setting(report: Report) -> dict[str, Any]:
+    """What two reports must share to be parts of one run: the same examples are judged by the same
+    engines and reference in the same way. Interpreter paths may differ (shards run on separate machines)."""
+    def engine(b: BackendInfo) -> tuple:
+        return b.engine, b.versions, [Path(p).name for p in b.patches]
+
+    return {"device": report.device, "dtype": report.dtype, "profile": report.profile, "seed": report.seed,
+            "reference": engine(report.reference), "backends": {b.label: engine(b) for b in report.backends}}
+
+
 def merge(reports: list[Report], command: str) -> Report:
-    """One report from the partial reports of one run split over processes (pytest-xdist)."""
+    """One report from partial reports of one run: split over processes (pytest-xdist) or over
+    machines (CI shards, each a subset of the architectures). Refuses parts that are not comparable."""
     if not reports:
         raise ValueError("nothing to merge")
     first = reports[0]
-    for r in reports[1:]:
-        if (r.device, r.dtype, r.profile, r.seed, r.backends) != (first.device, first.dtype, first.profile, first.seed,
-                                                                   first.backends):
-            raise ValueError("cannot merge reports of different backends, device, dtype, profile or seed")
+    want = _setting(first)
+    for i, r in enumerate(reports[1:], start=2):
+        got = _setting(r)
+        differ = [f"{k} {want[k]!r} vs {got[k]!r}" for k in want if want[k] != got[k]]
+        if differ:
+            raise ValueError(f"cannot merge report 1 and report {i}: different " + "; ".join(differ))
     examples = {ex.id: ex for r in reports for ex in r.examples}
     ordered = sorted(examples.values(), key=lambda ex: (ex.arch, ex.id))
     return first.model_copy(update={
         "command": command, "examples": ordered, "summary": summarize(ordered),
         "complete": all(r.complete for r in reports),
+        "surface": {arch: cov for r in reports for arch, cov in r.surface.items()},
     })

@@ -176,3 +176,37 @@ def test_the_decode_trajectory_of_each_result_is_shown_in_markdown_and_html():
     assert "<p>Decode steps compared along the reference&#x27;s own greedy tokens.</p>" in page
     assert "Decode steps:" not in markdown.render(report(example("b", same)))
     assert "trajectory" in Report.model_json_schema()["$defs"]["BackendResult"]["properties"]
+
+
+def test_merge_takes_shards_from_other_machines_and_refuses_other_engines_or_reference():
+    def shard(ex_id, python="/m1/bin/python", vllm="0.32.0", reference="5.19.0"):
+        r = report(example(ex_id, result("vllm")))
+        return r.model_copy(update={
+            "backends": [b.model_copy(update={"python": python, "versions": {"vllm": vllm}}) for b in r.backends],
+            "reference": r.reference.model_copy(update={"versions": {"transformers": reference}})})
+
+    merged = merge([shard("a"), shard("b", python="/m2/venv/bin/python")], "m")
+    assert [ex.id for ex in merged.examples] == ["a", "b"]
+    with pytest.raises(ValueError, match=r"report 2: different backends .*0\.31\.0"):
+        merge([shard("a"), shard("b", vllm="0.31.0")], "m")
+    with pytest.raises(ValueError, match=r"report 2: different reference .*5\.18\.0"):
+        merge([shard("a"), shard("b", reference="5.18.0")], "m")
+    with pytest.raises(ValueError, match="different profile 'dev' vs 'ci'"):
+        merge([shard("a"), shard("b").model_copy(update={"profile": "ci"})], "m")
+
+
+def test_merge_command_writes_the_merged_report_and_refuses_in_one_line(tmp_path, capsys):
+    from parity.cli import main
+
+    report_mod.write(report(example("a", result("vllm"))), tmp_path / "s1", render=False)
+    report_mod.write(report(example("b", result("vllm", {"layers.0.q_rot": 1.0}))), tmp_path / "s2", render=False)
+    report_mod.write(report(example("c", result("vllm")), device="cuda"), tmp_path / "s3", render=False)
+    assert main(["merge", str(tmp_path / "all"), str(tmp_path / "s1"), str(tmp_path / "s2" / "report.json")]) == 0
+    merged = report_mod.read(tmp_path / "all")
+    assert [ex.id for ex in merged.examples] == ["a", "b"] and merged.summary.failing == ["b"]
+    assert (tmp_path / "all" / "report.md").is_file()
+    capsys.readouterr()
+    assert main(["merge", str(tmp_path / "bad"), str(tmp_path / "s1"), str(tmp_path / "s3")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "different device 'cpu' vs 'cuda'" in err
+    assert not (tmp_path / "bad").exists()

@@ -18,7 +18,8 @@ from abc import ABC, abstractmethod
 from typing import ClassVar, Generic, Mapping, TypeVar
 
 from parity.worker.capture import Hooks, NullRecorder, Recorder, config_head_dim, save
-from parity.worker.contract import Capabilities, ContractError, RunReply, RunRequest, SurfaceReply, SurfaceRequest
+from parity.worker.contract import (Capabilities, ContractError, ModulesReply, ModulesRequest, RunReply, RunRequest,
+                                    SurfaceReply, SurfaceRequest)
 
 Loaded = TypeVar("Loaded")
 """What an engine's load returns: the model, or the engine object holding it."""
@@ -124,6 +125,25 @@ class EngineAdapter(ABC, Generic[Loaded]):
 
     def surface(self, request: SurfaceRequest) -> SurfaceReply:
         raise ContractError(f"{self.engine} does not measure config surfaces; the transformers reference does")
+
+    def model_modules(self, architecture: str) -> str | None:
+        """The module defining the engine's class for ``architecture``; None where it registers none."""
+        raise ContractError(f"{self.engine} does not say where its models live")
+
+    def modules(self, request: ModulesRequest) -> ModulesReply:
+        """Each architecture's module and the engine's other model modules it takes names from."""
+        import importlib
+
+        out: dict[str, list[str]] = {}
+        for arch in request.architectures:
+            name = self.model_modules(arch)
+            if name is None:
+                continue
+            module = importlib.import_module(name)
+            models = name.rpartition(".")[0] + "."
+            used = {getattr(v, "__module__", None) or getattr(v, "__name__", "") for v in vars(module).values()}
+            out[arch] = [name, *sorted(m for m in used if m.startswith(models) and m != name)]
+        return ModulesReply(modules=out)
 
     def _teardown(self, held: list[Loaded], failure: BaseException | None = None) -> None:
         try:

@@ -11,31 +11,22 @@ Conventions normalised here:
   must not leak into the next model) and may update q/k in place;
 - logits are computed only for the tokens that are sampled.
 
+Loading, serving and reading the residual stream live in :mod:`parity.adapters.vllm_runner`,
+which imports nothing from parity (repro bundles carry it); this module adds parity's capture.
+
 The CUDA path (``--device cuda``) uses the same hooks; it is untested on a GPU.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
-
-# Must be set before vllm is imported.
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default reserves far too much
 
 import torch
 
+from parity.adapters import vllm_runner as runner  # sets vLLM's environment before vllm is imported
 from parity.adapters.base import EngineAdapter
-from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, first, forward_inputs, hook_common,
-                                    hook_rotaries, takes_residual)
+from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, forward_inputs, hook_common, hook_rotaries
 from parity.worker.contract import RunRequest
-
-
-def _residual(layer: torch.nn.Module, output: Any, args: tuple) -> torch.Tensor:
-    if not takes_residual(layer):
-        return first(output)
-    hidden, residual = output
-    return hidden if residual is None else hidden + residual
 
 
 def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -61,6 +52,14 @@ class Adapter(EngineAdapter[Any]):
         from vllm import ModelRegistry
 
         return list(ModelRegistry.get_supported_archs())
+
+    def model_modules(self, architecture: str) -> str | None:
+        from vllm import ModelRegistry
+
+        entry = ModelRegistry.models.get(architecture)  # lazy entries name their module, loaded ones hold the class
+        if entry is None:
+            return None
+        return getattr(entry, "module_name", None) or entry.model_cls.__module__
 
     def head_sizes(self) -> list[int] | None:
         if self.device != "cpu":
@@ -91,32 +90,19 @@ class Adapter(EngineAdapter[Any]):
         return {}
 
     def load(self, request: RunRequest) -> Any:
-        from vllm import LLM
-
-        longest = max(len(p) for p in request.prompts) + request.decode_steps + 1
-        return LLM(
-            model=request.checkpoint, skip_tokenizer_init=True, dtype=request.dtype, enforce_eager=True, seed=0,
-            max_model_len=max(longest, 64), max_num_seqs=max(len(request.prompts), 1),
-            max_num_batched_tokens=max(2048, longest * len(request.prompts)),
-            # On CPU this is the fraction of RAM reserved; the default 0.92 fails.
-            gpu_memory_utilization=0.1 if self.device == "cpu" else 0.3,
-            load_format="safetensors", trust_remote_code=False,
-        )
+        return runner.load(request.checkpoint, request.dtype, self.device, [list(p) for p in request.prompts],
+                           request.decode_steps)
 
     def hook(self, loaded: Any, rec: Recorder, modules: Mapping[str, str]) -> Hooks:
         (hooks,) = loaded.apply_model(lambda model: self._install(Parts(model, modules), rec))
         return hooks
 
     def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:
-        from vllm import SamplingParams
-
-        params = SamplingParams(temperature=0.0, max_tokens=request.decode_steps + 1, ignore_eos=True,
-                                detokenize=False)
-        loaded.generate([{"prompt_token_ids": list(p)} for p in request.prompts], params, use_tqdm=False)
+        runner.generate(loaded, [list(p) for p in request.prompts], request.decode_steps)
 
     @staticmethod
     def _install(parts: Parts, rec: Recorder) -> Hooks:
-        hooks = hook_common(rec, parts, layer_input=_layer_input, residual=_residual)
+        hooks = hook_common(rec, parts, layer_input=_layer_input, residual=runner.residual_stream)
         hooks.before_forward(parts.decoder, lambda *a, **kw: rec.begin_forward(*forward_inputs(a, kw)))
         hooks.post(parts.model.logits_processor, lambda m, a, o: rec.record_logits(o))
         hook_rotaries(hooks, rec, parts)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 from parity import checkpoint
 from parity.adapters.base import EngineAdapter, Unusable
 from parity.worker import contract, protocol
-from parity.worker.contract import CheckpointReply, CheckpointRequest, RunRequest, SurfaceRequest
+from parity.worker.contract import CheckpointReply, CheckpointRequest, ModulesRequest, RunRequest, SurfaceRequest
 
 
 class PatchFailed(RuntimeError):
@@ -38,7 +38,8 @@ def _write_checkpoint(request: CheckpointRequest) -> CheckpointReply:
 
 def operations(adapter: EngineAdapter) -> Mapping[type, Callable[[Any], Any]]:
     """Every request a worker serves, by request type (``shutdown`` ends the loop instead)."""
-    return {RunRequest: adapter.run, CheckpointRequest: _write_checkpoint, SurfaceRequest: adapter.surface}
+    return {RunRequest: adapter.run, CheckpointRequest: _write_checkpoint, SurfaceRequest: adapter.surface,
+            ModulesRequest: adapter.modules}
 
 
 def main(argv: list[str] | None = None) -> int:

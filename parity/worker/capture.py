@@ -6,7 +6,6 @@ them on a live model.
 
 from __future__ import annotations
 
-import inspect
 from collections import defaultdict
 from typing import Any, Callable, Mapping, Sequence
 
@@ -146,12 +145,6 @@ class NullRecorder:
 
     def record_logits(self, logits: torch.Tensor) -> None:
         pass
-
-
-def takes_residual(layer: torch.nn.Module) -> bool:
-    """Whether a decoder layer is handed the residual (fused add+norm ports): such a layer returns
-    its pending contribution, one that is not (StableLM, GPT-J ports) returns the stream itself."""
-    return "residual" in inspect.signature(layer.forward).parameters
 
 
 class Parts:

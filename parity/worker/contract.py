@@ -139,6 +139,22 @@ class SurfaceReply:
 
 
 @dataclass(frozen=True)
+class ModulesRequest:
+    """Where the engine implements each of ``architectures``: what ``parity pr`` maps changed files through."""
+
+    op: ClassVar[str] = "modules"
+    architectures: list[str]
+
+
+@dataclass(frozen=True)
+class ModulesReply:
+    modules: dict[str, list[str]]
+    """Architecture -> the module defining its class, then the engine's other model modules that module
+    takes names from (a port built on another family's classes, the models' shared helpers); an
+    architecture the engine does not register is left out."""
+
+
+@dataclass(frozen=True)
 class ShutdownRequest:
     op: ClassVar[str] = "shutdown"
 
@@ -157,9 +173,11 @@ class ErrorReply:
     """The worker cleaned up after the failure and serves the next request; False asks for a restart."""
 
 
-REQUESTS: Mapping[str, type] = {r.op: r for r in (RunRequest, CheckpointRequest, SurfaceRequest, ShutdownRequest)}
+REQUESTS: Mapping[str, type] = {r.op: r for r in (RunRequest, CheckpointRequest, SurfaceRequest, ModulesRequest,
+                                                  ShutdownRequest)}
 REPLIES: Mapping[type, type] = {RunRequest: RunReply, CheckpointRequest: CheckpointReply,
-                                SurfaceRequest: SurfaceReply, ShutdownRequest: ShutdownReply}
+                                SurfaceRequest: SurfaceReply, ModulesRequest: ModulesReply,
+                                ShutdownRequest: ShutdownReply}
 
 Record = TypeVar("Record")
 

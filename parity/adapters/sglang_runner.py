@@ -1,0 +1,197 @@
+"""SGLang (0.5.x) driven in-process with nothing but SGLang and torch: a bare ``ModelRunner``
+(no server, scheduler, ports or tokenizer), its prefill and greedy decode, and how to read
+the residual stream off a decoder layer.
+
+This half of the SGLang adapter imports nothing from parity: ``parity repro`` copies it
+verbatim into a repro bundle, so a maintainer runs the same engine set-up without parity.
+On CPU, SGLang needs ``SGLANG_USE_CPU_ENGINE=1`` before import, torchvision's op schemas
+(its PyPI wheel's compiled ops do not load next to CPU torch) and an importable
+``sgl_kernel`` (parity's CPU environment vendors a pure-torch stand-in,
+``adapters/sglang_cpu_support``): :func:`prepare_cpu`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+from array import array
+from typing import Any, Callable
+
+import torch
+
+# Schemas of torchvision 0.28's compiled ops. With them defined before torchvision is
+# first imported, its pure-Python modules import, which ``import sglang`` needs.
+_TORCHVISION_OP_SCHEMAS = (
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+    "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor",
+    "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
+    "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, "
+    "int sampling_ratio, bool aligned) -> Tensor",
+    "qroi_align(Tensor input, Tensor rois, float input_scale, int input_zero_point, "
+    "float rois_scale, int rois_zero_point, float spatial_scale, SymInt pooled_height, "
+    "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor",
+    "roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+    "SymInt pooled_width) -> (Tensor, Tensor)",
+    "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, "
+    "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, "
+    "SymInt height, SymInt width) -> Tensor",
+    "ps_roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+    "SymInt pooled_width, int sampling_ratio) -> (Tensor, Tensor)",
+    "_ps_roi_align_backward(Tensor grad, Tensor rois, Tensor channel_mapping, "
+    "float spatial_scale, SymInt pooled_height, SymInt pooled_width, int sampling_ratio, "
+    "SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor",
+    "ps_roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+    "SymInt pooled_width) -> (Tensor, Tensor)",
+    "_ps_roi_pool_backward(Tensor grad, Tensor rois, Tensor channel_mapping, "
+    "float spatial_scale, SymInt pooled_height, SymInt pooled_width, SymInt batch_size, "
+    "SymInt channels, SymInt height, SymInt width) -> Tensor",
+    "deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, "
+    "SymInt stride_h, SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, "
+    "SymInt dilation_w, SymInt groups, SymInt offset_groups, bool use_mask) -> Tensor",
+    "_deform_conv2d_backward(Tensor grad, Tensor input, Tensor weight, Tensor offset, "
+    "Tensor mask, Tensor bias, SymInt stride_h, SymInt stride_w, SymInt pad_h, "
+    "SymInt pad_w, SymInt dilation_h, SymInt dilation_w, SymInt groups, "
+    "SymInt offset_groups, bool use_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "box_iou_rotated(Tensor boxes1, Tensor boxes2) -> Tensor",
+)
+_torchvision_schemas: torch.library.Library | None = None  # the definitions live as long as this object
+
+
+def prepare_cpu() -> None:
+    """Make ``import sglang`` work next to CPU torch; must run before sglang is imported."""
+    global _torchvision_schemas
+    os.environ["SGLANG_USE_CPU_ENGINE"] = "1"  # read at import time
+    if _torchvision_schemas is None and not hasattr(torch.ops.torchvision, "nms"):
+        _torchvision_schemas = torch.library.Library("torchvision", "FRAGMENT")
+        for schema in _TORCHVISION_OP_SCHEMAS:
+            _torchvision_schemas.define(schema)
+    if importlib.util.find_spec("sgl_kernel") is None:
+        raise ImportError(
+            "SGLang's CPU engine needs a module named sgl_kernel, and none is importable. parity's "
+            "managed CPU environment vendors a pure-torch stand-in from parity/adapters/sglang_cpu_support; "
+            "in your own environment, copy that sgl_kernel directory into site-packages (CPU machines only: "
+            "it would shadow the real CUDA kernels) or install a CPU build of sglang-kernel."
+        )
+
+
+def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int) -> Any:
+    """The model-runner set-up of ``sglang.benchmark.one_batch.load_model``, minus the tokenizer."""
+    tokens = sum(len(p) + decode_steps + 1 for p in prompts)
+    from sglang.benchmark.one_batch import _init_process_global_configs
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.distributed import bootstrap
+    from sglang.srt.model_executor.model_runner import ModelRunner
+    from sglang.srt.runtime_context import SpawnRanks, get_device, get_model, publish, spawn_world_rank
+    from sglang.srt.server_args import PortArgs, ServerArgs
+
+    server_args = ServerArgs(
+        model_path=checkpoint, device=device, dtype=dtype, skip_tokenizer_init=True, random_seed=0,
+        # Reference attention on every device: it takes any dtype and head size, and
+        # parity tests the port's layer math, not attention kernels.
+        attention_backend="torch_native", sampling_backend="pytorch",
+        disable_cuda_graph=True,  # hooks do not fire during graph replay
+        # On CPU SGLang budgets the KV cache from host free memory measured before and after
+        # loading: another engine starting meanwhile (vLLM, in the next worker) can eat a small
+        # budget and fail the load. A wide budget is harmless: max_total_tokens caps the pool.
+        disable_radix_cache=True, mem_fraction_static=0.25, max_total_tokens=max(1024, tokens),
+    )
+    server_args.resolve_once()
+    port_args = PortArgs.init_new(server_args)
+    publish(server_args, role="scheduler",
+            ranks=SpawnRanks(world_rank=spawn_world_rank(server_args, tp_rank=0, pp_rank=0), gpu_id=0))
+    _init_process_global_configs()
+    model_config = ModelConfig.from_server_args(server_args)
+    bootstrap.init_parallel_runtime(server_args=server_args, device=get_device().device,
+                                    dist_port=port_args.nccl_port)
+    bootstrap.init_layer_runtime(model_config=model_config)
+    runner = ModelRunner(model_config=model_config, mem_fraction_static=server_args.mem_fraction_static,
+                         gpu_id=0, nccl_port=port_args.nccl_port, server_args=server_args)
+    if get_model().is_startup_weight_load_overlap:
+        runner.start_startup_weight_load()
+    runner.alloc_memory_pool()
+    runner.init_attention_backends()
+    runner.init_cuda_graphs()  # with graphs disabled, still sets up the eager runner forward() uses
+    if get_model().is_startup_weight_load_overlap:
+        runner.finalize_startup_weight_load()
+    return runner
+
+
+def model(runner: Any) -> torch.nn.Module:
+    return runner.model
+
+
+@torch.no_grad()
+def generate(runner: Any, prompts: list[list[int]], decode_steps: int,
+             on_logits: Callable[[torch.Tensor], None] | None = None) -> None:
+    """One batched prefill (extend) of all prompts, then greedy decode steps with the KV cache;
+    ``on_logits`` sees each forward's logits, computed only for each request's last token."""
+    from sglang.benchmark.one_batch import TreeCacheNamespace
+    from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+    from sglang.srt.runtime_context import get_schedule
+    from sglang.srt.sampling.sampling_params import SamplingParams
+    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+    reqs = []
+    for i, ids in enumerate(prompts):
+        req = Req(rid=str(i), origin_input_text="", origin_input_ids=array("q", ids),
+                  sampling_params=SamplingParams(temperature=0, max_new_tokens=decode_steps + 1))
+        req.full_untruncated_fill_ids = req.origin_input_ids
+        req.logprob_start_len = -1  # no prompt logprobs
+        req.extend_end = len(req.origin_input_ids)
+        reqs.append(req)
+    batch = ScheduleBatch.init_new(
+        reqs=reqs, req_to_token_pool=runner.req_to_token_pool,
+        token_to_kv_pool_allocator=runner.token_to_kv_pool_allocator,
+        tree_cache=TreeCacheNamespace(page_size=get_schedule().page_size, device=runner.device,
+                                      token_to_kv_pool_allocator=runner.token_to_kv_pool_allocator),
+        model_config=runner.model_config, enable_overlap=False, spec_algorithm=SpeculativeAlgorithm.NONE,
+    )
+    batch.prepare_for_extend()
+    if batch.input_ids is None:  # staged on the host for the scheduler, which is not running
+        batch.input_ids = batch.prefill_input_ids_cpu.to(batch.device)
+        batch.prefill_input_ids_cpu = None
+
+    def forward() -> torch.Tensor:
+        forward_batch = ForwardBatch.init_new(batch, runner, return_hidden_states_before_norm=False)
+        logits = runner.forward(forward_batch).logits_output.next_token_logits
+        if on_logits is not None:
+            on_logits(logits)
+        return logits
+
+    logits = forward()  # prefill
+    for _ in range(decode_steps):
+        batch.input_ids = logits.argmax(-1).to(torch.int64)
+        batch.prepare_for_decode()
+        logits = forward()
+
+
+def takes_residual(layer: torch.nn.Module) -> bool:
+    """Whether a decoder layer is handed the residual (fused add+norm ports)."""
+    return "residual" in inspect.signature(layer.forward).parameters
+
+
+def residual_stream(layer: torch.nn.Module, output: Any, args: tuple) -> torch.Tensor:
+    """The full residual stream after a decoder layer, from its forward hook's ``args`` and ``output``.
+
+    A layer on SGLang's residual stream returns only its pending contribution and keeps the
+    residual in ``forward_batch.residual_stream``; ports not yet moved onto it (Gemma, Gemma2)
+    return ``(hidden_states, residual)``, whose sum is the stream; StableLM returns
+    ``(stream, mid-layer residual)``; GPT-J adds its own residual.
+    """
+    if isinstance(output, tuple):
+        if not takes_residual(layer):
+            return output[0]
+        hidden, residual = output
+        return hidden + residual
+    # Decoder layers are called as layer(positions, hidden_states, forward_batch, ...).
+    forward_batch = args[2]
+    if forward_batch.residual_stream is None:
+        return output
+    from sglang.srt.layers.layer_boundary.residual import batch as residual_batch
+
+    return residual_batch.snapshot(output, forward_batch)
+

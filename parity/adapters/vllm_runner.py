@@ -1,0 +1,72 @@
+"""vLLM driven in-process with nothing but vLLM and torch: an ``LLM`` for a checkpoint, its
+greedy generation with the logits of every forward, and how to read the residual stream
+off a decoder layer.
+
+This half of the vLLM adapter imports nothing from parity: ``parity repro`` copies it
+verbatim into a repro bundle, so a maintainer runs the same engine set-up without parity.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Callable
+
+# Must be set before vllm is imported: in-process, so hooks go on the live model.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default reserves far too much
+
+import torch
+
+
+def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int) -> Any:
+    from vllm import LLM
+
+    longest = max(len(p) for p in prompts) + decode_steps + 1
+    return LLM(
+        model=checkpoint, skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, seed=0,
+        max_model_len=max(longest, 64), max_num_seqs=max(len(prompts), 1),
+        max_num_batched_tokens=max(2048, longest * len(prompts)),
+        # On CPU this is the fraction of RAM reserved; the default 0.92 fails.
+        gpu_memory_utilization=0.1 if device == "cpu" else 0.3,
+        load_format="safetensors", trust_remote_code=False,
+    )
+
+
+def model(llm: Any) -> torch.nn.Module:
+    """The live model (in-process, ``apply_model`` hands back the object itself)."""
+    (live,) = llm.apply_model(lambda m: m)
+    return live
+
+
+def generate(llm: Any, prompts: list[list[int]], decode_steps: int,
+             on_logits: Callable[[torch.Tensor], None] | None = None) -> None:
+    """Greedy prefill and ``decode_steps`` decode steps; ``on_logits`` sees each forward's logits,
+    computed only for the tokens that are sampled."""
+    from vllm import SamplingParams
+
+    hooks = [] if on_logits is None else \
+        llm.apply_model(lambda m: m.logits_processor.register_forward_hook(lambda mod, a, out: on_logits(out)))
+    params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, ignore_eos=True, detokenize=False)
+    try:
+        llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def takes_residual(layer: torch.nn.Module) -> bool:
+    """Whether a decoder layer is handed the residual (fused add+RMSNorm ports)."""
+    return "residual" in inspect.signature(layer.forward).parameters
+
+
+def residual_stream(layer: torch.nn.Module, output: Any, args: tuple) -> torch.Tensor:
+    """The full residual stream after a decoder layer, from its forward hook's ``args`` and ``output``.
+
+    A layer handed the residual returns ``(hidden_states, residual)``, whose sum is the
+    stream; one that is not (StableLM, GPT-J ports) returns the stream itself, first.
+    """
+    if not takes_residual(layer):
+        return output[0] if isinstance(output, (tuple, list)) else output
+    hidden, residual = output
+    return hidden if residual is None else hidden + residual
