@@ -157,12 +157,12 @@ class Session:
         def request(dtype: str, out: Path) -> RunRequest:
             return RunRequest(checkpoint=str(ckpt), prompts=[list(p) for p in example.prompts],
                               decode_steps=example.decode_steps, dtype=dtype, out=str(out),
-                              modules=asdict(registry.get(example.arch).modules))
+                              modules=asdict(registry.get(example.arch).modules), execution=example.execution)
 
         failed: dict[str, BackendResult] = {}  # unsupported or errored, by label
         runnable: list[WorkerHandle] = []
         for w in self.engines:
-            reason = support.supports(w.capabilities, example.arch, example.config)
+            reason = support.supports(w.capabilities, example.arch, example.config, example.execution)
             if reason:
                 failed[w.label] = BackendResult(backend=w.label, status="unsupported", reason=reason)
             else:
@@ -195,7 +195,7 @@ class Session:
         record = ExampleRecord(
             id=example.id, arch=example.arch, role=role, description=example.describe(), config=example.config,
             weight_seed=example.weight_seed, prompts=[list(p) for p in example.prompts],
-            decode_steps=example.decode_steps,
+            decode_steps=example.decode_steps, execution=example.to_json().get("execution", {}),
             replay=f"parity replay {shlex.quote(str(self.cfg.out / 'report.json'))} {example.id}",
             results=results,
             seconds=_rounded({"checkpoint": t_ckpt - t0, "reference": t_ref - t_ckpt,

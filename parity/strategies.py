@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from parity import registry
 from parity.example import Example
 from parity.registry import ArchSpec, family_config
+from parity.worker.contract import Execution
 
 
 def supported_head_dims(spec: ArchSpec, backend_head_sizes: Iterable[Sequence[int] | None]) -> tuple[int, ...]:
@@ -156,29 +157,73 @@ def plain_half(values: Sequence[Any]) -> st.SearchStrategy[Any]:
 
 
 @st.composite
-def prompt_batches(draw: st.DrawFn, vocab_size: int, max_prompts: int = 3, max_len: int = 12) -> tuple[tuple[int, ...], ...]:
-    """Prompts of distinct lengths and distinct first tokens.
+def prompt_batches(draw: st.DrawFn, vocab_size: int, max_prompts: int = 3, max_len: int = 12,
+                   shared_prefix: int = 0) -> tuple[tuple[int, ...], ...]:
+    """Prompts of distinct lengths whose first tokens after ``shared_prefix`` common ones are distinct.
 
     Distinct lengths let an engine's flattened decode batch be attributed to
-    prompts by position alone (see parity.worker.capture.TokenRouter).
+    prompts by position alone (see parity.worker.routing.TokenRouter). A shared
+    prefix asks for two prompts at least, so one can hit the cache of the other.
     """
-    lengths = draw(st.lists(st.integers(2, max_len), min_size=1, max_size=max_prompts, unique=True))
+    lengths = draw(st.lists(st.integers(2, max_len), min_size=2 if shared_prefix else 1, max_size=max_prompts,
+                            unique=True))
     firsts = draw(st.lists(st.integers(0, vocab_size - 1), min_size=len(lengths), max_size=len(lengths), unique=True))
     token = st.integers(0, vocab_size - 1)
+    prefix = tuple(draw(st.lists(token, min_size=shared_prefix, max_size=shared_prefix)))
     return tuple(
-        (first, *draw(st.lists(token, min_size=n - 1, max_size=n - 1))) for first, n in zip(firsts, lengths)
+        (*prefix, first, *draw(st.lists(token, min_size=n - 1, max_size=n - 1))) for first, n in zip(firsts, lengths)
     )
 
 
+SHARED_PREFIX = 32
+"""Tokens the prompts share when the prefix cache is drawn: engines reuse only whole KV blocks, and
+vLLM's CPU attention takes block sizes in multiples of 32 (its adapter asks for 32)."""
+
+PREFILL_CHUNKS = (4, 8)
+"""Tokens per forward under chunked prefill: prompts of up to 12 tokens (44 with a shared prefix) take
+2 to 11 forwards."""
+
+PLAIN_SHARE = 3
+"""Each execution mode is off this many times for every time it is on, per value: most examples run the
+plainest way, which every backend supports, and a failure shrinks to it."""
+
+
+def mostly_plain(plain: Any, others: Sequence[Any]) -> st.SearchStrategy[Any]:
+    """``plain`` PLAIN_SHARE times as often as each of ``others``; shrinks to ``plain``."""
+    return st.sampled_from([plain] * PLAIN_SHARE + list(others))
+
+
+def tensor_parallel_fits(config: dict[str, Any], ranks: int) -> bool:
+    """Whether the (canonical) config splits over ``ranks``: whole query heads and MLP columns per rank, and kv heads
+    split evenly or replicated evenly (engines' rule for GQA under TP)."""
+    kv = config["num_key_value_heads"]
+    return (config["num_attention_heads"] % ranks == 0 and (config.get("intermediate_size") or 0) % ranks == 0
+            and (kv % ranks == 0 or ranks % kv == 0))
+
+
 @st.composite
-def examples(draw: st.DrawFn, arch: str, spec: ArchSpec, head_dims: Sequence[int], decode_steps: int) -> Example:
+def executions(draw: st.DrawFn, config: dict[str, Any], tensor_parallel: Sequence[int] = (1,)) -> Execution:
+    """How the engines run the example: tensor-parallel ranks valid for ``config`` (from ``tensor_parallel``,
+    plainest first), chunked prefill and the prefix cache; each mostly off."""
+    ranks = [r for r in tensor_parallel if tensor_parallel_fits(config, r)]
+    return Execution(tensor_parallel=draw(mostly_plain(ranks[0], ranks[1:])),
+                     prefill_chunk=draw(mostly_plain(None, PREFILL_CHUNKS)),
+                     prefix_cache=draw(mostly_plain(False, [True])))
+
+
+@st.composite
+def examples(draw: st.DrawFn, arch: str, spec: ArchSpec, head_dims: Sequence[int], decode_steps: int,
+             tensor_parallel: Sequence[int] = (1,)) -> Example:
     config = draw(model_configs(spec, head_dims))
+    weight_seed = draw(st.integers(0, 2**31 - 1))
+    execution = draw(executions(registry.canonical_config(arch, config), tensor_parallel))
     return Example(
         arch=arch,
         config=config,
-        weight_seed=draw(st.integers(0, 2**31 - 1)),
-        prompts=draw(prompt_batches(config["vocab_size"])),
+        weight_seed=weight_seed,
+        prompts=draw(prompt_batches(config["vocab_size"], shared_prefix=SHARED_PREFIX if execution.prefix_cache else 0)),
         decode_steps=decode_steps,
+        execution=execution,
     )
 
 

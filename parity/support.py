@@ -8,18 +8,22 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from parity import known_issues, registry
-from parity.worker.contract import Capabilities
+from parity.worker.contract import Capabilities, Execution
 
 
-def supports(caps: Capabilities, arch: str, config: Mapping[str, Any] | None = None) -> str | None:
+def supports(caps: Capabilities, arch: str, config: Mapping[str, Any] | None = None,
+             execution: Execution = Execution()) -> str | None:
     """None if the backend can run the architecture (and the features ``config`` turns on,
-    see ``registry.FEATURES``), else the reason it cannot."""
+    see ``registry.FEATURES``) the way ``execution`` asks, else the reason it cannot."""
     spec = registry.get(arch)
     if spec.architecture not in caps.architectures:
         return f"{caps.engine} ({caps.versions_text}) does not register {spec.architecture}"
     for feature in registry.features(config or {}):
         if feature in caps.unsupported_features:
             return f"{caps.engine} ({caps.versions_text}) does not support {feature}: {caps.unsupported_features[feature]}"
+    for mode in execution.modes():
+        if mode in caps.unsupported_execution:
+            return f"{caps.engine} ({caps.versions_text}) cannot run with {mode}: {caps.unsupported_execution[mode]}"
     return None
 
 

@@ -57,8 +57,10 @@ def activations(config: Mapping[str, Any], prompts: list[list[int]], decode_step
 
 class FakeWorker:
     def __init__(self, spec: BackendSpec, engine: str = "fake", version: str = "1", bug: Bug | None = None,
-                 failure: Failure | None = None, on_run: Callable[[RunRequest], None] | None = None):
+                 failure: Failure | None = None, on_run: Callable[[RunRequest], None] | None = None,
+                 unsupported_execution: dict[str, str] | None = None):
         self.spec = spec
+        self.unsupported_execution = unsupported_execution or {}
         self.python = "fake-python"
         self.engine, self.version = engine, version
         self.bug, self.failure, self.on_run = bug, failure, on_run
@@ -75,7 +77,8 @@ class FakeWorker:
         self.capabilities = Capabilities(
             engine=self.engine, versions={self.engine: self.version},
             architectures=[s.architecture for s in registry.ARCHITECTURES.values()], head_sizes=None,
-            dtypes=["float32", "float64"], unsupported_features={}, pid=1000 + self.starts, python=self.python)
+            dtypes=["float32", "float64"], unsupported_features={}, unsupported_execution=self.unsupported_execution,
+            pid=1000 + self.starts, python=self.python)
         return self.capabilities
 
     def restart(self) -> Capabilities:

@@ -14,6 +14,7 @@ from parity.example import Example
 from parity.profiles import Profile
 from parity.search import run, search
 from parity.session import RunConfig, Session
+from parity.worker.contract import Execution
 from fake_worker import activations, launcher
 
 PROFILE = Profile("unit", max_examples=12, shrink_seconds=20)
@@ -78,6 +79,20 @@ def test_results_errors_and_known_issues_of_one_example(tmp_path):
     assert launch.workers["s"].starts == 1, "a worker that cleaned up after its error is not restarted"
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["complete"] is False and [e["id"] for e in saved["examples"]] == [record.id]
+
+
+def test_an_execution_a_backend_cannot_run_is_unsupported_with_its_reason_and_reaches_those_that_can(tmp_path):
+    launch = launcher(v={"unsupported_execution": {"prefix_cache": "no radix cache here"}}, s={})
+    shared = Example(**{**vars(example()), "prompts": ((7, 7, 1), (7, 7, 2, 3)),
+                        "execution": Execution(prefill_chunk=4, prefix_cache=True)})
+    with Session(config(tmp_path, "vllm@v", "sglang@s"), log=lambda m: None, launch=launch) as session:
+        record = session.evaluate(shared)
+    by = {r.backend: r for r in record.results}
+    assert by["v"].status == "unsupported" and "prefix_cache: no radix cache here" in by["v"].reason
+    assert by["s"].status == "pass" and launch.workers["s"].runs[-1].execution == shared.execution
+    assert not launch.workers["v"].runs, "nothing is sent to a backend that cannot run the example"
+    assert "prefill_chunk=4 prefix_cache" in record.description
+    assert Example.from_json(record.model_dump()) == shared, "the replay runs the same way"
 
 
 def test_a_worker_that_could_not_clean_up_is_restarted(tmp_path):

@@ -7,7 +7,8 @@ from parity.worker.contract import Capabilities
 
 def caps(engine="e", version="1", architectures=("Gemma2ForCausalLM",), lacking=None):
     return Capabilities(engine=engine, versions={engine: version, "torch": "2"}, architectures=list(architectures),
-                        head_sizes=None, dtypes=["float32"], unsupported_features=lacking or {}, pid=1, python="py")
+                        head_sizes=None, dtypes=["float32"], unsupported_features=lacking or {},
+                        unsupported_execution={}, pid=1, python="py")
 
 
 def test_feature_support_is_decided_from_the_engines_capabilities():

@@ -30,6 +30,10 @@ from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, first, 
                                     hook_rotaries, takes_residual)
 from parity.worker.contract import RunRequest
 
+PREFIX_BLOCK = 32
+"""KV block size in tokens: the smallest vLLM's CPU attention takes (multiples of 32), so a prefix of
+``parity.strategies.SHARED_PREFIX`` tokens fills a whole block and is reused."""
+
 
 def _residual(layer: torch.nn.Module, output: Any, args: tuple) -> torch.Tensor:
     if not takes_residual(layer):
@@ -69,14 +73,23 @@ class Adapter(EngineAdapter[Any]):
 
         return sorted(CPUAttentionBackend.get_supported_head_sizes())
 
+    def unsupported_execution(self) -> dict[str, str]:
+        return {"tensor_parallel": "parity's vLLM adapter does not yet capture across tensor-parallel ranks"}
+
     def load(self, request: RunRequest) -> Any:
         from vllm import LLM
 
         longest = max(len(p) for p in request.prompts) + request.decode_steps + 1
+        chunk = request.execution.prefill_chunk
         return LLM(
             model=request.checkpoint, skip_tokenizer_init=True, dtype=request.dtype, enforce_eager=True, seed=0,
             max_model_len=max(longest, 64), max_num_seqs=max(len(request.prompts), 1),
-            max_num_batched_tokens=max(2048, longest * len(request.prompts)),
+            # A budget below a prompt's length splits its prefill over several forwards.
+            enable_chunked_prefill=chunk is not None,
+            max_num_batched_tokens=chunk or max(2048, longest * len(request.prompts)),
+            # Only whole blocks are reused: the default block (128 tokens on CPU) is longer than any prompt.
+            enable_prefix_caching=request.execution.prefix_cache,
+            block_size=PREFIX_BLOCK if request.execution.prefix_cache else None,
             # On CPU this is the fraction of RAM reserved; the default 0.92 fails.
             gpu_memory_utilization=0.1 if self.device == "cpu" else 0.3,
             load_format="safetensors", trust_remote_code=False,
@@ -91,7 +104,16 @@ class Adapter(EngineAdapter[Any]):
 
         params = SamplingParams(temperature=0.0, max_tokens=request.decode_steps + 1, ignore_eos=True,
                                 detokenize=False)
-        loaded.generate([{"prompt_token_ids": list(p)} for p in request.prompts], params, use_tqdm=False)
+        prompts = [{"prompt_token_ids": list(p)} for p in request.prompts]
+        if not request.execution.prefix_cache:
+            loaded.generate(prompts, params, use_tqdm=False)
+            return
+        # One after another: requests scheduled together would all compute the shared prefix.
+        for i, prompt in enumerate(prompts):
+            (out,) = loaded.generate([prompt], params, use_tqdm=False)
+            if i and not out.num_cached_tokens:
+                raise RuntimeError(f"vLLM's prefix cache was not hit: prompt {i} shares a prefix with prompt 0 "
+                                   f"of at least one block ({PREFIX_BLOCK} tokens) and had no cached token")
 
     @staticmethod
     def _install(parts: Parts, rec: Recorder) -> Hooks:
