@@ -164,6 +164,12 @@ class Adapter(EngineAdapter[Any]):
                 "its torch_native attention backend (the one that runs on CPU) ignores RadixAttention.logit_cap")
         return lacking
 
+    def unsupported_execution(self) -> dict[str, str]:
+        scheduler = "parity drives SGLang's ModelRunner without its scheduler, where {} lives"
+        return {"tensor_parallel": "parity's SGLang adapter runs one rank in-process",
+                "chunked_prefill": scheduler.format("chunked prefill (chunked_prefill_size)"),
+                "prefix_cache": scheduler.format("the radix cache")}
+
     def load(self, request: RunRequest) -> Any:
         tokens = sum(len(p) + request.decode_steps + 1 for p in request.prompts)
         return self._load(request.checkpoint, request.dtype, max_total_tokens=max(1024, tokens))
