@@ -14,6 +14,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
+from parity.strategies import ExecutionSurface
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -25,6 +27,9 @@ class Profile:
     """Wall-clock budget for shrinking one failure; engines are slow, shrinking is not free."""
 
     decode_steps: int = 2
+    execution: ExecutionSurface = ExecutionSurface()
+    """Which execution modes are drawn, and how often."""
+
     derandomize: bool = False
     """Same examples on every run (unless --seed is given): for gates comparing two runs."""
 
@@ -37,6 +42,10 @@ PROFILES = {
     # factor must be generated, not just hoped for, and shrunk to their minimal witness;
     # S1 on vLLM reaches 2 layers after ~75 s of shrinking on 2 cores.
     "zoo": Profile("zoo", max_examples=10, shrink_seconds=150),
+    # Bugs of one execution mode (tensor parallelism, chunked prefill, the prefix cache): every mode
+    # drawn as often as the plainest run, so ten examples meet it; shrinking still ends at one mode.
+    "zoo-surface": Profile("zoo-surface", max_examples=10, shrink_seconds=240,
+                           execution=ExecutionSurface(plain_share=1)),
 }
 DEFAULT = os.environ.get("PARITY_PROFILE", "ci")
 

@@ -8,6 +8,7 @@ shrinks to the plainest model that still shows it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from hypothesis import Phase, given, settings
@@ -183,41 +184,49 @@ PREFILL_CHUNKS = (4, 8)
 """Tokens per forward under chunked prefill: prompts of up to 12 tokens (44 with a shared prefix) take
 2 to 11 forwards."""
 
-PLAIN_SHARE = 8
-"""Each execution mode is off this many times for every time it is on, per value (chunked prefill in 1
-example of 5, the prefix cache in 1 of 9): most examples run the plainest way, which every backend
-supports (SGLang's adapter runs neither mode), and a failure shrinks to it."""
 
+@dataclass(frozen=True)
+class ExecutionSurface:
+    """Which execution modes a profile draws, and how often."""
 
-def mostly_plain(plain: Any, others: Sequence[Any]) -> st.SearchStrategy[Any]:
-    """``plain`` PLAIN_SHARE times as often as each of ``others``; shrinks to ``plain``."""
-    return st.sampled_from([plain] * PLAIN_SHARE + list(others))
+    tensor_parallel: tuple[int, ...] = (1, 2)
+    """Tensor-parallel sizes, plainest first; only those the config splits over are drawn."""
+
+    plain_share: int = 8
+    """Each mode is off this many times for every time it is on, per value (chunked prefill in 1 example
+    of 5, the prefix cache in 1 of 9, two ranks in 1 of 9 where the config splits): most examples run
+    the plainest way, which every backend supports (SGLang's adapter runs none of the modes), and a
+    failure shrinks to it."""
+
+    def mostly_plain(self, plain: Any, others: Sequence[Any]) -> st.SearchStrategy[Any]:
+        """``plain`` ``plain_share`` times as often as each of ``others``; shrinks to ``plain``."""
+        return st.sampled_from([plain] * self.plain_share + list(others))
 
 
 def tensor_parallel_fits(config: dict[str, Any], ranks: int) -> bool:
-    """Whether the (canonical) config splits over ``ranks``: whole query heads and MLP columns per rank, and kv heads
-    split evenly or replicated evenly (engines' rule for GQA under TP)."""
+    """Whether the (canonical) config splits over ``ranks``: whole query heads and MLP columns per rank, and
+    kv heads split evenly or replicated evenly (engines' rule for GQA under TP)."""
     kv = config["num_key_value_heads"]
     return (config["num_attention_heads"] % ranks == 0 and (config.get("intermediate_size") or 0) % ranks == 0
             and (kv % ranks == 0 or ranks % kv == 0))
 
 
 @st.composite
-def executions(draw: st.DrawFn, config: dict[str, Any], tensor_parallel: Sequence[int] = (1,)) -> Execution:
-    """How the engines run the example: tensor-parallel ranks valid for ``config`` (from ``tensor_parallel``,
-    plainest first), chunked prefill and the prefix cache; each mostly off."""
-    ranks = [r for r in tensor_parallel if tensor_parallel_fits(config, r)]
-    return Execution(tensor_parallel=draw(mostly_plain(ranks[0], ranks[1:])),
-                     prefill_chunk=draw(mostly_plain(None, PREFILL_CHUNKS)),
-                     prefix_cache=draw(mostly_plain(False, [True])))
+def executions(draw: st.DrawFn, config: dict[str, Any], surface: ExecutionSurface = ExecutionSurface()) -> Execution:
+    """How the engines run the example: tensor-parallel ranks valid for ``config``, chunked prefill and the
+    prefix cache, as ``surface`` says."""
+    ranks = [r for r in surface.tensor_parallel if tensor_parallel_fits(config, r)]
+    return Execution(tensor_parallel=draw(surface.mostly_plain(ranks[0], ranks[1:])),
+                     prefill_chunk=draw(surface.mostly_plain(None, PREFILL_CHUNKS)),
+                     prefix_cache=draw(surface.mostly_plain(False, [True])))
 
 
 @st.composite
 def examples(draw: st.DrawFn, arch: str, spec: ArchSpec, head_dims: Sequence[int], decode_steps: int,
-             tensor_parallel: Sequence[int] = (1,)) -> Example:
+             execution: ExecutionSurface = ExecutionSurface()) -> Example:
     config = draw(model_configs(spec, head_dims))
     weight_seed = draw(st.integers(0, 2**31 - 1))
-    execution = draw(executions(registry.canonical_config(arch, config), tensor_parallel))
+    execution = draw(executions(registry.canonical_config(arch, config), execution))
     return Example(
         arch=arch,
         config=config,

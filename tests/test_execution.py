@@ -1,4 +1,5 @@
-"""Execution modes on the real vLLM: chunked prefill and the prefix cache give the plain run's activations."""
+"""Execution modes on the real vLLM: tensor parallelism, chunked prefill and the prefix cache give the
+plain run's activations."""
 
 from dataclasses import replace
 
@@ -16,6 +17,13 @@ PLAIN = replace(sample("llama", 1, seed=0)[0], prompts=(PREFIX + (1, 2), PREFIX 
 """The plainest llama the strategies draw, with prompts that share a one-block prefix."""
 
 
+def same(plain, ran):
+    assert plain.keys() == ran.keys()
+    for key, tensor in plain.items():
+        # Chunks and ranks change the order of arithmetic, not the result beyond fp32 rounding.
+        assert np.linalg.norm(ran[key] - tensor) <= 1e-5 * np.linalg.norm(tensor), key
+
+
 def activations(session, example):
     (result,) = session.evaluate(example).results
     assert result.status == "pass" and result.max_rel_l2 < 1e-5, (example.describe(), result.reason)
@@ -26,11 +34,16 @@ def activations(session, example):
                                        Execution(prefill_chunk=8, prefix_cache=True)], ids=Execution.describe)
 def test_vllm_gives_the_plain_runs_activations_under(parity_sessions, execution):
     session = parity_sessions(["vllm"])
-    plain, ran = activations(session, PLAIN), activations(session, replace(PLAIN, execution=execution))
-    assert plain.keys() == ran.keys()
-    for key, tensor in plain.items():
-        # Chunks change the order of arithmetic, not the result beyond fp32 rounding.
-        assert np.linalg.norm(ran[key] - tensor) <= 1e-5 * np.linalg.norm(tensor), key
+    same(activations(session, PLAIN), activations(session, replace(PLAIN, execution=execution)))
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (2, 1)], ids=["kv-heads-sharded", "kv-heads-replicated"])
+def test_vllm_at_two_ranks_gives_the_one_rank_activations(parity_sessions, heads, kv_heads):
+    session = parity_sessions(["vllm"])
+    one = replace(PLAIN, prompts=((5, 1, 4), (9, 2, 6, 5, 3)),
+                  config={**PLAIN.config, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+                          "hidden_size": 32 * heads, "num_hidden_layers": 2})
+    same(activations(session, one), activations(session, replace(one, execution=Execution(tensor_parallel=2))))
 
 
 def test_a_prefix_cache_that_is_not_hit_is_an_error_not_a_silent_plain_run(parity_sessions):

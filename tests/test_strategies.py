@@ -2,7 +2,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from parity import registry
-from parity.strategies import SHARED_PREFIX, examples, executions, supported_head_dims, tensor_parallel_fits
+from parity.strategies import SHARED_PREFIX, ExecutionSurface, examples, executions, supported_head_dims, tensor_parallel_fits
 from parity.worker.contract import Execution
 
 
@@ -57,7 +57,7 @@ def test_possible_features_are_read_from_the_entry():
 def test_drawn_tensor_parallel_fits_the_config(data):
     config = {"num_attention_heads": data.draw(st.sampled_from([1, 2, 4, 6])),
               "num_key_value_heads": data.draw(st.sampled_from([1, 2, 3])), "intermediate_size": 96}
-    drawn = data.draw(executions(config, tensor_parallel=(1, 2, 4)))
+    drawn = data.draw(executions(config, ExecutionSurface(tensor_parallel=(1, 2, 4), plain_share=1)))
     assert tensor_parallel_fits(config, drawn.tensor_parallel)
     assert config["num_attention_heads"] % drawn.tensor_parallel == 0
 
@@ -66,7 +66,7 @@ def test_execution_shrinks_to_the_plainest_run():
     from hypothesis import find
 
     config = {"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96}
-    assert find(executions(config, (1, 2)), lambda e: True) == Execution()
-    assert find(executions(config, (1, 2)), lambda e: e.prefix_cache) == Execution(prefix_cache=True)
+    assert find(executions(config), lambda e: True) == Execution()
+    assert find(executions(config), lambda e: e.prefix_cache) == Execution(prefix_cache=True)
     assert not tensor_parallel_fits({"num_attention_heads": 3, "num_key_value_heads": 3}, 2)
     assert tensor_parallel_fits({"num_attention_heads": 4, "num_key_value_heads": 1}, 2)  # kv replicated

@@ -22,9 +22,14 @@ from typing import Any, Mapping
 # Must be set before vllm is imported.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default reserves far too much
+# Tensor-parallel ranks are processes of their own: capture hooks reach them as pickled functions.
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+
+from functools import partial
 
 import torch
 
+from parity import schema
 from parity.adapters.base import EngineAdapter
 from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, first, forward_inputs, hook_common,
                                     hook_rotaries, takes_residual)
@@ -74,14 +79,19 @@ class Adapter(EngineAdapter[Any]):
         return sorted(CPUAttentionBackend.get_supported_head_sizes())
 
     def unsupported_execution(self) -> dict[str, str]:
-        return {"tensor_parallel": "parity's vLLM adapter does not yet capture across tensor-parallel ranks"}
+        return {}
 
     def load(self, request: RunRequest) -> Any:
         from vllm import LLM
 
         longest = max(len(p) for p in request.prompts) + request.decode_steps + 1
         chunk = request.execution.prefill_chunk
+        ranks = request.execution.tensor_parallel
+        if ranks > 1:
+            # One OpenMP thread group per rank; the default "auto" wants a NUMA node per rank.
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = _thread_binds(ranks)
         return LLM(
+            tensor_parallel_size=ranks, distributed_executor_backend="mp" if ranks > 1 else None,
             model=request.checkpoint, skip_tokenizer_init=True, dtype=request.dtype, enforce_eager=True, seed=0,
             max_model_len=max(longest, 64), max_num_seqs=max(len(request.prompts), 1),
             # A budget below a prompt's length splits its prefill over several forwards.
@@ -96,7 +106,17 @@ class Adapter(EngineAdapter[Any]):
         )
 
     def hook(self, loaded: Any, rec: Recorder, modules: Mapping[str, str]) -> Hooks:
-        (hooks,) = loaded.apply_model(lambda model: self._install(Parts(model, modules), rec))
+        engine = loaded.llm_engine
+        if engine.vllm_config.parallel_config.tensor_parallel_size == 1:
+            (hooks,) = loaded.apply_model(lambda model: self._install(Parts(model, modules), rec))
+            return hooks
+        # Each rank is a spawned process: it records into a Recorder of its own, and removing
+        # the hooks gathers the ranks' tensors into ``rec``.
+        loaded.apply_model(partial(_install_rank, rec.router.prompts, rec.router.decode_steps, rec.head_dim,
+                                   dict(modules)))
+        hooks = Hooks()
+        hooks.on_remove(lambda: rec.adopt(_gather(loaded.apply_model(_collect_rank),
+                                                  engine.model_config.get_total_num_kv_heads())))
         return hooks
 
     def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:
@@ -119,14 +139,56 @@ class Adapter(EngineAdapter[Any]):
     def _install(parts: Parts, rec: Recorder) -> Hooks:
         hooks = hook_common(rec, parts, layer_input=_layer_input, residual=_residual)
         hooks.before_forward(parts.decoder, lambda *a, **kw: rec.begin_forward(*forward_inputs(a, kw)))
-        hooks.post(parts.model.logits_processor, lambda m, a, o: rec.record_logits(o))
+        # Logits are gathered to the first tensor-parallel rank; the others see None.
+        hooks.post(parts.model.logits_processor, lambda m, a, o: o is None or rec.record_logits(o))
         hook_rotaries(hooks, rec, parts)
         return hooks
 
     def teardown(self, loaded: Any) -> None:
+        os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)  # set only for tensor-parallel runs
         from vllm.distributed import cleanup_dist_env_and_memory
         from vllm.model_executor.layers import rotary_embedding
 
         del loaded  # unreachable before the cleanup's own gc.collect(), so its memory goes now
         cleanup_dist_env_and_memory()
         rotary_embedding._ROPE_DICT.clear()
+
+
+def _thread_binds(ranks: int) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for ``ranks`` ranks: this process's cores split evenly, "0|1" for two
+    ranks on two cores."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < ranks:
+        raise RuntimeError(f"tensor_parallel={ranks} needs a core per rank; this process may use {len(cores)}")
+    per = len(cores) // ranks
+    return "|".join(",".join(map(str, cores[r * per : (r + 1) * per])) for r in range(ranks))
+
+
+_RANK: dict[str, Any] = {}
+"""A tensor-parallel rank's Recorder and hooks, between ``_install_rank`` and ``_collect_rank``."""
+
+
+def _install_rank(prompts: list[list[int]], decode_steps: int, head_dim: int, modules: dict[str, str],
+                  model: torch.nn.Module) -> None:
+    rec = Recorder(prompts, decode_steps, head_dim)
+    _RANK.update(rec=rec, hooks=Adapter._install(Parts(model, modules), rec))
+
+
+def _collect_rank(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    _RANK.pop("hooks").remove()
+    return _RANK.pop("rec").tensors()
+
+
+def _gather(shards: list[dict[str, torch.Tensor]], kv_heads: int) -> dict[str, torch.Tensor]:
+    """The canonical tensors from every rank's: a rank holds only its share of q and k heads (k heads
+    replicated over ``ranks / kv_heads`` ranks when there are fewer kv heads than ranks); attention and
+    MLP outputs are all-reduced, so every other tensor is whole on each rank, and logits are on the first."""
+    ranks = len(shards)
+    gathered = dict(shards[0])
+    for key in gathered:
+        kind = schema.parse_name(schema.parse_key(key)[2]).kind
+        if kind == "q_rot" or (kind == "k_rot" and kv_heads >= ranks):
+            gathered[key] = torch.cat([shard[key] for shard in shards], dim=1)
+        elif kind == "k_rot":
+            gathered[key] = torch.cat([shards[h * ranks // kv_heads][key] for h in range(kv_heads)], dim=1)
+    return gathered

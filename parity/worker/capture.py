@@ -94,6 +94,11 @@ class Recorder:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: torch.cat(v) for k, v in self._chunks.items()}
 
+    def adopt(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Take canonical tensors recorded elsewhere (by the Recorders of tensor-parallel ranks)."""
+        for key, tensor in tensors.items():
+            self._chunks[key] = [tensor]
+
 
 def first(output: Any) -> torch.Tensor:
     """Modules return a tensor or a tuple whose first element is the tensor of interest."""
@@ -133,6 +138,10 @@ class Hooks:
 
         self.replace(module, "forward", forward)
 
+    def on_remove(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` at :meth:`remove` (e.g. to remove hooks living in other processes)."""
+        self._handles.append(_Call(fn))
+
     def replace(self, owner: Any, name: str, value: Any) -> None:
         """Set ``owner.name = value`` until :meth:`remove` (e.g. a module-level function)."""
         self._handles.append(_Restore(owner, name))
@@ -142,6 +151,11 @@ class Hooks:
         for h in reversed(self._handles):
             h.remove()
         self._handles.clear()
+
+
+class _Call:
+    def __init__(self, fn: Callable[[], None]):
+        self.remove = fn
 
 
 class _Restore:
