@@ -45,7 +45,7 @@ PROFILES = {
     # Bugs of one execution mode (tensor parallelism, chunked prefill, the prefix cache): every mode
     # drawn as often as the plainest run, so ten examples meet it; shrinking still ends at one mode.
     "zoo-surface": Profile("zoo-surface", max_examples=10, shrink_seconds=240,
-                           execution=ExecutionSurface(plain_share=1)),
+                           execution=ExecutionSurface(plain_share=1, one_rank_share=1)),
 }
 DEFAULT = os.environ.get("PARITY_PROFILE", "ci")
 

@@ -193,14 +193,17 @@ class ExecutionSurface:
     """Tensor-parallel sizes, plainest first; only those the config splits over are drawn."""
 
     plain_share: int = 8
-    """Each mode is off this many times for every time it is on, per value (chunked prefill in 1 example
-    of 5, the prefix cache in 1 of 9, two ranks in 1 of 9 where the config splits): most examples run
-    the plainest way, which every backend supports (SGLang's adapter runs none of the modes), and a
-    failure shrinks to it."""
+    """Chunked prefill and the prefix cache are off this many times for every time they are on, per value
+    (chunked prefill in 1 example of 5, the prefix cache in 1 of 9): most examples run the plainest way,
+    which every backend supports (SGLang's adapter runs none of the modes), and a failure shrinks to it."""
 
-    def mostly_plain(self, plain: Any, others: Sequence[Any]) -> st.SearchStrategy[Any]:
-        """``plain`` ``plain_share`` times as often as each of ``others``; shrinks to ``plain``."""
-        return st.sampled_from([plain] * self.plain_share + list(others))
+    one_rank_share: int = 24
+    """One rank this many times for every time more are drawn (where the config splits): each
+    multi-rank example starts an engine of its own, about 30 s on 2 CPU cores."""
+
+    def mostly_plain(self, plain: Any, others: Sequence[Any], share: int | None = None) -> st.SearchStrategy[Any]:
+        """``plain`` ``share`` (``plain_share``) times as often as each of ``others``; shrinks to ``plain``."""
+        return st.sampled_from([plain] * (share or self.plain_share) + list(others))
 
 
 def tensor_parallel_fits(config: dict[str, Any], ranks: int) -> bool:
@@ -216,7 +219,7 @@ def executions(draw: st.DrawFn, config: dict[str, Any], surface: ExecutionSurfac
     """How the engines run the example: tensor-parallel ranks valid for ``config``, chunked prefill and the
     prefix cache, as ``surface`` says."""
     ranks = [r for r in surface.tensor_parallel if tensor_parallel_fits(config, r)]
-    return Execution(tensor_parallel=draw(surface.mostly_plain(ranks[0], ranks[1:])),
+    return Execution(tensor_parallel=draw(surface.mostly_plain(ranks[0], ranks[1:], surface.one_rank_share)),
                      prefill_chunk=draw(surface.mostly_plain(None, PREFILL_CHUNKS)),
                      prefix_cache=draw(surface.mostly_plain(False, [True])))
 

@@ -57,7 +57,7 @@ def test_possible_features_are_read_from_the_entry():
 def test_drawn_tensor_parallel_fits_the_config(data):
     config = {"num_attention_heads": data.draw(st.sampled_from([1, 2, 4, 6])),
               "num_key_value_heads": data.draw(st.sampled_from([1, 2, 3])), "intermediate_size": 96}
-    drawn = data.draw(executions(config, ExecutionSurface(tensor_parallel=(1, 2, 4), plain_share=1)))
+    drawn = data.draw(executions(config, ExecutionSurface(tensor_parallel=(1, 2, 4), plain_share=1, one_rank_share=1)))
     assert tensor_parallel_fits(config, drawn.tensor_parallel)
     assert config["num_attention_heads"] % drawn.tensor_parallel == 0
 

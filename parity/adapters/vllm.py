@@ -186,7 +186,7 @@ def _gather(shards: list[dict[str, torch.Tensor]], kv_heads: int) -> dict[str, t
     ranks = len(shards)
     gathered = dict(shards[0])
     for key in gathered:
-        kind = schema.parse_name(schema.parse_key(key)[2]).kind
+        kind = schema.parse_key(key)[2].rsplit(".", 1)[-1]  # layers.{i}.{kind}, or a tensor of no layer
         if kind == "q_rot" or (kind == "k_rot" and kv_heads >= ranks):
             gathered[key] = torch.cat([shard[key] for shard in shards], dim=1)
         elif kind == "k_rot":
