@@ -1,4 +1,5 @@
-"""vLLM, in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so hooks go on the live model.
+"""vLLM, in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so hooks go on the live model; with more
+than one tensor-parallel rank the ranks are processes vLLM spawns, and the hooks are installed in each.
 
 Conventions normalised here:
 - a decoder layer handed the residual (fused add+RMSNorm ports) returns ``(hidden_states,
@@ -9,7 +10,11 @@ Conventions normalised here:
   shared by all layers (``get_rope`` caches it process-wide, so it is hooked once per
   model and the cache is cleared after every run: a patched or mutated rotary module
   must not leak into the next model) and may update q/k in place;
-- logits are computed only for the tokens that are sampled.
+- logits are computed for the last token of every sequence in a forward, an unfinished prefill
+  chunk's included (then discarded);
+- under tensor parallelism each rank holds its share of q/k heads, and kv heads are replicated
+  over ranks when there are fewer of them than ranks; attention and MLP outputs are all-reduced;
+  logits are gathered to the first rank only.
 
 The CUDA path (``--device cuda``) uses the same hooks; it is untested on a GPU.
 """
