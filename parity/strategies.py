@@ -234,7 +234,8 @@ def examples(draw: st.DrawFn, arch: str, spec: ArchSpec, head_dims: Sequence[int
         arch=arch,
         config=config,
         weight_seed=weight_seed,
-        prompts=draw(prompt_batches(config["vocab_size"], shared_prefix=SHARED_PREFIX if execution.prefix_cache else 0)),
+        prompts=draw(prompt_batches(config["vocab_size"],
+                                    shared_prefix=SHARED_PREFIX if execution.prefix_cache else 0)),
         decode_steps=decode_steps,
         execution=execution,
     )

@@ -24,7 +24,8 @@ def test_requests_round_trip_and_unknown_ones_are_refused():
 
 def test_hello_checks_the_protocol_version_first():
     caps = Capabilities(engine="vllm", versions={"vllm": "0.32.0", "torch": "2.13.0"}, architectures=["X"],
-                        head_sizes=None, dtypes=["float32"], unsupported_features={}, unsupported_execution={}, pid=1, python="py")
+                        head_sizes=None, dtypes=["float32"], unsupported_features={},
+                        unsupported_execution={}, pid=1, python="py")
     hello = contract.to_json(caps)
     assert contract.hello(hello) == caps and caps.engine_version == "0.32.0"
     older = {"engine": "vllm", "versions": {}, "architectures": [], "protocol": 1}

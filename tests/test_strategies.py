@@ -2,7 +2,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from parity import registry
-from parity.strategies import SHARED_PREFIX, ExecutionSurface, examples, executions, supported_head_dims, tensor_parallel_fits
+from parity.strategies import (SHARED_PREFIX, ExecutionSurface, examples, executions, supported_head_dims,
+                               tensor_parallel_fits)
 from parity.worker.contract import Execution
 
 
