@@ -31,8 +31,7 @@ def matrix(workers: Mapping[str, Capabilities]) -> list[str]:
     """The support matrix as text: one row per architecture, one cell per worker label: yes,
     partial (some features the family may turn on are lacking) or no, with the engines' reasons
     below the table, then the execution modes a worker cannot run; ``*`` marks known engine bugs on
-    some configs (parity/known_issues.py),
-    listed below too."""
+    some configs (parity/known_issues.py), listed below too."""
     rows = ["", f"{'':10} " + " ".join(f"{label:12}" for label in workers)]
     notes: list[str] = []
     for name, spec in registry.ARCHITECTURES.items():
