@@ -52,3 +52,17 @@ def test_a_prefix_cache_that_is_not_hit_is_an_error_not_a_silent_plain_run(parit
                        execution=Execution(prefix_cache=True))
     (result,) = session.evaluate(unshared).results
     assert result.status == "error" and "prefix cache was not hit" in result.reason
+
+
+def test_a_refusal_at_two_ranks_names_the_engines_reason_and_leaves_the_worker_serving(parity_sessions):
+    """vLLM's ranks keep their errors to themselves; the adapter names the one-rank load's (a known
+    refusal here: vLLM's Llama takes SiLU only), and the half-built two-rank engine does not take the
+    next model's parallel groups down with it."""
+    session = parity_sessions(["vllm"])
+    relu = replace(PLAIN, config={**PLAIN.config, "num_attention_heads": 2, "hidden_size": 64, "hidden_act": "relu"},
+                   prompts=((5, 1, 4),), execution=Execution(tensor_parallel=2))
+    (refused,) = session.evaluate(relu).results
+    assert refused.status == "error" and "Unsupported activation: relu" in refused.reason, refused.reason
+    assert refused.known_issue, refused.reason
+    (after,) = session.evaluate(replace(PLAIN, weight_seed=PLAIN.weight_seed + 1)).results
+    assert after.status == "pass", after.reason

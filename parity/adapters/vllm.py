@@ -21,6 +21,7 @@ The CUDA path (``--device cuda``) uses the same hooks; it is untested on a GPU.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any, Mapping
 
@@ -87,14 +88,27 @@ class Adapter(EngineAdapter[Any]):
         return {}
 
     def load(self, request: RunRequest) -> Any:
+        ranks = request.execution.tensor_parallel
+        if ranks == 1:
+            return self._engine(request, ranks)
+        # One OpenMP thread group per rank; the default "auto" wants a NUMA node per rank.
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = _thread_binds(ranks)
+        try:
+            return self._engine(request, ranks)
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+        os.environ.pop("VLLM_CPU_OMP_THREADS_BIND")
+        # Out of the except clause nothing holds the half-built engine: collected now, its finalizers
+        # tear down vLLM's process-wide parallel groups before the next model builds its own, not during.
+        gc.collect()
+        raise RuntimeError(f"{failure} (its ranks' errors stay in their own processes; the same load at one "
+                           f"rank says: {self._one_rank_failure(request)})")
+
+    def _engine(self, request: RunRequest, ranks: int) -> Any:
         from vllm import LLM
 
         longest = max(len(p) for p in request.prompts) + request.decode_steps + 1
         chunk = request.execution.prefill_chunk
-        ranks = request.execution.tensor_parallel
-        if ranks > 1:
-            # One OpenMP thread group per rank; the default "auto" wants a NUMA node per rank.
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = _thread_binds(ranks)
         return LLM(
             tensor_parallel_size=ranks, distributed_executor_backend="mp" if ranks > 1 else None,
             model=request.checkpoint, skip_tokenizer_init=True, dtype=request.dtype, enforce_eager=True, seed=0,
@@ -109,6 +123,18 @@ class Adapter(EngineAdapter[Any]):
             gpu_memory_utilization=0.1 if self.device == "cpu" else 0.3,
             load_format="safetensors", trust_remote_code=False,
         )
+
+    def _one_rank_failure(self, request: RunRequest) -> str:
+        """Why the model fails to load at one rank, where the engine's own error reaches this process
+        (known issues match it); "nothing" if it loads."""
+        engine = None
+        try:
+            engine = self._engine(request, 1)
+            return "nothing: it loads"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            self.teardown(engine)
 
     def hook(self, loaded: Any, rec: Recorder, modules: Mapping[str, str]) -> Hooks:
         engine = loaded.llm_engine
