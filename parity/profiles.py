@@ -42,10 +42,12 @@ PROFILES = {
     # factor must be generated, not just hoped for, and shrunk to their minimal witness;
     # S1 on vLLM reaches 2 layers after ~75 s of shrinking on 2 cores.
     "zoo": Profile("zoo", max_examples=10, shrink_seconds=150),
-    # Bugs of one execution mode (tensor parallelism, chunked prefill, the prefix cache): every mode
-    # drawn as often as the plainest run, so ten examples meet it; shrinking still ends at one mode.
-    "zoo-surface": Profile("zoo-surface", max_examples=10, shrink_seconds=240,
-                           execution=ExecutionSurface(plain_share=1, one_rank_share=1)),
+    # Bugs of execution modes: only those modes drawn, each as often as the plainest run, so ten
+    # examples meet them; shrinking still ends at one mode. Two-rank examples take ~20 s each.
+    "zoo-tp": Profile("zoo-tp", max_examples=10, shrink_seconds=240,
+                      execution=ExecutionSurface(modes=("tensor_parallel",), one_rank_share=1)),
+    "zoo-prefill": Profile("zoo-prefill", max_examples=10, shrink_seconds=240,
+                           execution=ExecutionSurface(modes=("chunked_prefill", "prefix_cache"), plain_share=1)),
 }
 DEFAULT = os.environ.get("PARITY_PROFILE", "ci")
 

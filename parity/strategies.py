@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from parity import registry
 from parity.example import Example
 from parity.registry import ArchSpec, family_config
-from parity.worker.contract import Execution
+from parity.worker.contract import EXECUTION_MODES, Execution
 
 
 def supported_head_dims(spec: ArchSpec, backend_head_sizes: Iterable[Sequence[int] | None]) -> tuple[int, ...]:
@@ -189,6 +189,9 @@ PREFILL_CHUNKS = (4, 8)
 class ExecutionSurface:
     """Which execution modes a profile draws, and how often."""
 
+    modes: tuple[str, ...] = EXECUTION_MODES
+    """The modes drawn at all; the others stay plain."""
+
     tensor_parallel: tuple[int, ...] = (1, 2)
     """Tensor-parallel sizes, plainest first; only those the config splits over are drawn."""
 
@@ -218,10 +221,13 @@ def tensor_parallel_fits(config: dict[str, Any], ranks: int) -> bool:
 def executions(draw: st.DrawFn, config: dict[str, Any], surface: ExecutionSurface = ExecutionSurface()) -> Execution:
     """How the engines run the example: tensor-parallel ranks valid for ``config``, chunked prefill and the
     prefix cache, as ``surface`` says."""
+    def drawn(mode: str, plain: Any, others: Sequence[Any], share: int | None = None) -> Any:
+        return draw(surface.mostly_plain(plain, others, share)) if mode in surface.modes else plain
+
     ranks = [r for r in surface.tensor_parallel if tensor_parallel_fits(config, r)]
-    return Execution(tensor_parallel=draw(surface.mostly_plain(ranks[0], ranks[1:], surface.one_rank_share)),
-                     prefill_chunk=draw(surface.mostly_plain(None, PREFILL_CHUNKS)),
-                     prefix_cache=draw(surface.mostly_plain(False, [True])))
+    return Execution(tensor_parallel=drawn("tensor_parallel", ranks[0], ranks[1:], surface.one_rank_share),
+                     prefill_chunk=drawn("chunked_prefill", None, PREFILL_CHUNKS),
+                     prefix_cache=drawn("prefix_cache", False, [True]))
 
 
 @st.composite

@@ -71,3 +71,10 @@ def test_execution_shrinks_to_the_plainest_run():
     assert find(executions(config), lambda e: e.prefix_cache) == Execution(prefix_cache=True)
     assert not tensor_parallel_fits({"num_attention_heads": 3, "num_key_value_heads": 3}, 2)
     assert tensor_parallel_fits({"num_attention_heads": 4, "num_key_value_heads": 1}, 2)  # kv replicated
+
+
+@given(st.data())
+def test_a_surface_draws_only_its_modes(data):
+    config = {"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96}
+    only_ranks = ExecutionSurface(modes=("tensor_parallel",), one_rank_share=1)
+    assert data.draw(executions(config, only_ranks)).modes() in ([], ["tensor_parallel"])
