@@ -46,8 +46,7 @@ PROFILES = {
     # examples meet them; shrinking still ends at one mode. Two-rank examples take ~20 s each.
     "zoo-tp": Profile("zoo-tp", max_examples=10, shrink_seconds=240,
                       execution=ExecutionSurface(modes=("tensor_parallel",), one_rank_share=1)),
-    # C1 reaches its minimal shape (1 layer, one mode) 24 s into the search; the rest polishes prompts.
-    "zoo-prefill": Profile("zoo-prefill", max_examples=10, shrink_seconds=60,
+    "zoo-prefill": Profile("zoo-prefill", max_examples=10, shrink_seconds=240,
                            execution=ExecutionSurface(modes=("chunked_prefill", "prefix_cache"), plain_share=1)),
 }
 DEFAULT = os.environ.get("PARITY_PROFILE", "ci")
