@@ -28,21 +28,23 @@ sys.path.insert(0, str(ROOT))  # fixtures/ is not an installed package
 from fixtures.zoo import FIXTURES, Fixture  # noqa: E402
 from parity import envs  # noqa: E402
 from parity.backends import parse_backends  # noqa: E402
+from parity.example import Example  # noqa: E402
 from parity.profiles import get  # noqa: E402
 from parity.search import search  # noqa: E402
 from parity.session import RunConfig, Session  # noqa: E402
 
-PROFILE = get("zoo")
+
 SEED = 0  # as tests/test_bug_zoo.py
 
 
 def row(fixture: Fixture, out: Path, dtype: str) -> str:
+    profile = get(fixture.profile)
     cfg = RunConfig(backends=parse_backends([fixture.backend], [f"{fixture.backend}={fixture.path}"]),
-                    out=out / fixture.id, profile=PROFILE.name, seed=SEED, dtype=dtype,
+                    out=out / fixture.id, profile=profile.name, seed=SEED, dtype=dtype,
                     command="benchmarks/zoo_table.py")
     with Session(cfg) as session:
         t0 = time.monotonic()
-        minimal = search(session, fixture.arch, PROFILE, SEED)
+        minimal = search(session, fixture.arch, profile, SEED)
         searched = time.monotonic() - t0
         records = list(session.records.values())
     patch = f"[`{fixture.id}`](fixtures/patches/{fixture.path.name})"
@@ -59,8 +61,10 @@ def row(fixture: Fixture, out: Path, dtype: str) -> str:
     d = result.first_divergence
     where = f"`{d.tensor}` (rel L2 {d.rel_l2:.1e})" if d else result.status
     band = f"{d.rel_l2 / d.band:.0f}x" if d else ""
+    modes = Example.from_json(record.model_dump()).execution.modes()
     expected = result.status == fixture.status and d is not None and d.kind in fixture.kinds \
-        and d.layer == fixture.layer and fixture.minimal(record.config)
+        and d.layer == fixture.layer and fixture.minimal(record.config) \
+        and len(modes) == (1 if fixture.execution else 0) and set(modes) <= set(fixture.execution)
     return (f"| {fixture.bug} | {fixture.backend} | {patch} | yes | {'yes' if expected else '**no**'} | {where} | {band} "
             f"| {record.description} | {found} ex, {seconds:.0f} s | {searched:.0f} s |")
 
@@ -77,8 +81,9 @@ def main() -> None:
         (cache / "envs").symlink_to(envs.cache_dir() / "envs", target_is_directory=True)
         os.environ["PARITY_CACHE_DIR"] = str(cache)
         rows = [row(f, Path(tmp) / "out", args.dtype) for f in chosen]
-    print(f"Profile `{PROFILE.name}` ({PROFILE.max_examples} examples, shrink budget {PROFILE.shrink_seconds:.0f} s), "
-          f"seed {SEED}, CPU, {args.dtype}. As expected: first divergence and minimal config as fixtures/zoo.py "
+    print("Profiles " + ", ".join(f"`{p.name}` ({p.max_examples} examples, shrink budget {p.shrink_seconds:.0f} s)"
+                                  for p in sorted({get(f.profile) for f in chosen}, key=lambda p: p.name))
+          + f", seed {SEED}, CPU, {args.dtype}. As expected: first divergence and minimal config as fixtures/zoo.py "
           f"states.\n")
     print("| bug | engine | patch | caught | as expected | first divergence | x band | minimal config | found after "
           "| search |")

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="only these families, among those the change can affect (repeatable)")
     prg.add_argument("--examples", type=int, metavar="N", help="examples per architecture (overrides the profile)")
     prg.add_argument("--profile", choices=list(profiles.PROFILES), default="ci",
-                     help="search effort (ci is derandomized). Default: %(default)r")
+                     help="search effort (ci: seeded by the UTC date). Default: %(default)r")
     prg.add_argument("--seed", type=int, help="Hypothesis seed. Default: the profile's (ci: the UTC date)")
     prg.add_argument("--out", type=Path, default=Path("reports/pr"),
                      help="directory for baseline/, candidate/, overlay/ and report.md. Default: %(default)s")

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from parity.registry import ARCHITECTURES, canonical_config
+from parity.worker.contract import Execution
 
 # Part of every checkpoint's cache key: bump when parity/checkpoint.py changes the weights it writes.
 CHECKPOINT_RECIPE = 1
@@ -24,6 +25,8 @@ class Example:
     weight_seed: int
     prompts: tuple[tuple[int, ...], ...]
     decode_steps: int
+    execution: Execution = Execution()
+    """How the engines run it; the reference ignores it."""
 
     @property
     def id(self) -> str:
@@ -36,13 +39,17 @@ class Example:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["prompts"] = [list(p) for p in self.prompts]
+        if self.execution == Execution():
+            # The plainest run is the one every example had before execution was drawn: leaving
+            # it out keeps those examples' ids, and the reports and caches keyed by them.
+            del d["execution"]
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Example:
         return cls(arch=d["arch"], config=dict(d["config"]), weight_seed=int(d["weight_seed"]),
                    prompts=tuple(tuple(int(t) for t in p) for p in d["prompts"]),
-                   decode_steps=int(d["decode_steps"]))
+                   decode_steps=int(d["decode_steps"]), execution=Execution(**(d.get("execution") or {})))
 
     def describe(self) -> str:
         """One line naming the shape and every family knob that is on (see ``ArchSpec.family_knobs``)."""
@@ -60,4 +67,5 @@ class Example:
         bits += [f"{key}={c[key]}" for key in (spec.family_knobs if spec else ())
                  if c.get(key) not in (None, False, plain.get(key))]
         bits.append("prompt_lens=" + ",".join(str(len(p)) for p in self.prompts))
-        return f"{self.arch}(" + " ".join(bits) + ")"
+        bits.append(self.execution.describe())
+        return f"{self.arch}(" + " ".join(filter(None, bits)) + ")"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from parity.backends import BackendSpec
-from parity.worker import contract, protocol
+from parity.worker import contract, patches, protocol
 from parity.worker.contract import Capabilities
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -62,7 +62,9 @@ class WorkerHandle(Protocol):
 
 
 def worker_path(cache: Path) -> Path:
-    """A directory holding only a link to this parity package, for the worker's PYTHONPATH.
+    """A directory holding only a link to this parity package and the ``sitecustomize`` that applies a
+    worker's patches in the processes its engine spawns (``parity.worker.patches``), for the worker's
+    PYTHONPATH.
 
     The orchestrator's own site-packages must not leak into engine environments.
     """
@@ -73,6 +75,11 @@ def worker_path(cache: Path) -> Path:
         tmp = root / f"parity.{os.getpid()}"
         tmp.symlink_to(PACKAGE_ROOT, target_is_directory=True)
         os.replace(tmp, link)
+    site = root / "sitecustomize.py"
+    if not site.exists() or site.read_text() != patches.SITECUSTOMIZE:
+        tmp = root / f"sitecustomize.{os.getpid()}"
+        tmp.write_text(patches.SITECUSTOMIZE)
+        os.replace(tmp, site)
     return root
 
 

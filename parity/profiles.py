@@ -15,6 +15,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
+from parity.strategies import ExecutionSurface
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -38,6 +40,9 @@ class Profile:
         day = today or datetime.now(timezone.utc).date()
         return int(day.strftime("%Y%m%d"))
 
+    execution: ExecutionSurface = ExecutionSurface()
+    """Which execution modes are drawn, and how often."""
+
 
 PROFILES = {
     "dev": Profile("dev", max_examples=3, shrink_seconds=60),
@@ -47,6 +52,12 @@ PROFILES = {
     # factor must be generated, not just hoped for, and shrunk to their minimal witness;
     # S1 on vLLM reaches 2 layers after ~75 s of shrinking on 2 cores.
     "zoo": Profile("zoo", max_examples=10, shrink_seconds=150),
+    # Bugs of execution modes: only those modes drawn, each as often as the plainest run, so ten
+    # examples meet them; shrinking still ends at one mode. Two-rank examples take ~20 s each.
+    "zoo-tp": Profile("zoo-tp", max_examples=10, shrink_seconds=240,
+                      execution=ExecutionSurface(modes=("tensor_parallel",), one_rank_share=1)),
+    "zoo-prefill": Profile("zoo-prefill", max_examples=10, shrink_seconds=240,
+                           execution=ExecutionSurface(modes=("chunked_prefill", "prefix_cache"), plain_share=1)),
 }
 DEFAULT = os.environ.get("PARITY_PROFILE", "ci")
 

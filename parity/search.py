@@ -42,7 +42,7 @@ def search(session: Session, arch: str, profile: Profile, seed: int | None) -> s
     if not head_dims:
         raise HarnessError(f"{arch}: none of its head sizes {spec.head_dims} is supported by "
                            + ", ".join(f"{w.label} ({w.capabilities.head_sizes})" for w in runnable))
-    strategy = example_strategy(arch, spec, head_dims, profile.decode_steps)
+    strategy = example_strategy(arch, spec, head_dims, profile.decode_steps, profile.execution)
     session.surface_coverage([arch])  # before the search's own Hypothesis test, where sampling is refused
     shrink_deadline: list[float] = []
 

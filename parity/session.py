@@ -166,7 +166,8 @@ class Session:
         failed: dict[str, BackendResult] = {}  # unsupported or errored, by label
         runnable: list[WorkerHandle] = []
         for w in self.engines:
-            reason = support.supports(w.capabilities, example.arch, example.config, self.cfg.dtype)
+            reason = support.supports(w.capabilities, example.arch, example.config, self.cfg.dtype,
+                                      example.execution)
             if reason:
                 failed[w.label] = BackendResult(backend=w.label, status="unsupported", reason=reason)
             else:
@@ -204,7 +205,7 @@ class Session:
         record = ExampleRecord(
             id=example.id, arch=example.arch, role=role, description=example.describe(), config=example.config,
             weight_seed=example.weight_seed, prompts=[list(p) for p in example.prompts],
-            decode_steps=example.decode_steps,
+            decode_steps=example.decode_steps, execution=example.to_json().get("execution", {}),
             replay=f"parity replay {shlex.quote(str(self.cfg.out / 'report.json'))} {example.id}",
             results=results,
             seconds=_rounded({"checkpoint": t_ckpt - t0, "reference": t_ref - t_ckpt,
@@ -410,7 +411,8 @@ class Session:
 def _request(example: Example, ckpt: Path, dtype: str, out: Path, forced: compare.Trajectory = ()) -> RunRequest:
     return RunRequest(checkpoint=str(ckpt), prompts=[list(p) for p in example.prompts],
                       decode_steps=example.decode_steps, dtype=dtype, out=str(out),
-                      modules=asdict(registry.get(example.arch).modules), forced=[list(t) for t in forced])
+                      modules=asdict(registry.get(example.arch).modules), forced=[list(t) for t in forced],
+                      execution=example.execution)
 
 
 def _rounded(seconds: dict[str, float]) -> dict[str, float]:

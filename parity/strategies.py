@@ -8,6 +8,7 @@ shrinks to the plainest model that still shows it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from hypothesis import Phase, given, settings
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from parity import registry
 from parity.example import Example
 from parity.registry import ArchSpec, family_config
+from parity.worker.contract import EXECUTION_MODES, Execution
 
 
 def supported_head_dims(spec: ArchSpec, backend_head_sizes: Iterable[Sequence[int] | None]) -> tuple[int, ...]:
@@ -156,29 +158,92 @@ def plain_half(values: Sequence[Any]) -> st.SearchStrategy[Any]:
 
 
 @st.composite
-def prompt_batches(draw: st.DrawFn, vocab_size: int, max_prompts: int = 3, max_len: int = 12) -> tuple[tuple[int, ...], ...]:
-    """Prompts of distinct lengths and distinct first tokens.
+def prompt_batches(draw: st.DrawFn, vocab_size: int, max_prompts: int = 3, max_len: int = 12,
+                   shared_prefix: int = 0) -> tuple[tuple[int, ...], ...]:
+    """Prompts of distinct lengths whose first tokens after ``shared_prefix`` common ones are distinct.
 
     Distinct lengths let an engine's flattened decode batch be attributed to
-    prompts by position alone (see parity.worker.capture.TokenRouter).
+    prompts by position alone (see parity.worker.routing.TokenRouter). A shared
+    prefix asks for two prompts at least, so one can hit the cache of the other.
     """
-    lengths = draw(st.lists(st.integers(2, max_len), min_size=1, max_size=max_prompts, unique=True))
+    lengths = draw(st.lists(st.integers(2, max_len), min_size=2 if shared_prefix else 1, max_size=max_prompts,
+                            unique=True))
     firsts = draw(st.lists(st.integers(0, vocab_size - 1), min_size=len(lengths), max_size=len(lengths), unique=True))
     token = st.integers(0, vocab_size - 1)
+    prefix = tuple(draw(st.lists(token, min_size=shared_prefix, max_size=shared_prefix)))
     return tuple(
-        (first, *draw(st.lists(token, min_size=n - 1, max_size=n - 1))) for first, n in zip(firsts, lengths)
+        (*prefix, first, *draw(st.lists(token, min_size=n - 1, max_size=n - 1))) for first, n in zip(firsts, lengths)
     )
 
 
+SHARED_PREFIX = 32
+"""Tokens the prompts share when the prefix cache is drawn: engines reuse only whole KV blocks, and
+vLLM's CPU attention takes block sizes in multiples of 32 (its adapter asks for 32)."""
+
+PREFILL_CHUNKS = (4, 8)
+"""Tokens per forward under chunked prefill: prompts of up to 12 tokens (44 with a shared prefix) take
+2 to 11 forwards."""
+
+
+@dataclass(frozen=True)
+class ExecutionSurface:
+    """Which execution modes a profile draws, and how often."""
+
+    modes: tuple[str, ...] = EXECUTION_MODES
+    """The modes drawn at all; the others stay plain."""
+
+    tensor_parallel: tuple[int, ...] = (1, 2)
+    """Tensor-parallel sizes, plainest first; only those the config splits over are drawn."""
+
+    plain_share: int = 8
+    """Chunked prefill and the prefix cache are off this many times for every time they are on, per value
+    (chunked prefill in 1 example of 5, the prefix cache in 1 of 9): most examples run the plainest way,
+    which every backend supports (SGLang's adapter runs none of the modes), and a failure shrinks to it."""
+
+    one_rank_share: int = 24
+    """One rank this many times for every time more are drawn (where the config splits): each
+    multi-rank example starts an engine of its own, about 30 s on 2 CPU cores."""
+
+    def mostly_plain(self, plain: Any, others: Sequence[Any], share: int | None = None) -> st.SearchStrategy[Any]:
+        """``plain`` ``share`` (``plain_share``) times as often as each of ``others``; shrinks to ``plain``."""
+        return st.sampled_from([plain] * (share or self.plain_share) + list(others))
+
+
+def tensor_parallel_fits(config: dict[str, Any], ranks: int) -> bool:
+    """Whether the (canonical) config splits over ``ranks``: whole query heads and MLP columns per rank, and
+    kv heads split evenly or replicated evenly (engines' rule for GQA under TP)."""
+    kv = config["num_key_value_heads"]
+    return (config["num_attention_heads"] % ranks == 0 and (config.get("intermediate_size") or 0) % ranks == 0
+            and (kv % ranks == 0 or ranks % kv == 0))
+
+
 @st.composite
-def examples(draw: st.DrawFn, arch: str, spec: ArchSpec, head_dims: Sequence[int], decode_steps: int) -> Example:
+def executions(draw: st.DrawFn, config: dict[str, Any], surface: ExecutionSurface = ExecutionSurface()) -> Execution:
+    """How the engines run the example: tensor-parallel ranks valid for ``config``, chunked prefill and the
+    prefix cache, as ``surface`` says."""
+    def drawn(mode: str, plain: Any, others: Sequence[Any], share: int | None = None) -> Any:
+        return draw(surface.mostly_plain(plain, others, share)) if mode in surface.modes else plain
+
+    ranks = [r for r in surface.tensor_parallel if tensor_parallel_fits(config, r)]
+    return Execution(tensor_parallel=drawn("tensor_parallel", ranks[0], ranks[1:], surface.one_rank_share),
+                     prefill_chunk=drawn("chunked_prefill", None, PREFILL_CHUNKS),
+                     prefix_cache=drawn("prefix_cache", False, [True]))
+
+
+@st.composite
+def examples(draw: st.DrawFn, arch: str, spec: ArchSpec, head_dims: Sequence[int], decode_steps: int,
+             execution: ExecutionSurface = ExecutionSurface()) -> Example:
     config = draw(model_configs(spec, head_dims))
+    weight_seed = draw(st.integers(0, 2**31 - 1))
+    execution = draw(executions(registry.canonical_config(arch, config), execution))
     return Example(
         arch=arch,
         config=config,
-        weight_seed=draw(st.integers(0, 2**31 - 1)),
-        prompts=draw(prompt_batches(config["vocab_size"])),
+        weight_seed=weight_seed,
+        prompts=draw(prompt_batches(config["vocab_size"],
+                                    shared_prefix=SHARED_PREFIX if execution.prefix_cache else 0)),
         decode_steps=decode_steps,
+        execution=execution,
     )
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from parity import known_issues, registry
-from parity.worker.contract import Capabilities
+from parity.worker.contract import Capabilities, Execution
 
 
 def supports(caps: Capabilities, arch: str, config: Mapping[str, Any] | None = None,
-             dtype: str | None = None) -> str | None:
+             dtype: str | None = None, execution: Execution = Execution()) -> str | None:
     """None if the backend can run the architecture (and the features ``config`` turns on,
-    see ``registry.FEATURES``, in ``dtype``), else the reason it cannot."""
+    see ``registry.FEATURES``) in ``dtype``, the way ``execution`` asks, else the reason it cannot."""
     if dtype is not None and dtype not in caps.dtypes:
         why = caps.unsupported_dtypes.get(dtype, f"it runs {', '.join(caps.dtypes)}")
         return f"{caps.engine} ({caps.versions_text}) does not run {dtype} here: {why}"
@@ -24,14 +24,17 @@ def supports(caps: Capabilities, arch: str, config: Mapping[str, Any] | None = N
     for feature in registry.features(config or {}):
         if feature in caps.unsupported_features:
             return f"{caps.engine} ({caps.versions_text}) does not support {feature}: {caps.unsupported_features[feature]}"
+    for mode in execution.modes():
+        if mode in caps.unsupported_execution:
+            return f"{caps.engine} ({caps.versions_text}) cannot run with {mode}: {caps.unsupported_execution[mode]}"
     return None
 
 
 def matrix(workers: Mapping[str, Capabilities]) -> list[str]:
     """The support matrix as text: one row per architecture, one cell per worker label: yes,
     partial (some features the family may turn on are lacking) or no, with the engines' reasons
-    below the table; ``*`` marks known engine bugs on some configs (parity/known_issues.py),
-    listed below too."""
+    below the table, then the execution modes a worker cannot run; ``*`` marks known engine bugs on
+    some configs (parity/known_issues.py), listed below too."""
     rows = ["", f"{'':10} " + " ".join(f"{label:12}" for label in workers)]
     notes: list[str] = []
     for name, spec in registry.ARCHITECTURES.items():
@@ -49,4 +52,6 @@ def matrix(workers: Mapping[str, Capabilities]) -> list[str]:
             notes += [f"{name} on {label}: {r}" for r in reasons]
             notes += [f"{name} on {label}: known issue ({', '.join(i.kinds)}): {i.diagnosis}" for i in known]
         rows.append(f"{name:10} " + " ".join(cells))
+    notes += [f"every architecture on {label}: cannot run with {mode}: {reason}"
+              for label, caps in workers.items() for mode, reason in caps.unsupported_execution.items()]
     return rows + [""] + notes

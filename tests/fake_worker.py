@@ -69,8 +69,10 @@ def activations(config: Mapping[str, Any], prompts: list[list[int]], decode_step
 class FakeWorker:
     def __init__(self, spec: BackendSpec, engine: str = "fake", version: str = "1", bug: Bug | None = None,
                  failure: Failure | None = None, on_run: Callable[[RunRequest], None] | None = None,
-                 tokens: Tokens | None = None, refuses: Mapping[str, str] | None = None):
+                 tokens: Tokens | None = None, refuses: Mapping[str, str] | None = None,
+                 unsupported_execution: dict[str, str] | None = None):
         self.spec = spec
+        self.unsupported_execution = unsupported_execution or {}
         self.python = "fake-python"
         self.engine, self.version = engine, version
         self.bug, self.failure, self.on_run, self.tokens = bug, failure, on_run, tokens
@@ -89,7 +91,8 @@ class FakeWorker:
             engine=self.engine, versions={self.engine: self.version},
             architectures=[s.architecture for s in registry.ARCHITECTURES.values()], head_sizes=None,
             dtypes=[d for d in ("float32", "float64", "bfloat16") if d not in self.refuses],
-            unsupported_dtypes=self.refuses, unsupported_features={}, pid=1000 + self.starts, python=self.python)
+            unsupported_dtypes=self.refuses, unsupported_features={}, unsupported_execution=self.unsupported_execution,
+            pid=1000 + self.starts, python=self.python)
         return self.capabilities
 
     def restart(self) -> Capabilities:

@@ -5,12 +5,15 @@ the unpatched engine passes that very example (no false alarm).
 The fixtures and what is expected of them live in fixtures/zoo.py.
 """
 
+from dataclasses import replace
+
 import pytest
 
 from fixtures.zoo import FIXTURES
 from parity.example import Example
 from parity.profiles import get
 from parity.search import search
+from parity.worker.contract import Execution
 
 pytestmark = pytest.mark.parity
 
@@ -19,17 +22,24 @@ pytestmark = pytest.mark.parity
 def test_bug_is_caught_localized_and_shrunk(parity_sessions, fixture):
     patched = parity_sessions([fixture.backend], [f"{fixture.backend}={fixture.path}"])
     try:
-        minimal = search(patched, fixture.arch, get("zoo"), seed=0)
+        minimal = search(patched, fixture.arch, get(fixture.profile), seed=0)
+        assert minimal is not None, f"{fixture.id} was not caught"
+        record = patched.records[minimal]
+        example = Example.from_json(record.model_dump())
+        # Caught on the execution surface that triggers it only: run the plainest way, it passes.
+        plainly = patched.evaluate(replace(example, execution=Execution())) if fixture.execution else None
     finally:
         patched.close()  # this patch set is used by no other test: free its workers now
-    assert minimal is not None, f"{fixture.id} was not caught"
-    record = patched.records[minimal]
     (result,) = [r for r in record.results if r.backend == fixture.backend]
     assert result.status == fixture.status, result.reason
     d = result.first_divergence
     assert d.kind in fixture.kinds and d.layer == fixture.layer, d.tensor
     assert record.minimal and fixture.minimal(record.config), (fixture.minimal_text, record.description)
+    modes = example.execution.modes()
+    assert len(modes) == (1 if fixture.execution else 0) and set(modes) <= set(fixture.execution), record.description
+    if plainly:
+        assert {r.status for r in plainly.results} == {"pass"}, plainly.description
 
     clean = parity_sessions([fixture.backend])
-    verdict = clean.evaluate(Example.from_json(record.model_dump()), role="replay")
+    verdict = clean.evaluate(example, role="replay")
     assert {r.status for r in verdict.results} == {"pass"}, [(r.backend, r.status, r.reason) for r in verdict.results]

@@ -50,3 +50,29 @@ def test_unattributable_tokens_raise():
     r2.route([3], [4])
     with pytest.raises(CaptureError):
         r2.route([4], [4])  # more decode steps than asked for
+
+
+SHARED = [3, 1, 4, 1]
+P, Q = SHARED + [5, 9], SHARED + [2, 6, 5]
+
+
+def test_a_prefix_cache_hit_starts_past_the_cached_tokens_and_names_who_computed_them():
+    r = TokenRouter([P, Q], decode_steps=1)
+    assert segs(r, list(range(6)), P) == [(0, 0, 0, 6, True)]
+    assert segs(r, [6], [7]) == [(0, 1, 0, 1, True)]
+    (hit,) = r.route([4, 5, 6], Q[4:])
+    assert (hit.prompt, hit.step, hit.cached, hit.donor, hit.samples) == (1, 0, 4, 0, True)
+
+
+def test_chunks_within_a_shared_prefix_belong_to_the_earliest_unfinished_prompt():
+    r = TokenRouter([P, Q], decode_steps=1)
+    assert segs(r, [0, 1], SHARED[:2]) == [(0, 0, 0, 2, False)]
+    assert segs(r, [2, 3], SHARED[2:]) == [(0, 0, 0, 2, False)]
+    assert segs(r, [4, 5], P[4:]) == [(0, 0, 0, 2, True)]
+    r.route([6], [7])
+    assert segs(r, [0, 1], SHARED[:2]) == [(1, 0, 0, 2, False)]  # no cache hit: Q computes its own prefix
+
+
+def test_a_hit_needs_a_prompt_that_computed_the_prefix():
+    with pytest.raises(CaptureError, match="cannot attribute"):
+        TokenRouter([P, Q], decode_steps=1).route([4, 5, 6], Q[4:])

@@ -14,6 +14,7 @@ from parity.example import Example
 from parity.profiles import Profile
 from parity.search import run, search
 from parity.session import RunConfig, Session
+from parity.worker.contract import Execution
 from fake_worker import activations, launcher
 
 PROFILE = Profile("unit", max_examples=12, shrink_seconds=20)
@@ -100,6 +101,20 @@ def test_a_diagnosis_the_reference_refutes_is_a_new_failure(tmp_path):
     assert result.status == "diverged" and result.known_issue is None and record.failed
     assert any(n.startswith("not a known vllm issue: v also diverges from the reference run on the checkpoint "
                             "as it reads it, at layers.0.attn_out") for n in result.notes), result.notes
+
+
+def test_an_execution_a_backend_cannot_run_is_unsupported_with_its_reason_and_reaches_those_that_can(tmp_path):
+    launch = launcher(v={"unsupported_execution": {"prefix_cache": "no radix cache here"}}, s={})
+    shared = Example(**{**vars(example()), "prompts": ((7, 7, 1), (7, 7, 2, 3)),
+                        "execution": Execution(prefill_chunk=4, prefix_cache=True)})
+    with Session(config(tmp_path, "vllm@v", "sglang@s"), log=lambda m: None, launch=launch) as session:
+        record = session.evaluate(shared)
+    by = {r.backend: r for r in record.results}
+    assert by["v"].status == "unsupported" and "prefix_cache: no radix cache here" in by["v"].reason
+    assert by["s"].status == "pass" and launch.workers["s"].runs[-1].execution == shared.execution
+    assert not launch.workers["v"].runs, "nothing is sent to a backend that cannot run the example"
+    assert "prefill_chunk=4 prefix_cache" in record.description
+    assert Example.from_json(record.model_dump()) == shared, "the replay runs the same way"
 
 
 def test_a_worker_that_could_not_clean_up_is_restarted(tmp_path):

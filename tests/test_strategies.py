@@ -2,7 +2,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from parity import registry
-from parity.strategies import examples, supported_head_dims
+from parity.strategies import (SHARED_PREFIX, ExecutionSurface, examples, executions, supported_head_dims,
+                               tensor_parallel_fits)
+from parity.worker.contract import Execution
 
 
 @given(st.data())
@@ -25,7 +27,9 @@ def test_examples_are_valid_by_construction(data):
         assert len(rope["short_factor"]) == len(rope["long_factor"]) == int(rotary) // 2
     lengths = [len(p) for p in ex.prompts]
     assert len(set(lengths)) == len(lengths), "the token router needs distinct prompt lengths"
-    assert len({p[0] for p in ex.prompts}) == len(ex.prompts)
+    shared = SHARED_PREFIX if ex.execution.prefix_cache else 0
+    assert len({p[shared] for p in ex.prompts}) == len(ex.prompts), "contents must differ after a shared prefix"
+    assert len({p[:shared] for p in ex.prompts}) == 1 and (not shared or len(ex.prompts) > 1)
     assert all(0 <= t < c["vocab_size"] for p in ex.prompts for t in p)
     assert ex.id == type(ex).from_json(ex.to_json()).id
 
@@ -48,3 +52,29 @@ def test_head_sizes_are_intersected_with_every_backend():
 def test_possible_features_are_read_from_the_entry():
     assert "attn_logit_softcapping" in registry.possible_features(registry.get("gemma2"))
     assert registry.possible_features(registry.get("llama")) == []
+
+
+@given(st.data())
+def test_drawn_tensor_parallel_fits_the_config(data):
+    config = {"num_attention_heads": data.draw(st.sampled_from([1, 2, 4, 6])),
+              "num_key_value_heads": data.draw(st.sampled_from([1, 2, 3])), "intermediate_size": 96}
+    drawn = data.draw(executions(config, ExecutionSurface(tensor_parallel=(1, 2, 4), plain_share=1, one_rank_share=1)))
+    assert tensor_parallel_fits(config, drawn.tensor_parallel)
+    assert config["num_attention_heads"] % drawn.tensor_parallel == 0
+
+
+def test_execution_shrinks_to_the_plainest_run():
+    from hypothesis import find
+
+    config = {"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96}
+    assert find(executions(config), lambda e: True) == Execution()
+    assert find(executions(config), lambda e: e.prefix_cache) == Execution(prefix_cache=True)
+    assert not tensor_parallel_fits({"num_attention_heads": 3, "num_key_value_heads": 3}, 2)
+    assert tensor_parallel_fits({"num_attention_heads": 4, "num_key_value_heads": 1}, 2)  # kv replicated
+
+
+@given(st.data())
+def test_a_surface_draws_only_its_modes(data):
+    config = {"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96}
+    only_ranks = ExecutionSurface(modes=("tensor_parallel",), one_rank_share=1)
+    assert data.draw(executions(config, only_ranks)).modes() in ([], ["tensor_parallel"])

@@ -18,8 +18,8 @@ from abc import ABC, abstractmethod
 from typing import ClassVar, Generic, Mapping, TypeVar
 
 from parity.worker.capture import Hooks, NullRecorder, Recorder, config_head_dim, save
-from parity.worker.contract import (Capabilities, ContractError, ModulesReply, ModulesRequest, RunReply, RunRequest,
-                                    SurfaceReply, SurfaceRequest)
+from parity.worker.contract import (EXECUTION_MODES, Capabilities, ContractError, ModulesReply, ModulesRequest,
+                                    RunReply, RunRequest, SurfaceReply, SurfaceRequest)
 
 Loaded = TypeVar("Loaded")
 """What an engine's load returns: the model, or the engine object holding it."""
@@ -64,12 +64,18 @@ class EngineAdapter(ABC, Generic[Loaded]):
         """Features of ``parity.registry.FEATURES`` the engine lacks, with the reason."""
         return {}
 
+    def unsupported_execution(self) -> dict[str, str]:
+        """Execution modes (``Execution.modes``) that the engine, or this adapter, cannot run, with the
+        reason. An adapter claims a mode only once it honours it in ``load``/``generate`` and its
+        capture still yields the canonical tensors."""
+        return {mode: f"parity's {self.engine} adapter does not run it" for mode in EXECUTION_MODES}
+
     def capabilities(self) -> Capabilities:
         refused = self.unsupported_dtypes()
         return Capabilities(engine=self.engine, versions=self.versions(), architectures=sorted(self.architectures()),
                             head_sizes=self.head_sizes(), dtypes=[d for d in self.dtypes if d not in refused],
                             unsupported_dtypes=refused, unsupported_features=self.unsupported_features(),
-                            pid=os.getpid(), python=sys.executable)
+                            unsupported_execution=self.unsupported_execution(), pid=os.getpid(), python=sys.executable)
 
     # -- the engine's conventions -----------------------------------------
 

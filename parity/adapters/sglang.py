@@ -99,6 +99,14 @@ class Adapter(EngineAdapter[Any]):
                 "its torch_native attention backend (the one that runs on CPU) ignores RadixAttention.logit_cap")
         return lacking
 
+    def unsupported_execution(self) -> dict[str, str]:
+        scheduler = "parity drives SGLang's ModelRunner without its scheduler, where {} lives"
+        # SGLang's own Engine does run these on CPU (two ranks measured: same greedy tokens as one);
+        # capturing through its scheduler processes is what parity's adapter lacks.
+        return {"tensor_parallel": "parity's SGLang adapter runs one in-process ModelRunner, a single rank",
+                "chunked_prefill": scheduler.format("chunked prefill (chunked_prefill_size)"),
+                "prefix_cache": scheduler.format("the radix cache")}
+
     def load(self, request: RunRequest) -> Any:
         return runner.load(request.checkpoint, request.dtype, self.device, [list(p) for p in request.prompts],
                            request.decode_steps)

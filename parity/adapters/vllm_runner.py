@@ -19,14 +19,21 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default reserve
 import torch
 
 
-def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int) -> Any:
+def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int,
+         tensor_parallel: int = 1, prefill_chunk: int | None = None, prefix_block: int | None = None) -> Any:
+    """An ``LLM`` for the checkpoint: ``prefill_chunk`` tokens per forward at most (chunked prefill), the
+    prefix cache on with KV blocks of ``prefix_block`` tokens."""
     from vllm import LLM
 
     longest = max(len(p) for p in prompts) + decode_steps + 1
     return LLM(
+        tensor_parallel_size=tensor_parallel, distributed_executor_backend="mp" if tensor_parallel > 1 else None,
         model=checkpoint, skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, seed=0,
         max_model_len=max(longest, 64), max_num_seqs=max(len(prompts), 1),
-        max_num_batched_tokens=max(2048, longest * len(prompts)),
+        # A budget below a prompt's length splits its prefill over several forwards.
+        enable_chunked_prefill=prefill_chunk is not None,
+        max_num_batched_tokens=prefill_chunk or max(2048, longest * len(prompts)),
+        enable_prefix_caching=prefix_block is not None, block_size=prefix_block,
         # On CPU this is the fraction of RAM reserved; the default 0.92 fails.
         gpu_memory_utilization=0.1 if device == "cpu" else 0.3,
         load_format="safetensors", trust_remote_code=False,
@@ -40,16 +47,19 @@ def model(llm: Any) -> torch.nn.Module:
 
 
 def generate(llm: Any, prompts: list[list[int]], decode_steps: int,
-             on_logits: Callable[[torch.Tensor], None] | None = None) -> None:
-    """Greedy prefill and ``decode_steps`` decode steps; ``on_logits`` sees each forward's logits,
-    computed only for the tokens that are sampled."""
+             on_logits: Callable[[torch.Tensor], None] | None = None, one_by_one: bool = False) -> list[Any]:
+    """Greedy prefill and ``decode_steps`` decode steps, the prompts batched or ``one_by_one``; ``on_logits``
+    sees each forward's logits, computed only for the tokens that are sampled. vLLM's outputs, per prompt."""
     from vllm import SamplingParams
 
     hooks = [] if on_logits is None else \
         llm.apply_model(lambda m: m.logits_processor.register_forward_hook(lambda mod, a, out: on_logits(out)))
     params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, ignore_eos=True, detokenize=False)
+    requests = [{"prompt_token_ids": list(p)} for p in prompts]
     try:
-        llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        if one_by_one:
+            return [out for r in requests for out in llm.generate([r], params, use_tqdm=False)]
+        return llm.generate(requests, params, use_tqdm=False)
     finally:
         for h in hooks:
             h.remove()

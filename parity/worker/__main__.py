@@ -11,19 +11,14 @@ import argparse
 import gc
 import importlib
 import os
-import runpy
 import sys
 import traceback
 from typing import Any, Callable, Mapping
 
 from parity import checkpoint
 from parity.adapters.base import EngineAdapter, Unusable
-from parity.worker import contract, protocol
+from parity.worker import contract, patches, protocol
 from parity.worker.contract import CheckpointReply, CheckpointRequest, ModulesRequest, RunRequest, SurfaceRequest
-
-
-class PatchFailed(RuntimeError):
-    """A ``--patch`` file raised while it was applied."""
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
@@ -57,11 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(f"parity.adapters.{args.adapter}")
         adapter = module.Adapter(device=args.device)
-        for patch in args.patch:
-            try:
-                runpy.run_path(patch, run_name="parity_patch")
-            except BaseException as exc:
-                raise PatchFailed(f"patch {patch} failed to apply: {type(exc).__name__}: {exc}") from exc
+        patches.apply(args.patch)
         # Engines collect garbage after every model; the engine import's millions of
         # objects never die, so keep them out of every later collection.
         gc.freeze()

@@ -24,7 +24,14 @@ def as_stored(t: torch.Tensor) -> torch.Tensor:
 
 
 class Recorder:
-    """Collects canonical tensors for one run of one model over a batch of prompts."""
+    """Collects canonical tensors for one run of one model over a batch of prompts.
+
+    Under a prefix-cache hit the engine computes only a prompt's positions after
+    the cached ones. Those are what is compared; the cached positions' rows are
+    taken from the prompt whose prefill computed them (the segment's ``donor``),
+    so every prompt still has one row per token, as the canonical schema asks.
+    A wrong reuse of cached KV shows in the computed positions' attention.
+    """
 
     def __init__(self, prompts: Sequence[Sequence[int]], decode_steps: int, head_dim: int):
         self.router = TokenRouter(prompts, decode_steps)
@@ -41,7 +48,7 @@ class Recorder:
         self.segments = self.router.route(pos, ids)
         self.layer = None
         for s in self.segments:
-            self._chunks[schema.key(s.step, s.prompt, schema.TOKEN_IDS)].append(torch.tensor(ids[s.start : s.end]))
+            self._append(s, schema.TOKEN_IDS, torch.tensor(ids[s.start : s.end]))
 
     def enter_layer(self, index: int) -> None:
         self.layer = index
@@ -51,7 +58,13 @@ class Recorder:
         if tensor.shape[0] < self.rows:
             raise CaptureError(f"{name}: {tensor.shape[0]} rows for a forward of {self.rows} tokens")
         for s in self.segments:
-            self._chunks[schema.key(s.step, s.prompt, name)].append(as_stored(tensor[s.start : s.end]))
+            self._append(s, name, as_stored(tensor[s.start : s.end]))
+
+    def _append(self, s: Segment, name: str, rows: torch.Tensor) -> None:
+        chunks = self._chunks[schema.key(s.step, s.prompt, name)]
+        if s.cached:
+            chunks.append(torch.cat(self._chunks[schema.key(0, s.donor, name)])[: s.cached])
+        chunks.append(rows)
 
     def record_layer(self, kind: str, tensor: torch.Tensor) -> None:
         if self.layer is None:
@@ -63,15 +76,27 @@ class Recorder:
         self.record_layer(kind, flat.reshape(flat.shape[0], -1, self.head_dim))
 
     def record_logits(self, logits: torch.Tensor) -> None:
-        """Record logits computed for the last token of each sampling segment, in batch order."""
+        """Record logits computed for the last token of each sampling segment, in batch order.
+
+        Engines compute them either for the sampled sequences only or for every sequence in the
+        forward (vLLM, whose partial prefill chunks get logits that are then discarded)."""
         sampling = [s for s in self.segments if s.samples]
-        if logits.shape[0] != len(sampling):
-            raise CaptureError(f"logits has {logits.shape[0]} rows for {len(sampling)} sampled sequences")
+        if logits.shape[0] == len(self.segments):
+            sampling = [s if s.samples else None for s in self.segments]
+        elif logits.shape[0] != len(sampling):
+            raise CaptureError(f"logits has {logits.shape[0]} rows for {len(sampling)} sampled sequences "
+                               f"of {len(self.segments)}")
         for row, s in enumerate(sampling):
-            self._chunks[schema.key(s.step, s.prompt, "logits")].append(as_stored(logits[row : row + 1]))
+            if s is not None:
+                self._chunks[schema.key(s.step, s.prompt, "logits")].append(as_stored(logits[row : row + 1]))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: torch.cat(v) for k, v in self._chunks.items()}
+
+    def adopt(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Take canonical tensors recorded elsewhere (by the Recorders of tensor-parallel ranks)."""
+        for key, tensor in tensors.items():
+            self._chunks[key] = [tensor]
 
 
 def first(output: Any) -> torch.Tensor:
@@ -112,6 +137,10 @@ class Hooks:
 
         self.replace(module, "forward", forward)
 
+    def on_remove(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` at :meth:`remove` (e.g. to remove hooks living in other processes)."""
+        self._handles.append(_Call(fn))
+
     def replace(self, owner: Any, name: str, value: Any) -> None:
         """Set ``owner.name = value`` until :meth:`remove` (e.g. a module-level function)."""
         self._handles.append(_Restore(owner, name))
@@ -121,6 +150,11 @@ class Hooks:
         for h in reversed(self._handles):
             h.remove()
         self._handles.clear()
+
+
+class _Call:
+    def __init__(self, fn: Callable[[], None]):
+        self.remove = fn
 
 
 class _Restore:

@@ -22,6 +22,40 @@ class ContractError(ValueError):
     """A message does not fit the contract."""
 
 
+EXECUTION_MODES = ("tensor_parallel", "chunked_prefill", "prefix_cache")
+"""The ways to run a model other than the plainest, as ``Capabilities.unsupported_execution`` names them."""
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How an engine runs a model, drawn with the example like a config key: every field's
+    default is the plainest way (one rank, whole prompts in one forward, no cache reuse), the
+    one a failure shrinks to."""
+
+    tensor_parallel: int = 1
+    """Tensor-parallel ranks."""
+
+    prefill_chunk: int | None = None
+    """Chunked prefill: at most this many tokens per forward, so prompts are split; None runs
+    every prompt whole."""
+
+    prefix_cache: bool = False
+    """Reuse the KV of an earlier request's shared prefix: the prompts share one
+    (``parity.strategies.SHARED_PREFIX`` tokens) and are served one after another, so every
+    later request finds it cached."""
+
+    def modes(self) -> list[str]:
+        """The ways this differs from the plainest run (of ``EXECUTION_MODES``)."""
+        on = (self.tensor_parallel > 1, self.prefill_chunk is not None, self.prefix_cache)
+        return [name for name, active in zip(EXECUTION_MODES, on) if active]
+
+    def describe(self) -> str:
+        """Only what differs from the plainest run; empty for it."""
+        return " ".join(filter(None, [self.tensor_parallel > 1 and f"tp={self.tensor_parallel}",
+                                      self.prefill_chunk is not None and f"prefill_chunk={self.prefill_chunk}",
+                                      self.prefix_cache and "prefix_cache"]))
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """The hello: which engine a worker runs and what it supports."""
@@ -45,6 +79,9 @@ class Capabilities:
 
     unsupported_features: dict[str, str]
     """Features of ``parity.registry.FEATURES`` the engine lacks -> why."""
+
+    unsupported_execution: dict[str, str]
+    """Execution modes (``Execution.modes``) the engine, or parity's adapter for it, cannot run -> why."""
 
     pid: int
     python: str
@@ -79,6 +116,7 @@ class RunRequest:
     forced: list[list[int]] = field(default_factory=list)
     """Teacher forcing (the reference alone serves it): per prompt, the tokens fed at decode steps 1..n
     instead of the model's own greedy ones; empty: greedy."""
+    execution: Execution = field(default_factory=Execution)
 
 
 @dataclass(frozen=True)
@@ -186,6 +224,10 @@ def to_json(record: Any) -> dict[str, Any]:
     return asdict(record)
 
 
+NESTED: Mapping[str, type] = {"execution": Execution}
+"""Fields holding a record of their own, rebuilt (and checked) by :func:`from_json`."""
+
+
 def from_json(cls: type[Record], data: Mapping[str, Any]) -> Record:
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
@@ -195,7 +237,8 @@ def from_json(cls: type[Record], data: Mapping[str, Any]) -> Record:
         raise ContractError(f"{cls.__name__}: " + "; ".join(
             filter(None, [unknown and f"unknown field(s) {', '.join(unknown)}",
                           missing and f"missing field(s) {', '.join(missing)}"])))
-    return cls(**data)
+    return cls(**{k: from_json(NESTED[k], v) if k in NESTED and isinstance(v, Mapping) else v
+                  for k, v in data.items()})
 
 
 def request_to_json(request: Any) -> dict[str, Any]:

@@ -24,6 +24,8 @@ class Segment:
     start: int  # row range in the flattened forward
     end: int
     samples: bool  # the engine computes logits for the segment's last token
+    cached: int = 0  # prompt tokens before ``start`` the engine took from its prefix cache, not computed
+    donor: int | None = None  # the prompt whose prefill computed those cached tokens
 
 
 class TokenRouter:
@@ -31,7 +33,13 @@ class TokenRouter:
 
     Requires what the strategies guarantee: prompts of distinct lengths, so a
     decode token's position names its prompt, and distinct prompts, so a
-    prefill chunk's ids name its prompt.
+    prefill chunk's ids name its prompt. Prompts sharing a prefix (for the
+    prefix cache) must be served in order, one after another: a chunk that lies
+    within the shared prefix is then the earliest unfinished prompt's.
+
+    A prompt's first chunk may start past position 0: the engine took the
+    positions before it from its prefix cache. Its segment names the prompt
+    whose prefill computed them (``donor``), so the Recorder can fill them in.
     """
 
     def __init__(self, prompts: Sequence[Sequence[int]], decode_steps: int):
@@ -59,20 +67,29 @@ class TokenRouter:
         # Consecutive positions form one prefill chunk only while they spell a
         # prompt's next tokens; otherwise the next token starts a new segment
         # (e.g. decode tokens of two prompts at positions p and p+1).
-        ids = list(ids)
-        return any(self.prefilled[j] == p0 and p[p0 : p0 + len(ids)] == ids for j, p in enumerate(self.prompts))
+        return bool(self._prefills(p0, list(ids)))
+
+    def _prefills(self, pos: int, ids: list[int]) -> list[int]:
+        """Prompts whose next tokens at ``pos`` are ``ids``, or whose first tokens after a cache hit are."""
+        return [j for j, p in enumerate(self.prompts)
+                if p[pos : pos + len(ids)] == ids
+                and (self.prefilled[j] == pos or (self.prefilled[j] == 0 and self._donor(j, pos) is not None))]
+
+    def _donor(self, j: int, cached: int) -> int | None:
+        """The prompt, other than ``j``, whose prefill has computed ``j``'s first ``cached`` tokens."""
+        return next((k for k, p in enumerate(self.prompts) if k != j and self.prefilled[k] >= cached
+                     and p[:cached] == self.prompts[j][:cached]), None)
 
     def _attribute(self, pos: int, ids: list[int], start: int, end: int) -> Segment:
-        prefill = [
-            j for j, p in enumerate(self.prompts)
-            if self.prefilled[j] == pos and p[pos : pos + len(ids)] == ids
-        ]
+        prefill = self._prefills(pos, ids)
         decode = [
             j for j, p in enumerate(self.prompts)
             if len(ids) == 1 and self.prefilled[j] == len(p) and self.decoded[j] < self.decode_steps
             and len(p) + self.decoded[j] == pos
         ]
         candidates = [j for j in prefill + decode if j not in self._routed]
+        if len(candidates) > 1 and not decode and self._share_prefix(candidates, pos + len(ids)):
+            candidates = candidates[:1]  # served in order: the earliest unfinished prompt
         if len(candidates) != 1:
             raise CaptureError(
                 f"cannot attribute {len(ids)} token(s) at position {pos} (ids {ids[:8]}) to exactly one prompt "
@@ -81,7 +98,12 @@ class TokenRouter:
         j = candidates[0]
         self._routed.add(j)
         if j in prefill:
-            self.prefilled[j] += len(ids)
-            return Segment(j, 0, start, end, samples=self.prefilled[j] == len(self.prompts[j]))
+            cached = pos - self.prefilled[j]
+            self.prefilled[j] = pos + len(ids)
+            return Segment(j, 0, start, end, samples=self.prefilled[j] == len(self.prompts[j]), cached=cached,
+                           donor=self._donor(j, cached) if cached else None)
         self.decoded[j] += 1
         return Segment(j, self.decoded[j], start, end, samples=True)
+
+    def _share_prefix(self, prompts: list[int], length: int) -> bool:
+        return len({tuple(self.prompts[j][:length]) for j in prompts}) == 1

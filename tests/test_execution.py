@@ -1,0 +1,68 @@
+"""Execution modes on the real vLLM: tensor parallelism, chunked prefill and the prefix cache give the
+plain run's activations."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from parity.strategies import SHARED_PREFIX, sample
+from parity.worker.contract import Execution
+
+pytestmark = pytest.mark.parity
+
+PREFIX = tuple(range(7, 7 + SHARED_PREFIX))
+PLAIN = replace(sample("llama", 1, seed=0)[0], prompts=(PREFIX + (1, 2), PREFIX + (3, 4, 5, 6, 7), PREFIX + (8, 9, 10)))
+"""The plainest llama the strategies draw, with prompts that share a one-block prefix."""
+
+
+def same(plain, ran):
+    assert plain.keys() == ran.keys()
+    for key, tensor in plain.items():
+        # Chunks and ranks change the order of arithmetic, not the result beyond fp32 rounding.
+        assert np.linalg.norm(ran[key] - tensor) <= 1e-5 * np.linalg.norm(tensor), key
+
+
+def activations(session, example):
+    (result,) = session.evaluate(example).results
+    assert result.status == "pass" and result.max_rel_l2 < 1e-5, (example.describe(), result.reason)
+    return load_file(session.cfg.out / "activations" / example.id / "vllm.safetensors")
+
+
+@pytest.mark.parametrize("execution", [Execution(prefill_chunk=4), Execution(prefix_cache=True),
+                                       Execution(prefill_chunk=8, prefix_cache=True)], ids=Execution.describe)
+def test_vllm_gives_the_plain_runs_activations_under(parity_sessions, execution):
+    session = parity_sessions(["vllm"])
+    same(activations(session, PLAIN), activations(session, replace(PLAIN, execution=execution)))
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (2, 1)], ids=["kv-heads-sharded", "kv-heads-replicated"])
+def test_vllm_at_two_ranks_gives_the_one_rank_activations(parity_sessions, heads, kv_heads):
+    session = parity_sessions(["vllm"])
+    one = replace(PLAIN, prompts=((5, 1, 4), (9, 2, 6, 5, 3)),
+                  config={**PLAIN.config, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+                          "hidden_size": 32 * heads, "num_hidden_layers": 2})
+    same(activations(session, one), activations(session, replace(one, execution=Execution(tensor_parallel=2))))
+
+
+def test_a_prefix_cache_that_is_not_hit_is_an_error_not_a_silent_plain_run(parity_sessions):
+    session = parity_sessions(["vllm"])
+    unshared = replace(PLAIN, prompts=tuple((i,) + p[1:] for i, p in enumerate(PLAIN.prompts)),
+                       execution=Execution(prefix_cache=True))
+    (result,) = session.evaluate(unshared).results
+    assert result.status == "error" and "prefix cache was not hit" in result.reason
+
+
+def test_a_refusal_at_two_ranks_names_the_engines_reason_and_leaves_the_worker_serving(parity_sessions):
+    """vLLM's ranks keep their errors to themselves; the adapter names the one-rank load's (a known
+    refusal here: vLLM's Llama takes SiLU only), and the half-built two-rank engine does not take the
+    next model's parallel groups down with it."""
+    session = parity_sessions(["vllm"])
+    relu = replace(PLAIN, config={**PLAIN.config, "num_attention_heads": 2, "hidden_size": 64, "hidden_act": "relu"},
+                   prompts=((5, 1, 4),), execution=Execution(tensor_parallel=2))
+    (refused,) = session.evaluate(relu).results
+    assert refused.status == "error" and "Unsupported activation: relu" in refused.reason, refused.reason
+    assert refused.known_issue, refused.reason
+    (after,) = session.evaluate(replace(PLAIN, weight_seed=PLAIN.weight_seed + 1)).results
+    assert after.status == "pass", after.reason
