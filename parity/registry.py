@@ -39,8 +39,12 @@ class ModuleNames:
     """The norm after the last layer, under ``decoder`` (GPT-J: ``ln_f``)."""
     attention: str = "self_attn"
     """The attention block of a layer (GPT-J: ``attn``)."""
-    mlp: str = "mlp"
-    """The MLP block of a layer."""
+    mlp: tuple[str, ...] = ("mlp",)
+    """The MLP block of a layer, under the first of these names the layer has (Mixtral's checkpoints and
+    engine ports call it ``block_sparse_moe``, transformers 5 ``mlp``)."""
+    router: str | None = None
+    """The router linear of a mixture-of-experts block, under ``mlp``; None for a dense family. A layer
+    whose block has no such module (a dense layer of a sparse model) records no routing."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,18 @@ _SECOND_NAME = ("the activation's second name: transformers reads the other one 
 _DERIVED_HEAD_DIM = {"head_dim": "the config has no head_dim: transformers derives it from hidden_size / "
                                  "num_attention_heads, and the drawn value is written equal to that"}
 
+# Mixture-of-experts blocks: experts and their per-token count drawn small-first (top-1 routing of
+# four experts first), expert widths next to the dense one. Router weights are drawn like any matrix
+# (N(0, 1/hidden)), so on RMS-normed inputs the router logits are ~N(0, 1): top-k margins far above
+# fp32 noise (see parity.compare's ambiguity rule for the rare near-tie).
+_MOE_SIZES: dict[str, tuple[Any, ...]] = {"num_experts_per_tok": (1, 2, 3), "moe_intermediate_size": (64, 32, 96)}
+_MOE_PINNED = {
+    "output_router_logits": "adds the router's auxiliary load-balancing loss to a training loss; inference output "
+                            "is unchanged (measured neutral)",
+    "router_aux_loss_coef": "the coefficient of that training-only loss (measured neutral)",
+}
+_MOE_MODULES = ModuleNames(router="gate")
+
 # Token ids of the full-size vocabularies must not index a tiny one.
 _NO_SPECIAL_TOKENS = {"pad_token_id": None, "eos_token_id": None, "bos_token_id": None}
 
@@ -350,6 +366,35 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
                 "n_positions": "GPT-J's RoPE is never scaled, so its context length (max_position_embeddings) "
                                "changes nothing transformers computes"},
         modules=ModuleNames(decoder="transformer", layers="h", final_norm="ln_f", attention="attn"),
+        fixed=_NO_SPECIAL_TOKENS,
+    ),
+    # Qwen3 attention (q/k norms) with a softmax top-k router over experts; norm_topk_prob renormalises
+    # the selected weights (Qwen3-30B-A3B: True, the config's default False); decoder_sparse_step and
+    # mlp_only_layers turn some layers dense (their MLP is intermediate_size wide).
+    "qwen3_moe": ArchSpec(
+        model_type="qwen3_moe",
+        architecture="Qwen3MoeForCausalLM",
+        attention_bias=(False, True),
+        layers=(1, 3),
+        knobs={"num_experts": (4, 8), **_MOE_SIZES, "norm_topk_prob": (True, False),
+               "decoder_sparse_step": (1, 2), "mlp_only_layers": ((), (0,)),
+               **_QWEN_WINDOWS["knobs"]},
+        sliding_windows=_QWEN_WINDOWS["sliding_windows"],
+        pinned={**_QWEN_WINDOWS["pinned"], **_MOE_PINNED},
+        modules=_MOE_MODULES,
+    ),
+    # Mistral attention with eight experts, two per token, always renormalised; transformers 5 calls
+    # the block ``mlp``, the checkpoint and both engines ``block_sparse_moe``.
+    "mixtral": ArchSpec(
+        model_type="mixtral",
+        architecture="MixtralForCausalLM",
+        layers=(1, 3),
+        knobs={"num_local_experts": (4, 8), "num_experts_per_tok": _MOE_SIZES["num_experts_per_tok"]},
+        sliding_windows=(None, 4, 7),
+        pinned={**_MOE_PINNED,
+                "router_jitter_noise": "multiplies router inputs by uniform noise in training mode only; "
+                                       "inference output is unchanged (measured neutral)"},
+        modules=ModuleNames(mlp=("block_sparse_moe", "mlp"), router="gate"),
         fixed=_NO_SPECIAL_TOKENS,
     ),
 })

@@ -13,7 +13,9 @@ Conventions normalised here:
   rotary module must not leak into the next model);
 - the rotary module returns q/k flattened to ``[tokens, heads * head_dim]``;
 - a batch is flattened to ``[num_tokens, ...]``, requests in order; logits are computed
-  only for each request's last token (``next_token_logits``).
+  only for each request's last token (``next_token_logits``);
+- a mixture-of-experts block selects its experts in a ``topk`` module of its own, after
+  the router linear (``gate``).
 
 On CPU, SGLang needs ``SGLANG_USE_CPU_ENGINE=1`` before import, torchvision's op schemas
 (its PyPI wheel's compiled ops do not load next to CPU torch) and an importable
@@ -234,6 +236,10 @@ class Adapter(EngineAdapter[Any]):
         hooks = hook_common(rec, parts, layer_input=_layer_input, residual=_residual)
         hooks.pre(parts.decoder, lambda m, a, kw: rec.begin_forward(*forward_inputs(a, kw)), with_kwargs=True)
         hook_rotaries(hooks, rec, parts)
+        for _, block in parts.sparse_blocks():
+            # The block's TopK module returns (weights, experts, router logits).
+            hooks.post(block.topk, lambda m, a, out: rec.record_routing(out.topk_weights, out.topk_ids,
+                                                                      out.router_logits.shape[-1]))
         return hooks
 
     @staticmethod

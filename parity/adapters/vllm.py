@@ -9,7 +9,9 @@ Conventions normalised here:
   shared by all layers (``get_rope`` caches it process-wide, so it is hooked once per
   model and the cache is cleared after every run: a patched or mutated rotary module
   must not leak into the next model) and may update q/k in place;
-- logits are computed only for the tokens that are sampled.
+- logits are computed only for the tokens that are sampled;
+- a mixture-of-experts block's runner (``mlp.experts``) calls the router linear (``mlp.gate``)
+  itself and has its ``router`` select the experts, in no particular order.
 
 The CUDA path (``--device cuda``) uses the same hooks; it is untested on a GPU.
 """
@@ -99,6 +101,18 @@ class Adapter(EngineAdapter[Any]):
         hooks.before_forward(parts.decoder, lambda *a, **kw: rec.begin_forward(*forward_inputs(a, kw)))
         hooks.post(parts.model.logits_processor, lambda m, a, o: rec.record_logits(o))
         hook_rotaries(hooks, rec, parts)
+        for _, block in parts.sparse_blocks():
+            # The block's MoE runner holds the router; its select_experts returns the
+            # top-k (weights, experts), unsorted.
+            router = block.experts.router
+
+            def select_experts(*args: Any, _original=router.select_experts, **kwargs: Any) -> Any:
+                logits = kwargs["router_logits"] if "router_logits" in kwargs else args[1]
+                weights, experts = _original(*args, **kwargs)
+                rec.record_routing(weights, experts, logits.shape[-1])
+                return weights, experts
+
+            hooks.replace(router, "select_experts", select_experts)
         return hooks
 
     def teardown(self, loaded: Any) -> None:

@@ -105,7 +105,7 @@ def run_config(config: Mapping[str, Any], seed: int, capture: Capture, reads: di
     def build() -> torch.nn.Module:
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(ckpt.build_config(dict(config)), dtype=torch.float32,
-                                                 attn_implementation="eager")  # as the reference runs
+                                                 **ckpt.REFERENCE_KERNELS)  # as the reference runs
         ckpt.randomize(model, seed)
         return model.eval()
 
