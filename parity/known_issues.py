@@ -134,10 +134,41 @@ _SILU_ONLY = "refuses at load: its LlamaMLP/Qwen2MLP implement only SiLU (\"Only
 _ROPE_SCALED = ("llama", "glm4", "qwen2", "qwen3", "mistral", "gemma", "gemma2")
 _LONGROPE_FAMILIES = (*_ROPE_SCALED, "phi3", "stablelm")
 
+def _dense_layers(config: Mapping[str, Any]) -> bool:
+    """Whether a Qwen3-MoE config makes some layer dense (transformers: a layer in mlp_only_layers, or one
+    whose index + 1 is not a multiple of decoder_sparse_step)."""
+    step, layers = config.get("decoder_sparse_step", 1), config["num_hidden_layers"]
+    return bool(config.get("mlp_only_layers")) or any((i + 1) % step for i in range(layers))
+
+
+_MOE_SILU = ("{engine}'s fused MoE experts always apply SiLU (its FusedMoE's activation defaults to \"silu\" and "
+             "the Qwen3-MoE and Mixtral ports never pass hidden_act): any other activation silently runs as SiLU")
+_SGLANG_ALL_SPARSE = ("SGLang's Qwen3-MoE makes every layer sparse (Qwen3MoeDecoderLayer.stage_facts: \"all layers are "
+                      "sparse\"), reading neither mlp_only_layers nor decoder_sparse_step: a dense layer's MLP weights "
+                      "are dropped at load and its experts keep uninitialised memory")
+
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     # Refusals: the engine says at load that it does not implement the config; nothing runs wrong.
     *_each("vllm", VLLM_NEW, _LLAMA_MLP, ("error",), _not("hidden_act", "silu"), _SILU_ONLY, "Unsupported activation"),
     *_each("sglang", SGLANG, _LLAMA_MLP, ("error",), _not("hidden_act", "silu"), _SILU_ONLY, "Unsupported activation"),
+    KnownIssue("vllm", VLLM_NEW, "qwen3_moe", ("error",), lambda c: c.get("hidden_act") != "silu" and _dense_layers(c),
+               "refuses at load: its dense Qwen3MoeMLP implements only SiLU (\"Only silu is supported for now\")",
+               "Unsupported activation"),
+    # Mixtures of experts.
+    *(KnownIssue(engine, verified, arch, ("mlp_out",), _not("hidden_act", "silu"), _MOE_SILU.format(engine=name))
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))
+      for arch in ("qwen3_moe", "mixtral")),
+    KnownIssue("sglang", SGLANG, "qwen3_moe", ("mlp_out",), _dense_layers, _SGLANG_ALL_SPARSE),
+    KnownIssue("sglang", SGLANG, "mixtral", ("error", "q_rot", "k_rot"),
+               lambda c: c["head_dim"] != c["hidden_size"] // c["num_attention_heads"],
+               "SGLang's MixtralAttention derives head_dim as hidden_size / num_attention_heads and never reads the "
+               "config's head_dim: the q/k/v projections are cut to the wrong width (its KV cache, sized from the "
+               "config, then refuses the keys, or parity's capture their shape)"),
+    KnownIssue("sglang", SGLANG, "mixtral", ("attn_out",), lambda c: c.get("sliding_window") is not None,
+               "SGLang's Mixtral never reads sliding_window (its attention is built without one): full attention "
+               "once a prompt outgrows the window"),
+    # Compared with an engine that keeps the dense layers, it has routing tensors the other lacks.
+    KnownIssue("sglang", SGLANG, "qwen3_moe", ("error",), _dense_layers, _SGLANG_ALL_SPARSE, "expert_weights"),
     *_each("vllm", VLLM_NEW, ("gemma",), ("error",), lambda c: c.get("hidden_activation") not in ("gelu_pytorch_tanh", "gelu"),
            "refuses at load: its GemmaMLP implements only GELU, exact or tanh (hidden_activation)",
            "is not supported for Gemma models"),
@@ -172,7 +203,7 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
            "were max_position_embeddings x factor long (rotary_embedding/rope_variant.py); transformers keeps the "
            "plain base until a sequence outgrows max_position_embeddings, then rescales it for the sequence's "
            "own length"),
-    *_each("sglang", SGLANG, ("gemma", "gemma2", "stablelm"), ("q_rot", "k_rot"), _scaled,
+    *_each("sglang", SGLANG, ("gemma", "gemma2", "stablelm", "mixtral"), ("q_rot", "k_rot"), _scaled,
            "SGLang's port passes only the base (rope_theta) to get_rope, never rope_parameters' scaling: every "
            "scaled RoPE runs as plain RoPE"),
     *_each("sglang", SGLANG, ("gemma", "gemma2"), ("logits",), _not("tie_word_embeddings", True),
@@ -194,8 +225,8 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
            lambda c: _rope_type("yarn")(c) and "attention_factor" in c["rope_parameters"],
            "SGLang's YaRN never reads attention_factor (it reads a non-HF attn_factor that multiplies the "
            "mscale): a stated attention_factor is replaced by the one derived from factor/mscale"),
-    *_each("sglang", SGLANG, ("qwen2", "qwen3"), ("attn_out",), lambda c: bool(c.get("use_sliding_window")),
-           "SGLang's Qwen2/Qwen3 never read use_sliding_window, sliding_window, max_window_layers or layer_types: "
+    *_each("sglang", SGLANG, ("qwen2", "qwen3", "qwen3_moe"), ("attn_out",), lambda c: bool(c.get("use_sliding_window")),
+           "SGLang's Qwen2/Qwen3/Qwen3-MoE never read use_sliding_window, sliding_window, max_window_layers or layer_types: "
            "full attention where transformers slides a window"),
     KnownIssue(
         "sglang", SGLANG, "phi3", ("attn_out",), lambda c: c.get("sliding_window") is not None,

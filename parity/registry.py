@@ -129,6 +129,10 @@ class ArchSpec:
     """Whether LongRoPE's original context is stated at top level too, as Phi-3 checkpoints do
     (transformers' Phi3Config replaces rope_parameters' value with its top-level default)."""
 
+    ci_examples: int | None = None
+    """Examples the ci profile generates for this family, where fewer than the profile's own (families
+    whose examples cost more; the nightly profile searches them as wide as any)."""
+
     pinned: Mapping[str, str] = field(default_factory=dict)
     """Config keys of this family that change the output but are held on purpose: key -> the
     reason (``parity surface`` lists them; keys pinned for every family are in ``PINNED``)."""
@@ -236,6 +240,8 @@ _MOE_PINNED = {
     "router_aux_loss_coef": "the coefficient of that training-only loss (measured neutral)",
 }
 _MOE_MODULES = ModuleNames(router="gate")
+# An MoE example takes ~4.5 s on the 2-core CI machine (3 s for a dense one): half the ci examples.
+_MOE_CI_EXAMPLES = 4
 
 # Token ids of the full-size vocabularies must not index a tiny one.
 _NO_SPECIAL_TOKENS = {"pad_token_id": None, "eos_token_id": None, "bos_token_id": None}
@@ -382,6 +388,7 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         sliding_windows=_QWEN_WINDOWS["sliding_windows"],
         pinned={**_QWEN_WINDOWS["pinned"], **_MOE_PINNED},
         modules=_MOE_MODULES,
+        ci_examples=_MOE_CI_EXAMPLES,
     ),
     # Mistral attention with eight experts, two per token, always renormalised; transformers 5 calls
     # the block ``mlp``, the checkpoint and both engines ``block_sparse_moe``.
@@ -395,6 +402,7 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
                 "router_jitter_noise": "multiplies router inputs by uniform noise in training mode only; "
                                        "inference output is unchanged (measured neutral)"},
         modules=ModuleNames(mlp=("block_sparse_moe", "mlp"), router="gate"),
+        ci_examples=_MOE_CI_EXAMPLES,
         fixed=_NO_SPECIAL_TOKENS,
     ),
 })

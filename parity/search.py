@@ -6,6 +6,7 @@ the plainest model that still fails, which is marked minimal in the report.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import seed as hypothesis_seed
@@ -34,6 +35,9 @@ class _Unsupported(Exception):
 def search(session: Session, arch: str, profile: Profile, seed: int | None) -> str | None:
     """Search one architecture; return the id of the minimal failing example, if any."""
     spec = registry.get(arch)
+    if profile.name == "ci" and spec.ci_examples is not None:
+        profile = replace(profile, max_examples=min(profile.max_examples, spec.ci_examples))
+    session.log(f"parity: searching {arch} ({profile.name} profile, {profile.max_examples} examples)")
     runnable = [w for w in session.engines if support.supports(w.capabilities, arch) is None]
     if not runnable:
         session.log(f"parity: {arch}: no selected backend supports it; recording one example as unsupported")
@@ -80,7 +84,6 @@ def run(cfg: RunConfig, archs: list[str], profile: Profile, launch: Launch | Non
     with Session(cfg, launch=launch) as session:
         try:
             for arch in archs:
-                session.log(f"parity: searching {arch} ({profile.name} profile, {profile.max_examples} examples)")
                 minimal = search(session, arch, profile, cfg.seed)
                 if minimal:
                     session.log(f"parity: {arch}: minimal failing example {session.records[minimal].description}\n"
