@@ -390,6 +390,36 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         modules=_MOE_MODULES,
         ci_examples=_MOE_CI_EXAMPLES,
     ),
+    # Qwen1.5-MoE / Qwen2-MoE: Qwen2 attention (q/k/v bias, qkv_bias) and, beside the routed experts, a
+    # shared expert whose output is scaled by sigmoid(shared_expert_gate(x)).
+    "qwen2_moe": ArchSpec(
+        model_type="qwen2_moe",
+        architecture="Qwen2MoeForCausalLM",
+        explicit_head_dim=False,
+        layers=(1, 3),
+        knobs={"num_experts": (4, 8), **_MOE_SIZES, "shared_expert_intermediate_size": (64, 32, 128),
+               "norm_topk_prob": (False, True), "decoder_sparse_step": (1, 2), "mlp_only_layers": ((), (0,)),
+               "qkv_bias": (True, False), **_QWEN_WINDOWS["knobs"]},
+        sliding_windows=_QWEN_WINDOWS["sliding_windows"],
+        pinned={**_QWEN_WINDOWS["pinned"], **_MOE_PINNED},
+        modules=_MOE_MODULES,
+        ci_examples=_MOE_CI_EXAMPLES,
+    ),
+    # OLMoE: every layer sparse, experts intermediate_size wide, RMSNorm over the whole q and k
+    # projections (not per head), optional clipping of q/k/v.
+    "olmoe": ArchSpec(
+        model_type="olmoe",
+        architecture="OlmoeForCausalLM",
+        explicit_head_dim=False,
+        layers=(1, 3),
+        attention_bias=(False, True),
+        knobs={"num_experts": (4, 8), "num_experts_per_tok": _MOE_SIZES["num_experts_per_tok"],
+               "norm_topk_prob": (False, True), "clip_qkv": (None, 0.5)},
+        pinned=_MOE_PINNED,
+        modules=_MOE_MODULES,
+        ci_examples=_MOE_CI_EXAMPLES,
+        fixed=_NO_SPECIAL_TOKENS,
+    ),
     # Mistral attention with eight experts, two per token, always renormalised; transformers 5 calls
     # the block ``mlp``, the checkpoint and both engines ``block_sparse_moe``.
     "mixtral": ArchSpec(

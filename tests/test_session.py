@@ -8,10 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-from parity import interrupts, judge, schema, surface
+from parity import interrupts, judge, registry, schema, surface
 from parity.backends import parse_backends
 from parity.example import Example
 from parity.profiles import Profile
+from parity.profiles import get as get_profile
 from parity.search import run, search
 from parity.session import RunConfig, Session
 from fake_worker import activations, launcher
@@ -181,3 +182,13 @@ def test_reports_written_during_a_search_carry_the_surface_coverage(tmp_path):
         assert search(session, "llama", replace(PROFILE, max_examples=2), seed=0) is None
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["surface"]["llama"]["transformers"] == version and saved["surface"]["llama"]["changing"] > 0
+
+
+def test_the_ci_profile_runs_fewer_examples_of_a_family_that_asks_for_fewer(tmp_path):
+    ci = get_profile("ci")
+    counts = {}
+    for arch in ("mixtral", "llama"):
+        with Session(config(tmp_path / arch, "vllm@e"), log=lambda m: None, launch=launcher()) as session:
+            assert search(session, arch, ci, seed=None) is None
+            counts[arch] = len(session.records)
+    assert counts == {"mixtral": registry.get("mixtral").ci_examples, "llama": ci.max_examples}
