@@ -243,6 +243,14 @@ _MOE_MODULES = ModuleNames(router="gate")
 # An MoE example takes ~4.5 s on the 2-core CI machine (3 s for a dense one): half the ci examples.
 _MOE_CI_EXAMPLES = 4
 
+# Qwen2-MoE and Qwen3-MoE: Qwen windows, and decoder_sparse_step / mlp_only_layers making some layers
+# dense (an MLP intermediate_size wide).
+_QWEN_MOE_KNOBS = {"num_experts": (4, 8), **_MOE_SIZES, "decoder_sparse_step": (1, 2), "mlp_only_layers": ((), (0,)),
+                   **_QWEN_WINDOWS["knobs"]}
+_QWEN_MOE: dict[str, Any] = {"layers": (1, 3), "sliding_windows": _QWEN_WINDOWS["sliding_windows"],
+                             "pinned": {**_QWEN_WINDOWS["pinned"], **_MOE_PINNED}, "modules": _MOE_MODULES,
+                             "ci_examples": _MOE_CI_EXAMPLES}
+
 # Token ids of the full-size vocabularies must not index a tiny one.
 _NO_SPECIAL_TOKENS = {"pad_token_id": None, "eos_token_id": None, "bos_token_id": None}
 
@@ -375,20 +383,13 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         fixed=_NO_SPECIAL_TOKENS,
     ),
     # Qwen3 attention (q/k norms) with a softmax top-k router over experts; norm_topk_prob renormalises
-    # the selected weights (Qwen3-30B-A3B: True, the config's default False); decoder_sparse_step and
-    # mlp_only_layers turn some layers dense (their MLP is intermediate_size wide).
+    # the selected weights (Qwen3-30B-A3B: True, the config's default False).
     "qwen3_moe": ArchSpec(
         model_type="qwen3_moe",
         architecture="Qwen3MoeForCausalLM",
         attention_bias=(False, True),
-        layers=(1, 3),
-        knobs={"num_experts": (4, 8), **_MOE_SIZES, "norm_topk_prob": (True, False),
-               "decoder_sparse_step": (1, 2), "mlp_only_layers": ((), (0,)),
-               **_QWEN_WINDOWS["knobs"]},
-        sliding_windows=_QWEN_WINDOWS["sliding_windows"],
-        pinned={**_QWEN_WINDOWS["pinned"], **_MOE_PINNED},
-        modules=_MOE_MODULES,
-        ci_examples=_MOE_CI_EXAMPLES,
+        knobs={**_QWEN_MOE_KNOBS, "norm_topk_prob": (True, False)},
+        **_QWEN_MOE,
     ),
     # Qwen1.5-MoE / Qwen2-MoE: Qwen2 attention (q/k/v bias, qkv_bias) and, beside the routed experts, a
     # shared expert whose output is scaled by sigmoid(shared_expert_gate(x)).
@@ -396,14 +397,9 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         model_type="qwen2_moe",
         architecture="Qwen2MoeForCausalLM",
         explicit_head_dim=False,
-        layers=(1, 3),
-        knobs={"num_experts": (4, 8), **_MOE_SIZES, "shared_expert_intermediate_size": (64, 32, 128),
-               "norm_topk_prob": (False, True), "decoder_sparse_step": (1, 2), "mlp_only_layers": ((), (0,)),
-               "qkv_bias": (True, False), **_QWEN_WINDOWS["knobs"]},
-        sliding_windows=_QWEN_WINDOWS["sliding_windows"],
-        pinned={**_QWEN_WINDOWS["pinned"], **_MOE_PINNED},
-        modules=_MOE_MODULES,
-        ci_examples=_MOE_CI_EXAMPLES,
+        knobs={**_QWEN_MOE_KNOBS, "norm_topk_prob": (False, True), "shared_expert_intermediate_size": (64, 32, 128),
+               "qkv_bias": (True, False)},
+        **_QWEN_MOE,
     ),
     # OLMoE: every layer sparse, experts intermediate_size wide, RMSNorm over the whole q and k
     # projections (not per head), optional clipping of q/k/v.
