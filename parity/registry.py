@@ -234,11 +234,6 @@ _DERIVED_HEAD_DIM = {"head_dim": "the config has no head_dim: transformers deriv
 # (N(0, 1/hidden)), so on RMS-normed inputs the router logits are ~N(0, 1): top-k margins far above
 # fp32 noise (see parity.compare's ambiguity rule for the rare near-tie).
 _MOE_SIZES: dict[str, tuple[Any, ...]] = {"num_experts_per_tok": (1, 2, 3), "moe_intermediate_size": (64, 32, 96)}
-_MOE_PINNED = {
-    "output_router_logits": "adds the router's auxiliary load-balancing loss to a training loss; inference output "
-                            "is unchanged (measured neutral)",
-    "router_aux_loss_coef": "the coefficient of that training-only loss (measured neutral)",
-}
 _MOE_MODULES = ModuleNames(router="gate")
 # An MoE example takes ~4.5 s on the 2-core CI machine (3 s for a dense one): half the ci examples.
 _MOE_CI_EXAMPLES = 4
@@ -248,7 +243,7 @@ _MOE_CI_EXAMPLES = 4
 _QWEN_MOE_KNOBS = {"num_experts": (4, 8), **_MOE_SIZES, "decoder_sparse_step": (1, 2), "mlp_only_layers": ((), (0,)),
                    **_QWEN_WINDOWS["knobs"]}
 _QWEN_MOE: dict[str, Any] = {"layers": (1, 3), "sliding_windows": _QWEN_WINDOWS["sliding_windows"],
-                             "pinned": {**_QWEN_WINDOWS["pinned"], **_MOE_PINNED}, "modules": _MOE_MODULES,
+                             "pinned": _QWEN_WINDOWS["pinned"], "modules": _MOE_MODULES,
                              "ci_examples": _MOE_CI_EXAMPLES}
 
 # Token ids of the full-size vocabularies must not index a tiny one.
@@ -411,7 +406,6 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         attention_bias=(False, True),
         knobs={"num_experts": (4, 8), "num_experts_per_tok": _MOE_SIZES["num_experts_per_tok"],
                "norm_topk_prob": (False, True), "clip_qkv": (None, 0.5)},
-        pinned=_MOE_PINNED,
         modules=_MOE_MODULES,
         ci_examples=_MOE_CI_EXAMPLES,
         fixed=_NO_SPECIAL_TOKENS,
@@ -424,9 +418,6 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         layers=(1, 3),
         knobs={"num_local_experts": (4, 8), "num_experts_per_tok": _MOE_SIZES["num_experts_per_tok"]},
         sliding_windows=(None, 4, 7),
-        pinned={**_MOE_PINNED,
-                "router_jitter_noise": "multiplies router inputs by uniform noise in training mode only; "
-                                       "inference output is unchanged (measured neutral)"},
         modules=ModuleNames(mlp=("block_sparse_moe", "mlp"), router="gate"),
         ci_examples=_MOE_CI_EXAMPLES,
         fixed=_NO_SPECIAL_TOKENS,
