@@ -238,13 +238,12 @@ _MOE_MODULES = ModuleNames(router="gate")
 # An MoE example takes ~4.5 s on the 2-core CI machine (3 s for a dense one): half the ci examples.
 _MOE_CI_EXAMPLES = 4
 
-# Qwen2-MoE and Qwen3-MoE: Qwen windows, and decoder_sparse_step / mlp_only_layers making some layers
-# dense (an MLP intermediate_size wide).
-_QWEN_MOE_KNOBS = {"num_experts": (4, 8), **_MOE_SIZES, "decoder_sparse_step": (1, 2), "mlp_only_layers": ((), (0,)),
-                   **_QWEN_WINDOWS["knobs"]}
+# Qwen2-MoE and Qwen3-MoE: a window (use_sliding_window), and decoder_sparse_step / mlp_only_layers making
+# some layers dense (an MLP intermediate_size wide; the config class takes only a list of layers).
+_QWEN_MOE_KNOBS = {"num_experts": (4, 8), **_MOE_SIZES, "decoder_sparse_step": (1, 2), "mlp_only_layers": ([], [0]),
+                   "use_sliding_window": (False, True)}
 _QWEN_MOE: dict[str, Any] = {"layers": (1, 3), "sliding_windows": _QWEN_WINDOWS["sliding_windows"],
-                             "pinned": _QWEN_WINDOWS["pinned"], "modules": _MOE_MODULES,
-                             "ci_examples": _MOE_CI_EXAMPLES}
+                             "modules": _MOE_MODULES, "ci_examples": _MOE_CI_EXAMPLES}
 
 # Token ids of the full-size vocabularies must not index a tiny one.
 _NO_SPECIAL_TOKENS = {"pad_token_id": None, "eos_token_id": None, "bos_token_id": None}
@@ -378,7 +377,8 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         fixed=_NO_SPECIAL_TOKENS,
     ),
     # Qwen3 attention (q/k norms) with a softmax top-k router over experts; norm_topk_prob renormalises
-    # the selected weights (Qwen3-30B-A3B: True, the config's default False).
+    # the selected weights (Qwen3-30B-A3B: True, the config's default False). Its window covers every
+    # layer: transformers' Qwen3-MoE reads no max_window_layers (measured neutral).
     "qwen3_moe": ArchSpec(
         model_type="qwen3_moe",
         architecture="Qwen3MoeForCausalLM",
@@ -392,8 +392,10 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         model_type="qwen2_moe",
         architecture="Qwen2MoeForCausalLM",
         explicit_head_dim=False,
-        knobs={**_QWEN_MOE_KNOBS, "norm_topk_prob": (False, True), "shared_expert_intermediate_size": (64, 32, 128),
+        knobs={**_QWEN_MOE_KNOBS, "max_window_layers": _QWEN_WINDOWS["knobs"]["max_window_layers"],
+               "norm_topk_prob": (False, True), "shared_expert_intermediate_size": (64, 32, 128),
                "qkv_bias": (True, False)},
+        pinned=_QWEN_WINDOWS["pinned"],
         **_QWEN_MOE,
     ),
     # OLMoE: every layer sparse, experts intermediate_size wide, RMSNorm over the whole q and k
