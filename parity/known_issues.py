@@ -142,7 +142,7 @@ def _dense_layers(config: Mapping[str, Any]) -> bool:
 
 
 _MOE_SILU = ("{engine}'s fused MoE experts always apply SiLU (its FusedMoE's activation defaults to \"silu\" and "
-             "the Qwen3-MoE and Mixtral ports never pass hidden_act): any other activation silently runs as SiLU")
+             "the Qwen3-MoE, Mixtral and OLMoE ports never pass hidden_act): any other activation silently runs as SiLU")
 _SGLANG_ALL_SPARSE = ("SGLang's Qwen3-MoE makes every layer sparse (Qwen3MoeDecoderLayer.stage_facts: \"all layers are "
                       "sparse\"), reading neither mlp_only_layers nor decoder_sparse_step: a dense layer's MLP weights "
                       "are dropped at load and its experts keep uninitialised memory")
@@ -157,8 +157,16 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     # Mixtures of experts.
     *(KnownIssue(engine, verified, arch, ("mlp_out",), _not("hidden_act", "silu"), _MOE_SILU.format(engine=name))
       for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))
-      for arch in ("qwen3_moe", "mixtral")),
+      for arch in ("qwen3_moe", "mixtral", "olmoe")),
+    *(KnownIssue(engine, verified, "olmoe", ("expert_weights",), lambda c: bool(c.get("norm_topk_prob")),
+                 f"{name}'s OlmoeMoE routes with renormalize=False whatever norm_topk_prob says: the chosen experts "
+                 "keep their share of the whole softmax where transformers renormalises them to sum to one")
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
     KnownIssue("sglang", SGLANG, "qwen3_moe", ("mlp_out",), _dense_layers, _SGLANG_ALL_SPARSE),
+    *(KnownIssue(engine, verified, "olmoe", ("q_rot", "k_rot"), _not("rms_norm_eps", 1e-5),
+                 f"{name}'s OLMoE builds every RMSNorm (input, post-attention, q/k, final) with eps=1e-5 and never "
+                 "reads rms_norm_eps")
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
     KnownIssue("sglang", SGLANG, "mixtral", ("error", "q_rot", "k_rot"),
                lambda c: c["head_dim"] != c["hidden_size"] // c["num_attention_heads"],
                "SGLang's MixtralAttention derives head_dim as hidden_size / num_attention_heads and never reads the "

@@ -166,6 +166,7 @@ FEATURES: Mapping[str, str] = MappingProxyType({
     "sliding_window": "sliding_window",
     "attn_logit_softcapping": "attn_logit_softcapping",
     "final_logit_softcapping": "final_logit_softcapping",
+    "shared_expert_gate": "shared_expert_intermediate_size",  # Qwen2-MoE's gated shared expert
 })
 
 
@@ -404,6 +405,7 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         model_type="olmoe",
         architecture="OlmoeForCausalLM",
         explicit_head_dim=False,
+        rms_norm_eps=(1e-5, 1e-6, 1e-12, 1e-3),  # OLMoE's own first
         layers=(1, 3),
         attention_bias=(False, True),
         knobs={"num_experts": (4, 8), "num_experts_per_tok": _MOE_SIZES["num_experts_per_tok"],

@@ -153,17 +153,24 @@ class Adapter(EngineAdapter[Any]):
         return list(ModelRegistry.get_supported_archs())
 
     def unsupported_features(self) -> dict[str, str]:
-        """Read from the attention backend's own code: a torch_native backend that never reads a
+        """Read from the engine's own code: a torch_native attention backend that never reads a
         layer's ``logit_cap`` computes plain softmax attention, so soft-capped models would run,
-        but wrongly. (Its torch_native attention takes any head size.)"""
+        but wrongly (it takes any head size); a Qwen2-MoE block that gates its shared expert with
+        the Triton kernel ``fused_gate_sigmoid_mul_add`` outside the Intel AMX backend (which
+        parity's CPU stand-in leaves off) fails on CPU, where Triton has no driver."""
         import inspect
 
         from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
+        from sglang.srt.models.qwen2_moe import Qwen2MoeSparseMoeBlock
 
         lacking = {}
         if "logit_cap" not in inspect.getsource(TorchNativeAttnBackend):
             lacking["attn_logit_softcapping"] = (
                 "its torch_native attention backend (the one that runs on CPU) ignores RadixAttention.logit_cap")
+        if self.device == "cpu" and "fused_gate_sigmoid_mul_add(" in inspect.getsource(Qwen2MoeSparseMoeBlock):
+            lacking["shared_expert_gate"] = (
+                "its Qwen2-MoE gates the shared expert with a Triton kernel (fused_gate_sigmoid_mul_add) unless "
+                "Intel AMX kernels are loaded; Triton has no CPU driver (\"0 active drivers\")")
         return lacking
 
     def load(self, request: RunRequest) -> Any:
