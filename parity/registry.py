@@ -400,11 +400,13 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         **_QWEN_MOE,
     ),
     # OLMoE: every layer sparse, experts intermediate_size wide, RMSNorm over the whole q and k
-    # projections (not per head), optional clipping of q/k/v.
+    # projections (not per head, and sized hidden_size: head_dim must be hidden / heads, so it is
+    # left to the config to derive), optional clipping of q/k/v.
     "olmoe": ArchSpec(
         model_type="olmoe",
         architecture="OlmoeForCausalLM",
         explicit_head_dim=False,
+        states_head_dim=False,
         rms_norm_eps=(1e-5, 1e-6, 1e-12, 1e-3),  # OLMoE's own first
         layers=(1, 3),
         attention_bias=(False, True),
