@@ -163,6 +163,9 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                  "keep their share of the whole softmax where transformers renormalises them to sum to one")
       for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
     KnownIssue("sglang", SGLANG, "qwen3_moe", ("mlp_out",), _dense_layers, _SGLANG_ALL_SPARSE),
+    KnownIssue("sglang", SGLANG, "olmoe", ("error",), lambda c: c["num_key_value_heads"] < c["num_attention_heads"],
+               "refuses at load: SGLang's OLMoE sizes k_norm hidden_size wide, not num_key_value_heads * head_dim, so "
+               "a grouped-query checkpoint's k_norm.weight does not fit", "Attempted to load weight"),
     *(KnownIssue(engine, verified, "olmoe", ("q_rot", "k_rot"), _not("rms_norm_eps", 1e-5),
                  f"{name}'s OLMoE builds every RMSNorm (input, post-attention, q/k, final) with eps=1e-5 and never "
                  "reads rms_norm_eps")
