@@ -18,6 +18,11 @@ from typing import Any
 
 import torch
 
+REFERENCE_KERNELS = {"attn_implementation": "eager", "experts_implementation": "eager"}
+"""How the reference builds a model: transformers' plain eager attention, and its per-expert loop for
+mixtures of experts (the default grouped matmul refuses float64)."""
+
+
 def build_config(config: dict[str, Any]):
     from transformers import AutoConfig
 

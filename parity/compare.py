@@ -50,6 +50,30 @@ def relative_l2(candidate: np.ndarray, reference: np.ndarray) -> float:
     return metrics(candidate, reference).rel_l2
 
 
+def ambiguous_routing(candidate: np.ndarray, reference: np.ndarray, logits: np.ndarray, logits_band: float) -> bool:
+    """Whether a disagreement in ``expert_weights`` is a near-tie of the reference's own top-k, not a divergence.
+
+    ``reference``/``candidate`` are ``[tokens, experts]`` routing weights (zero where not chosen),
+    ``logits`` the reference's router logits. A backend within ``logits_band`` of the reference's
+    logits is off by at most ``logits_band * ||logits||`` in any one logit, so it may swap an expert
+    the reference chose for one it did not only where their logits are within twice that. True when
+    the chosen experts differ and every expert chosen on one side only is such a swap.
+    """
+    chosen_ref, chosen_cand = reference != 0, candidate != 0
+    differ = (chosen_ref != chosen_cand).any(axis=1)
+    if not differ.any():
+        return False
+    noise = 2 * logits_band * float(np.linalg.norm(logits))
+    for token in np.flatnonzero(differ):
+        row, chosen, other = logits[token].astype(np.float64), chosen_ref[token], chosen_cand[token]
+        if chosen.all() or not chosen.any():
+            return False
+        last_in, first_out = row[chosen].min(), row[~chosen].max()
+        if (row[other & ~chosen] < last_in - noise).any() or (row[chosen & ~other] > first_out + noise).any():
+            return False
+    return True
+
+
 def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float], dtype: str,
             factor: float = 1.0) -> tuple[list[TensorRow], Divergence | None, list[str]]:
     """Compare every canonical tensor of ``candidate`` with ``reference``.
@@ -57,7 +81,8 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
     ``floors`` gives each tensor's noise floor (see :mod:`parity.tolerance`);
     ``factor`` widens the band for comparisons where both sides carry error.
     Returns the rows in execution order, the first divergence, and notes.
-    Decode steps are compared only while both sides fed the same tokens.
+    Decode steps are compared only while both sides fed the same tokens, and a prompt only until its
+    routing disagrees on a near-tie of the reference's top-k (see :func:`ambiguous_routing`).
     """
     rows: list[TensorRow] = []
     notes: list[str] = []
@@ -65,6 +90,7 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
     if missing:
         raise ValueError(f"backend produced no {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     first: Divergence | None = None
+    near_ties: dict[int, str] = {}  # prompt -> where its routing became ambiguous
     for key in sorted((k for k in reference if not k.endswith(schema.TOKEN_IDS)), key=_order):
         step, prompt, name = schema.parse_key(key)
         kind, layer = schema.parse_name(name)
@@ -72,8 +98,13 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
         comparable = np.array_equal(candidate[ids], reference[ids])
         m = metrics(candidate[key], reference[key])
         limit = factor * tolerance.band(floors[key], dtype)
-        if not comparable:
+        if not comparable or prompt in near_ties:
             verdict = "skipped"
+        elif not tolerance.within(m.rel_l2, limit, m.non_finite) and kind == schema.ROUTING and ambiguous_routing(
+                candidate[key], reference[key], reference[_logits(key)],
+                factor * tolerance.band(floors[_logits(key)], dtype)):
+            verdict = "skipped"
+            near_ties[prompt] = f"step {step} prompt {prompt} {name}"
         elif not tolerance.within(m.rel_l2, limit, m.non_finite):
             verdict = "propagated" if first else "diverged"
         else:
@@ -89,6 +120,10 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
     if skipped:
         notes.append("decode inputs differ from the reference (greedy tokens disagree) at "
                      + ", ".join(f"step {s} prompt {p}" for s, p in skipped) + "; those steps were not compared")
+    if near_ties:
+        notes.append("routing disagrees only where the reference's own top-k is a near-tie (margin within the "
+                     "router logits' noise) at " + ", ".join(near_ties.values())
+                     + "; those prompts were not compared from there on")
     return rows, first, notes
 
 
@@ -103,6 +138,12 @@ def decode_tokens(tensors: Tensors, prompts: int, steps: int) -> Trajectory | No
                      for p in range(prompts))
     except (KeyError, IndexError):
         return None
+
+
+def _logits(routing_key: str) -> str:
+    """The router logits key beside an ``expert_weights`` key."""
+    step, prompt, name = schema.parse_key(routing_key)
+    return schema.key(step, prompt, schema.layer_name(schema.parse_name(name).layer, "router_logits"))
 
 
 def floors(low: Tensors, exact: Tensors) -> dict[str, float]:

@@ -18,8 +18,8 @@ from parity.records import BackendInfo, BackendResult, Divergence, ExampleRecord
 from parity.tables import (COLUMNS, KNOWN, TRAJECTORIES, known_issues_seen, shown_counts, shown_status, step_name,
                            surface_line, trajectory_line, verdict)
 
-KIND_COLORS = {"q_rot": "#1f77b4", "k_rot": "#ff7f0e", "attn_out": "#2ca02c", "mlp_out": "#9467bd",
-               "residual": "#8c564b"}
+KIND_COLORS = {"q_rot": "#1f77b4", "k_rot": "#ff7f0e", "attn_out": "#2ca02c", "router_logits": "#bcbd22",
+               "expert_weights": "#17becf", "mlp_out": "#9467bd", "residual": "#8c564b"}
 
 
 def _e(value: object) -> str:

@@ -213,16 +213,58 @@ _LLAMA_MLP = ("llama", "qwen2", "qwen3", "mistral", "glm4", "phi3")
 _SILU_ONLY = "refuses at load: its LlamaMLP/Qwen2MLP implement only SiLU (\"Only silu is supported for now\")"
 _ROPE_SCALED = ("llama", "glm4", "qwen2", "qwen3", "mistral", "gemma", "gemma2")
 _LONGROPE_FAMILIES = (*_ROPE_SCALED, "phi3", "stablelm")
-# SGLang's Gemma, Gemma-2 and StableLM never scale RoPE at all (their entry below), so no other SGLang RoPE
+# SGLang's Gemma, Gemma-2, StableLM and Mixtral never scale RoPE at all (their entry below), so no other SGLang RoPE
 # scaling entry applies to them.
-_SGLANG_UNSCALED = ("gemma", "gemma2", "stablelm")
+_SGLANG_UNSCALED = ("gemma", "gemma2", "stablelm", "mixtral")
 _SGLANG_ROPE_SCALED = tuple(a for a in _ROPE_SCALED if a not in _SGLANG_UNSCALED)
 _SGLANG_LONGROPE = tuple(a for a in _LONGROPE_FAMILIES if a not in _SGLANG_UNSCALED)
+
+def _dense_layers(config: Mapping[str, Any]) -> bool:
+    """Whether a Qwen3-MoE config makes some layer dense (transformers: a layer in mlp_only_layers, or one
+    whose index + 1 is not a multiple of decoder_sparse_step)."""
+    step, layers = config.get("decoder_sparse_step", 1), config["num_hidden_layers"]
+    return bool(config.get("mlp_only_layers")) or any((i + 1) % step for i in range(layers))
+
+
+_MOE_SILU = ("{engine}'s fused MoE experts always apply SiLU (its FusedMoE's activation defaults to \"silu\" and "
+             "the Qwen3-MoE, Mixtral and OLMoE ports never pass hidden_act): any other activation silently runs as SiLU")
+_SGLANG_ALL_SPARSE = ("SGLang's Qwen3-MoE makes every layer sparse (Qwen3MoeDecoderLayer.stage_facts: \"all layers are "
+                      "sparse\"), reading neither mlp_only_layers nor decoder_sparse_step: a dense layer's MLP weights "
+                      "are dropped at load and its experts keep uninitialised memory")
 
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     # Refusals: the engine says at load that it does not implement the config; nothing runs wrong.
     *_each("vllm", VLLM_NEW, _LLAMA_MLP, ("error",), _not("hidden_act", "silu"), _SILU_ONLY, "Unsupported activation"),
     *_each("sglang", SGLANG, _LLAMA_MLP, ("error",), _not("hidden_act", "silu"), _SILU_ONLY, "Unsupported activation"),
+    KnownIssue("vllm", VLLM_NEW, "qwen3_moe", ("error",), lambda c: c.get("hidden_act") != "silu" and _dense_layers(c),
+               "refuses at load: its dense Qwen3MoeMLP implements only SiLU (\"Only silu is supported for now\")",
+               "Unsupported activation"),
+    # Mixtures of experts.
+    *(KnownIssue(engine, verified, arch, ("mlp_out",), _not("hidden_act", "silu"), _MOE_SILU.format(engine=name))
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))
+      for arch in ("qwen3_moe", "mixtral", "olmoe")),
+    *(KnownIssue(engine, verified, "olmoe", ("expert_weights",), lambda c: bool(c.get("norm_topk_prob")),
+                 f"{name}'s OlmoeMoE routes with renormalize=False whatever norm_topk_prob says: the chosen experts "
+                 "keep their share of the whole softmax where transformers renormalises them to sum to one")
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    KnownIssue("sglang", SGLANG, "qwen3_moe", ("mlp_out",), _dense_layers, _SGLANG_ALL_SPARSE),
+    KnownIssue("sglang", SGLANG, "olmoe", ("error",), lambda c: c["num_key_value_heads"] < c["num_attention_heads"],
+               "refuses at load: SGLang's OLMoE sizes k_norm hidden_size wide, not num_key_value_heads * head_dim, so "
+               "a grouped-query checkpoint's k_norm.weight does not fit", "Attempted to load weight"),
+    *(KnownIssue(engine, verified, "olmoe", ("q_rot", "k_rot"), _not("rms_norm_eps", 1e-5),
+                 f"{name}'s OLMoE builds every RMSNorm (input, post-attention, q/k, final) with eps=1e-5 and never "
+                 "reads rms_norm_eps")
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    KnownIssue("sglang", SGLANG, "mixtral", ("error", "q_rot", "k_rot"),
+               lambda c: c["head_dim"] != c["hidden_size"] // c["num_attention_heads"],
+               "SGLang's MixtralAttention derives head_dim as hidden_size / num_attention_heads and never reads the "
+               "config's head_dim: the q/k/v projections are cut to the wrong width (its KV cache, sized from the "
+               "config, then refuses the keys, or parity's capture their shape)"),
+    KnownIssue("sglang", SGLANG, "mixtral", ("attn_out",), lambda c: c.get("sliding_window") is not None,
+               "SGLang's Mixtral never reads sliding_window (its attention is built without one): full attention "
+               "once a prompt outgrows the window"),
+    # Compared with an engine that keeps the dense layers, it has routing tensors the other lacks.
+    KnownIssue("sglang", SGLANG, "qwen3_moe", ("error",), _dense_layers, _SGLANG_ALL_SPARSE, "expert_weights"),
     *_each("vllm", VLLM_NEW, ("gemma",), ("error",), lambda c: c.get("hidden_activation") not in ("gelu_pytorch_tanh", "gelu"),
            "refuses at load: its GemmaMLP implements only GELU, exact or tanh (hidden_activation)",
            "is not supported for Gemma models"),
@@ -285,9 +327,9 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
            "SGLang's YaRN never reads attention_factor (it reads a non-HF attn_factor that multiplies the "
            "mscale): a stated attention_factor is replaced by the one derived from factor/mscale",
            reads_as=_rope_read_as(attention_factor=None)),
-    *_each("sglang", SGLANG, ("qwen2", "qwen3"), ("attn_out",), lambda c: bool(c.get("use_sliding_window")),
-           "SGLang's Qwen2/Qwen3 never read use_sliding_window, sliding_window, max_window_layers or layer_types: "
-           "full attention where transformers slides a window", reads_as=_full_attention),
+    *_each("sglang", SGLANG, ("qwen2", "qwen3", "qwen3_moe"), ("attn_out",), lambda c: bool(c.get("use_sliding_window")),
+           "SGLang's Qwen2/Qwen3/Qwen3-MoE never read use_sliding_window, sliding_window, max_window_layers or "
+           "layer_types: full attention where transformers slides a window", reads_as=_full_attention),
     KnownIssue(
         "sglang", SGLANG, "phi3", ("attn_out",), lambda c: c.get("sliding_window") is not None,
         "SGLang's Phi3 (its LlamaForCausalLM) never reads sliding_window: full attention once a prompt outgrows "

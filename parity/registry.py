@@ -39,8 +39,12 @@ class ModuleNames:
     """The norm after the last layer, under ``decoder`` (GPT-J: ``ln_f``)."""
     attention: str = "self_attn"
     """The attention block of a layer (GPT-J: ``attn``)."""
-    mlp: str = "mlp"
-    """The MLP block of a layer."""
+    mlp: tuple[str, ...] = ("mlp",)
+    """The MLP block of a layer, under the first of these names the layer has (Mixtral's checkpoints and
+    engine ports call it ``block_sparse_moe``, transformers 5 ``mlp``)."""
+    router: str | None = None
+    """The router linear of a mixture-of-experts block, under ``mlp``; None for a dense family. A layer
+    whose block has no such module (a dense layer of a sparse model) records no routing."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,10 @@ class ArchSpec:
     """Whether LongRoPE's original context is stated at top level too, as Phi-3 checkpoints do
     (transformers' Phi3Config replaces rope_parameters' value with its top-level default)."""
 
+    ci_examples: int | None = None
+    """Examples the ci profile generates for this family, where fewer than the profile's own (families
+    whose examples cost more; the nightly profile searches them as wide as any)."""
+
     pinned: Mapping[str, str] = field(default_factory=dict)
     """Config keys of this family that change the output but are held on purpose: key -> the
     reason (``parity surface`` lists them; keys pinned for every family are in ``PINNED``)."""
@@ -158,6 +166,7 @@ FEATURES: Mapping[str, str] = MappingProxyType({
     "sliding_window": "sliding_window",
     "attn_logit_softcapping": "attn_logit_softcapping",
     "final_logit_softcapping": "final_logit_softcapping",
+    "shared_expert_gate": "shared_expert_intermediate_size",  # Qwen2-MoE's gated shared expert
 })
 
 
@@ -220,6 +229,22 @@ _SECOND_NAME = ("the activation's second name: transformers reads the other one 
 # Families whose config derives head_dim (hidden_size / heads) and ignores the key.
 _DERIVED_HEAD_DIM = {"head_dim": "the config has no head_dim: transformers derives it from hidden_size / "
                                  "num_attention_heads, and the drawn value is written equal to that"}
+
+# Mixture-of-experts blocks: experts and their per-token count drawn small-first (top-1 routing of
+# four experts first), expert widths next to the dense one. Router weights are drawn like any matrix
+# (N(0, 1/hidden)), so on RMS-normed inputs the router logits are ~N(0, 1): top-k margins far above
+# fp32 noise (see parity.compare's ambiguity rule for the rare near-tie).
+_MOE_SIZES: dict[str, tuple[Any, ...]] = {"num_experts_per_tok": (1, 2, 3), "moe_intermediate_size": (64, 32, 96)}
+_MOE_MODULES = ModuleNames(router="gate")
+# An MoE example takes ~4.5 s on the 2-core CI machine (3 s for a dense one): half the ci examples.
+_MOE_CI_EXAMPLES = 4
+
+# Qwen2-MoE and Qwen3-MoE: a window (use_sliding_window), and decoder_sparse_step / mlp_only_layers making
+# some layers dense (an MLP intermediate_size wide; the config class takes only a list of layers).
+_QWEN_MOE_KNOBS = {"num_experts": (4, 8), **_MOE_SIZES, "decoder_sparse_step": (1, 2), "mlp_only_layers": ([], [0]),
+                   "use_sliding_window": (False, True)}
+_QWEN_MOE: dict[str, Any] = {"layers": (1, 3), "sliding_windows": _QWEN_WINDOWS["sliding_windows"],
+                             "modules": _MOE_MODULES, "ci_examples": _MOE_CI_EXAMPLES}
 
 # Token ids of the full-size vocabularies must not index a tiny one.
 _NO_SPECIAL_TOKENS = {"pad_token_id": None, "eos_token_id": None, "bos_token_id": None}
@@ -350,6 +375,57 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
                 "n_positions": "GPT-J's RoPE is never scaled, so its context length (max_position_embeddings) "
                                "changes nothing transformers computes"},
         modules=ModuleNames(decoder="transformer", layers="h", final_norm="ln_f", attention="attn"),
+        fixed=_NO_SPECIAL_TOKENS,
+    ),
+    # Qwen3 attention (q/k norms) with a softmax top-k router over experts; norm_topk_prob renormalises
+    # the selected weights (Qwen3-30B-A3B: True, the config's default False). Its window covers every
+    # layer: transformers' Qwen3-MoE reads no max_window_layers (measured neutral).
+    "qwen3_moe": ArchSpec(
+        model_type="qwen3_moe",
+        architecture="Qwen3MoeForCausalLM",
+        attention_bias=(False, True),
+        knobs={**_QWEN_MOE_KNOBS, "norm_topk_prob": (True, False)},
+        **_QWEN_MOE,
+    ),
+    # Qwen1.5-MoE / Qwen2-MoE: Qwen2 attention (q/k/v bias, qkv_bias) and, beside the routed experts, a
+    # shared expert whose output is scaled by sigmoid(shared_expert_gate(x)).
+    "qwen2_moe": ArchSpec(
+        model_type="qwen2_moe",
+        architecture="Qwen2MoeForCausalLM",
+        explicit_head_dim=False,
+        knobs={**_QWEN_MOE_KNOBS, "max_window_layers": _QWEN_WINDOWS["knobs"]["max_window_layers"],
+               "norm_topk_prob": (False, True), "shared_expert_intermediate_size": (64, 32, 128),
+               "qkv_bias": (True, False)},
+        pinned=_QWEN_WINDOWS["pinned"],
+        **_QWEN_MOE,
+    ),
+    # OLMoE: every layer sparse, experts intermediate_size wide, RMSNorm over the whole q and k
+    # projections (not per head, and sized hidden_size: head_dim must be hidden / heads, so it is
+    # left to the config to derive), optional clipping of q/k/v.
+    "olmoe": ArchSpec(
+        model_type="olmoe",
+        architecture="OlmoeForCausalLM",
+        explicit_head_dim=False,
+        states_head_dim=False,
+        rms_norm_eps=(1e-5, 1e-6, 1e-12, 1e-3),  # OLMoE's own first
+        layers=(1, 3),
+        attention_bias=(False, True),
+        knobs={"num_experts": (4, 8), "num_experts_per_tok": _MOE_SIZES["num_experts_per_tok"],
+               "norm_topk_prob": (False, True), "clip_qkv": (None, 0.5)},
+        modules=_MOE_MODULES,
+        ci_examples=_MOE_CI_EXAMPLES,
+        fixed=_NO_SPECIAL_TOKENS,
+    ),
+    # Mistral attention with eight experts, two per token, always renormalised; transformers 5 calls
+    # the block ``mlp``, the checkpoint and both engines ``block_sparse_moe``.
+    "mixtral": ArchSpec(
+        model_type="mixtral",
+        architecture="MixtralForCausalLM",
+        layers=(1, 3),
+        knobs={"num_local_experts": (4, 8), "num_experts_per_tok": _MOE_SIZES["num_experts_per_tok"]},
+        sliding_windows=(None, 4, 7),
+        modules=ModuleNames(mlp=("block_sparse_moe", "mlp"), router="gate"),
+        ci_examples=_MOE_CI_EXAMPLES,
         fixed=_NO_SPECIAL_TOKENS,
     ),
 })

@@ -12,7 +12,9 @@ name                   shape                        meaning
 ``layers.{i}.q_rot``   ``[tokens, heads, head_dim]`` q as attention takes it in (after q norm, RoPE; whole head)
 ``layers.{i}.k_rot``   ``[tokens, kv_heads, head_dim]`` k likewise (this forward's tokens)
 ``layers.{i}.attn_out`` ``[tokens, hidden]``        attention output (after o_proj, before any post-norm)
-``layers.{i}.mlp_out`` ``[tokens, hidden]``         MLP output (before any post-norm)
+``layers.{i}.router_logits`` ``[tokens, experts]``  a mixture-of-experts router's logits (sparse layers only)
+``layers.{i}.expert_weights`` ``[tokens, experts]`` each expert's routing weight, zero where not chosen
+``layers.{i}.mlp_out`` ``[tokens, hidden]``         MLP output, the whole MoE block's in a sparse layer (before any post-norm)
 ``layers.{i}.residual`` ``[tokens, hidden]``        the full residual stream after layer i
 ``final_norm``         ``[tokens, hidden]``         output of the final norm
 ``logits``             ``[1, vocab]``               logits of the last token of the step
@@ -26,7 +28,9 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-LAYER_KINDS = ("q_rot", "k_rot", "attn_out", "mlp_out", "residual")
+LAYER_KINDS = ("q_rot", "k_rot", "attn_out", "router_logits", "expert_weights", "mlp_out", "residual")
+ROUTING = "expert_weights"
+"""The kind whose disagreement may be a near-tie of the reference's own top-k (see parity.compare)."""
 KINDS = ("embed", *LAYER_KINDS, "final_norm", "logits")
 TOKEN_IDS = "token_ids"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from typing import Callable
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import seed as hypothesis_seed
@@ -35,6 +36,9 @@ class _Unsupported(Exception):
 def search(session: Session, arch: str, profile: Profile, seed: int | None) -> str | None:
     """Search one architecture; return the id of the minimal failing example, if any."""
     spec = registry.get(arch)
+    if profile.name == "ci" and spec.ci_examples is not None:
+        profile = replace(profile, max_examples=min(profile.max_examples, spec.ci_examples))
+    session.log(f"parity: searching {arch} ({profile.name} profile, {profile.max_examples} examples)")
     runnable = [w for w in session.engines if support.supports(w.capabilities, arch, dtype=session.cfg.dtype) is None]
     if not runnable:
         session.log(f"parity: {arch}: no selected backend supports it; recording one example as unsupported")
@@ -85,7 +89,6 @@ def run(cfg: RunConfig, archs: list[str] | Callable[[Session], list[str]], profi
     with Session(cfg, launch=launch) as session:
         try:
             for arch in archs(session) if callable(archs) else archs:
-                session.log(f"parity: searching {arch} ({profile.name} profile, {profile.max_examples} examples)")
                 minimal = search(session, arch, profile, cfg.seed)
                 if minimal:
                     session.log(f"parity: {arch}: minimal failing example {session.records[minimal].description}\n"

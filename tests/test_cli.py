@@ -54,8 +54,8 @@ def test_backend_syntax():
 
 def test_unknown_architecture_lists_the_known_ones_and_where_to_add_one():
     with pytest.raises(UnknownArchitecture) as info:
-        get("mixtral")
-    assert str(info.value) == (f"unknown architecture 'mixtral'; known: {', '.join(ARCHITECTURES)}. Did you mean "
+        get("mistrall")
+    assert str(info.value) == (f"unknown architecture 'mistrall'; known: {', '.join(ARCHITECTURES)}. Did you mean "
                                "'mistral'? (to add one, add an entry to ARCHITECTURES in parity/registry.py)")
 
 

@@ -68,3 +68,37 @@ def test_band_has_an_ulp_floor_for_exact_ops():
     assert tolerance.band(0.0, "float32") == pytest.approx(tolerance.FLOOR_FACTOR * tolerance.ULPS * 2**-24)
     with pytest.raises(ValueError, match="unknown dtype"):
         tolerance.band(0.0, "int8")
+
+
+def routed(margin: float, pick: int):
+    """Reference and candidate of one layer whose router chooses one of four experts; token 1's two best
+    reference logits are ``margin`` apart, and the candidate chooses expert ``pick`` there."""
+    ref = acts(layers=1)
+    logits = np.array([[3.0, 0.0, 0.0, 0.0], [0.0, 2.0, 2.0 - margin, 0.0], [0.0, 0.0, 0.0, 3.0]])
+    weights = np.zeros((3, 4))
+    weights[[0, 1, 2], [0, 1, 3]] = 1.0
+    ref[schema.key(0, 0, "layers.0.router_logits")] = logits
+    ref[schema.key(0, 0, "layers.0.expert_weights")] = weights
+    cand = {k: v.copy() for k, v in ref.items()}
+    cand[schema.key(0, 0, "layers.0.expert_weights")][1] = np.eye(4)[pick]
+    cand[schema.key(0, 0, "layers.0.mlp_out")][1] += 1.0  # the other expert's output, and all that follows
+    cand[schema.key(0, 0, "layers.0.residual")][1] += 1.0
+    floors = {k: 1e-7 for k in ref if not k.endswith("token_ids")}
+    return compare.compare(cand, ref, floors, "float32")
+
+
+def test_routing_on_a_near_tie_of_the_reference_is_not_a_divergence():
+    rows, first, notes = routed(margin=1e-9, pick=2)
+    assert first is None
+    verdicts = {r.tensor: r.verdict for r in rows}
+    assert verdicts["layers.0.router_logits"] == "ok"
+    assert [verdicts[f"layers.0.{k}"] for k in ("expert_weights", "mlp_out", "residual")] == ["skipped"] * 3
+    assert any("near-tie" in n and "layers.0.expert_weights" in n for n in notes)
+
+
+def test_routing_against_a_clear_margin_is_a_divergence():
+    rows, first, _ = routed(margin=0.5, pick=2)
+    assert (first.tensor, first.kind) == ("layers.0.expert_weights", "expert_weights")
+    # Choosing an expert the reference ranks last is no near-tie whatever the margin of the first two.
+    _, first, _ = routed(margin=1e-9, pick=3)
+    assert first.tensor == "layers.0.expert_weights"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from parity import html
+from parity import html, schema
 from parity import report as report_mod
 from synthetic_reports import error, example, report, result
 
@@ -98,7 +98,7 @@ def test_chromium_renders_the_plots(tmp_path):
     plotted = [r for ex in rep.examples for r in ex.results if r.rows]
     per_token = [r for r in plotted if r.first_divergence and r.first_divergence.per_token]
     assert dom.stdout.count("<svg") == 2 * len(plotted) + len(per_token)  # layer plot + heatmap (+ tokens)
-    assert dom.stdout.count("<polyline") == 5 * len(plotted)  # one line per layer tensor kind
+    assert dom.stdout.count("<polyline") == len(schema.LAYER_KINDS) * len(plotted)  # one line per layer tensor kind
     # The sorting script ran: it made every header of the two sortable tables focusable.
     # summary: group, name, 4 statuses and known issues, max rel. L2; index: example, description, role, 3 labels
     assert dom.stdout.count('tabindex="0"') == 8 + 6

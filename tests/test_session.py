@@ -8,10 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-from parity import interrupts, judge, schema, surface
+from parity import interrupts, judge, registry, schema, surface
 from parity.backends import parse_backends
 from parity.example import Example
 from parity.profiles import Profile
+from parity.profiles import get as get_profile
 from parity.search import run, search
 from parity.session import RunConfig, Session
 from parity.worker.contract import Execution
@@ -270,3 +271,13 @@ def test_a_dtype_a_backend_cannot_run_is_unsupported_per_backend_with_its_reason
     assert all("does not run bfloat16 here: its bf16 kernels need AVX512-BF16" in r.reason
                for r in results if r.backend == "v")
     assert launch.workers["v"].runs == [] and launch.workers["v"].starts == 1 and not report.summary.failing
+
+
+def test_the_ci_profile_runs_fewer_examples_of_a_family_that_asks_for_fewer(tmp_path):
+    ci = get_profile("ci")
+    counts = {}
+    for arch in ("mixtral", "llama"):
+        with Session(config(tmp_path / arch, "vllm@e"), log=lambda m: None, launch=launcher()) as session:
+            assert search(session, arch, ci, seed=None) is None
+            counts[arch] = len(session.records)
+    assert counts == {"mixtral": registry.get("mixtral").ci_examples, "llama": ci.max_examples}

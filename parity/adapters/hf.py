@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from parity.adapters.base import EngineAdapter
+from parity.checkpoint import REFERENCE_KERNELS
 from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, first, head_dim, hook_common
 from parity.worker.contract import RunRequest, SurfaceReply, SurfaceRequest
 
@@ -54,8 +55,7 @@ class Adapter(EngineAdapter[Any]):
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(
-            request.checkpoint, dtype=getattr(torch, request.dtype), attn_implementation="eager",
-            use_safetensors=True, trust_remote_code=False,
+            request.checkpoint, dtype=getattr(torch, request.dtype), **REFERENCE_KERNELS, use_safetensors=True, trust_remote_code=False,
         ).to(self.device).eval()
 
     def hook(self, loaded: Any, rec: Recorder, modules: Mapping[str, str]) -> Hooks:
@@ -95,6 +95,10 @@ class Adapter(EngineAdapter[Any]):
     def _install(parts: Parts, rec: Recorder) -> Hooks:
         hooks = hook_common(rec, parts, layer_input=_layer_input, residual=lambda layer, out, args: first(out),
                             tokens=lambda t: t[0])  # batch of one prompt
+        for _, block in parts.sparse_blocks():
+            # transformers' routers return (logits, top-k weights, top-k experts).
+            hooks.post(getattr(block, parts.names.router),
+                       lambda m, a, out: rec.record_routing(out[1], out[2], out[0].shape[-1]))
 
         def record_qk(query: torch.Tensor, key: torch.Tensor) -> None:
             # [batch=1, heads, seq, head_dim] -> [seq, heads, head_dim]

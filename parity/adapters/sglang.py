@@ -15,7 +15,9 @@ Conventions normalised here:
   rotary module must not leak into the next model);
 - the rotary module returns q/k flattened to ``[tokens, heads * head_dim]``;
 - a batch is flattened to ``[num_tokens, ...]``, requests in order; logits are computed
-  only for each request's last token (``next_token_logits``).
+  only for each request's last token (``next_token_logits``);
+- a mixture-of-experts block selects its experts in a ``topk`` module of its own, after
+  the router linear (``gate``).
 
 On CPU, SGLang needs ``SGLANG_USE_CPU_ENGINE=1`` before import, torchvision's op schemas
 (its PyPI wheel's compiled ops do not load next to CPU torch) and an importable
@@ -86,17 +88,24 @@ class Adapter(EngineAdapter[Any]):
         return None if cls is None else cls.__module__
 
     def unsupported_features(self) -> dict[str, str]:
-        """Read from the attention backend's own code: a torch_native backend that never reads a
+        """Read from the engine's own code: a torch_native attention backend that never reads a
         layer's ``logit_cap`` computes plain softmax attention, so soft-capped models would run,
-        but wrongly. (Its torch_native attention takes any head size.)"""
+        but wrongly (it takes any head size); a Qwen2-MoE block that gates its shared expert with
+        the Triton kernel ``fused_gate_sigmoid_mul_add`` outside the Intel AMX backend (which
+        parity's CPU stand-in leaves off) fails on CPU, where Triton has no driver."""
         import inspect
 
         from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
+        from sglang.srt.models.qwen2_moe import Qwen2MoeSparseMoeBlock
 
         lacking = {}
         if "logit_cap" not in inspect.getsource(TorchNativeAttnBackend):
             lacking["attn_logit_softcapping"] = (
                 "its torch_native attention backend (the one that runs on CPU) ignores RadixAttention.logit_cap")
+        if self.device == "cpu" and "fused_gate_sigmoid_mul_add(" in inspect.getsource(Qwen2MoeSparseMoeBlock):
+            lacking["shared_expert_gate"] = (
+                "its Qwen2-MoE gates the shared expert with a Triton kernel (fused_gate_sigmoid_mul_add) unless "
+                "Intel AMX kernels are loaded; Triton has no CPU driver (\"0 active drivers\")")
         return lacking
 
     def unsupported_execution(self) -> dict[str, str]:
@@ -138,4 +147,8 @@ class Adapter(EngineAdapter[Any]):
         hooks = hook_common(rec, parts, layer_input=_layer_input, residual=_residual)
         hooks.pre(parts.decoder, lambda m, a, kw: rec.begin_forward(*forward_inputs(a, kw)), with_kwargs=True)
         hook_rotaries(hooks, rec, parts)
+        for _, block in parts.sparse_blocks():
+            # The block's TopK module returns (weights, experts, router logits).
+            hooks.post(block.topk, lambda m, a, out: rec.record_routing(out.topk_weights, out.topk_ids,
+                                                                      out.router_logits.shape[-1]))
         return hooks

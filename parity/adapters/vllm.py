@@ -12,6 +12,8 @@ Conventions normalised here:
   must not leak into the next model) and may update q/k in place;
 - logits are computed for the last token of every sequence in a forward, an unfinished prefill
   chunk's included (then discarded);
+- a mixture-of-experts block's runner (``mlp.experts``) calls the router linear (``mlp.gate``)
+  itself and has its ``router`` select the experts, in no particular order;
 - under tensor parallelism each rank holds its share of q/k heads, and kv heads are replicated
   over ranks when there are fewer of them than ranks; attention and MLP outputs are all-reduced;
   logits are gathered to the first rank only.
@@ -174,6 +176,18 @@ class Adapter(EngineAdapter[Any]):
         # Logits are gathered to the first tensor-parallel rank; the others see None.
         hooks.post(parts.model.logits_processor, lambda m, a, o: o is None or rec.record_logits(o))
         hook_rotaries(hooks, rec, parts)
+        for _, block in parts.sparse_blocks():
+            # The block's MoE runner holds the router; its select_experts returns the
+            # top-k (weights, experts), unsorted.
+            router = block.experts.router
+
+            def select_experts(*args: Any, _original=router.select_experts, **kwargs: Any) -> Any:
+                logits = kwargs["router_logits"] if "router_logits" in kwargs else args[1]
+                weights, experts = _original(*args, **kwargs)
+                rec.record_routing(weights, experts, logits.shape[-1])
+                return weights, experts
+
+            hooks.replace(router, "select_experts", select_experts)
         return hooks
 
     def teardown(self, loaded: Any) -> None:

@@ -75,6 +75,13 @@ class Recorder:
         """Record q or k given flattened as ``[tokens, heads * head_dim]``."""
         self.record_layer(kind, flat.reshape(flat.shape[0], -1, self.head_dim))
 
+    def record_routing(self, weights: torch.Tensor, experts: torch.Tensor, num_experts: int) -> None:
+        """Record a router's choice, ``[tokens, top_k]`` weights of the ``[tokens, top_k]`` experts chosen, as
+        ``expert_weights``: ``[tokens, num_experts]``, each expert's weight, zero where it was not chosen.
+        Dense, so that the order in which an engine lists the chosen experts (unsorted top-k) does not matter."""
+        dense = torch.zeros(weights.shape[0], num_experts, dtype=weights.dtype, device=weights.device)
+        self.record_layer("expert_weights", dense.scatter(1, experts.long(), weights))
+
     def record_logits(self, logits: torch.Tensor) -> None:
         """Record logits computed for the last token of each sampling segment, in batch order.
 
@@ -189,7 +196,10 @@ class Parts:
         from parity.registry import ModuleNames
 
         self.model = model
-        self.names = ModuleNames(**(names or {}))
+        names = dict(names or {})
+        if "mlp" in names:  # a list once it has crossed the pipe
+            names["mlp"] = tuple(names["mlp"])
+        self.names = ModuleNames(**names)
         self.decoder = resolve(model, self.names.decoder)
         self.layers: Sequence[torch.nn.Module] = resolve(self.decoder, self.names.layers)
         self.final_norm: torch.nn.Module = resolve(self.decoder, self.names.final_norm)
@@ -198,13 +208,26 @@ class Parts:
         return resolve(layer, self.names.attention)
 
     def mlp(self, layer: torch.nn.Module) -> torch.nn.Module:
-        return resolve(layer, self.names.mlp)
+        for name in self.names.mlp:
+            if hasattr(layer, name):
+                return resolve(layer, name)
+        raise CaptureError(f"{type(layer).__name__} has no MLP block named {' or '.join(self.names.mlp)}")
+
+    def router(self, layer: torch.nn.Module) -> torch.nn.Module | None:
+        """The layer's router linear; None in a dense family or a dense layer of a sparse model."""
+        if self.names.router is None:
+            return None
+        return getattr(self.mlp(layer), self.names.router, None)
+
+    def sparse_blocks(self) -> list[tuple[int, torch.nn.Module]]:
+        """``(layer index, MLP block)`` of every layer that routes tokens to experts."""
+        return [(i, self.mlp(layer)) for i, layer in enumerate(self.layers) if self.router(layer) is not None]
 
 
 def hook_common(rec: Recorder, parts: Parts, *, layer_input: Callable[[tuple, dict], torch.Tensor],
                 residual: Callable[[torch.nn.Module, Any, tuple], torch.Tensor],
                 tokens: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> Hooks:
-    """Hooks every engine shares: embedding, layer boundaries, attention, MLP and final norm outputs.
+    """Hooks every engine shares: embedding, layer boundaries, attention, router, MLP and final norm outputs.
 
     ``embed`` is the hidden state entering the first decoder layer, taken by
     ``layer_input(args, kwargs)`` of that layer's call: the token embedding with any
@@ -213,7 +236,8 @@ def hook_common(rec: Recorder, parts: Parts, *, layer_input: Callable[[tuple, di
     ``residual`` maps a decoder layer, its raw output and positional arguments to the
     full residual stream: this is where each engine's layer-output convention is
     normalised (SGLang's needs the layer's ``forward_batch`` argument).
-    ``tokens`` maps a module output to ``[tokens, ...]`` (e.g. drops a batch axis).
+    ``tokens`` maps a module output to ``[tokens, ...]`` (e.g. drops a batch axis); routers take
+    flattened tokens in every implementation and need no mapping.
     """
     hooks = Hooks()
     layers = parts.layers
@@ -224,6 +248,9 @@ def hook_common(rec: Recorder, parts: Parts, *, layer_input: Callable[[tuple, di
         hooks.post(layer, lambda m, a, out: rec.record_layer("residual", tokens(residual(m, out, a))))
         hooks.post(parts.attention(layer), lambda m, a, out: rec.record_layer("attn_out", tokens(first(out))))
         hooks.post(parts.mlp(layer), lambda m, a, out: rec.record_layer("mlp_out", tokens(first(out))))
+        router = parts.router(layer)
+        if router is not None:  # every port's router returns the logits first, for flattened tokens
+            hooks.post(router, lambda m, a, out: rec.record_layer("router_logits", first(out)))
     return hooks
 
 def config_head_dim(checkpoint: str) -> int:

@@ -107,7 +107,7 @@ class RunRequest:
     decode_steps: int
     dtype: str
     out: str
-    modules: dict[str, str] = field(default_factory=dict)
+    modules: dict[str, Any] = field(default_factory=dict)
     """The family's module names (``parity.registry.ModuleNames``); empty for Llama's."""
 
     capture: bool = True
@@ -156,7 +156,7 @@ class SurfaceRequest:
     seed: int
     prompts: list[list[int]]
     decode_steps: int
-    modules: dict[str, str] = field(default_factory=dict)
+    modules: dict[str, Any] = field(default_factory=dict)
     skip: list[str] = field(default_factory=list)
     """Keys already known to change the output: not measured again."""
 

@@ -105,7 +105,7 @@ def run_config(config: Mapping[str, Any], seed: int, capture: Capture, reads: di
     def build() -> torch.nn.Module:
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(ckpt.build_config(dict(config)), dtype=torch.float32,
-                                                 attn_implementation="eager")  # as the reference runs
+                                                 **ckpt.REFERENCE_KERNELS)  # as the reference runs
         ckpt.randomize(model, seed)
         return model.eval()
 
@@ -160,8 +160,13 @@ def _plain(value: Any) -> Any:
 
 
 def _fits(candidate: Any, value: Any) -> bool:
-    """Whether a drawn value can stand in for ``value`` here (per-pair factor lists are sized to the head)."""
-    return not isinstance(candidate, list) or (isinstance(value, list) and len(candidate) == len(value))
+    """Whether a drawn value can stand in for ``value`` here: a list of floats only for one as long (LongRoPE's
+    per-pair factors are sized to the head), a list of layer indices (MoE's mlp_only_layers) for any list."""
+    if not isinstance(candidate, list):
+        return True
+    if not isinstance(value, list):
+        return False
+    return len(candidate) == len(value) or all(isinstance(v, int) and not isinstance(v, bool) for v in candidate)
 
 
 def _same(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
