@@ -239,7 +239,18 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue("vllm", VLLM_NEW, "qwen3_moe", ("error",), lambda c: c.get("hidden_act") != "silu" and _dense_layers(c),
                "refuses at load: its dense Qwen3MoeMLP implements only SiLU (\"Only silu is supported for now\")",
                "Unsupported activation"),
+    KnownIssue("vllm", VLLM_NEW, "qwen2_moe", ("error",), _not("hidden_act", "silu"),
+               "refuses at load: its Qwen2MoeMLP, the shared expert's and a dense layer's, implements only SiLU "
+               "(\"Only silu is supported for now\")", "Unsupported activation"),
     # Mixtures of experts.
+    KnownIssue("vllm", VLLM_NEW, "qwen2_moe", ("q_rot", "k_rot"), _not("qkv_bias", True),
+               "vLLM's Qwen2MoeAttention builds qkv_proj with bias=True whatever qkv_bias says (qwen2_moe.py): a "
+               "checkpoint without q/k/v biases leaves them uninitialised memory (q_rot off by up to 1e32)"),
+    *(KnownIssue(engine, verified, "olmoe", ("q_rot", "k_rot", "attn_out"), lambda c: bool(c.get("attention_bias")),
+                 f"{name}'s OlmoeAttention builds qkv_proj and o_proj with bias=False whatever attention_bias says "
+                 "(olmoe.py), and its loader drops the checkpoint's attention biases",
+                 ignores=(r"\.(q|k|v|o)_proj\.bias$",))
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
     *(KnownIssue(engine, verified, arch, ("mlp_out",), _not("hidden_act", "silu"), _MOE_SILU.format(engine=name))
       for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))
       for arch in ("qwen3_moe", "mixtral", "olmoe")),
