@@ -122,3 +122,16 @@ def test_interrupt_keeps_finished_examples_leaves_no_workers_and_resumes(tmp_pat
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming: {len(done)} finished examples" in resumed.stderr
     assert done <= {e["id"] for e in json.loads(report.read_text())["examples"]}
+
+
+def test_a_capture_failing_inside_vllms_forward_leaves_the_worker_serving(parity_sessions):
+    """The failed engine is torn down before the next builds (measured: without that, vLLM's next load
+    failed with "pipeline model parallel group is not initialized")."""
+    session = parity_sessions(["vllm@capfail"], [f"capfail={FAULTS / 'vllm_capture_fails_mid_forward.py'}"])
+    worker = session.workers["capfail"]
+    pid = worker.capabilities.pid
+    (failed,) = session.evaluate(example(vocab=1000, seed=31)).results
+    assert failed.status == "error" and "injected: no prompt claims this token" in failed.reason
+    (after,) = session.evaluate(example(seed=31)).results
+    assert after.status == "pass", after.reason
+    assert worker.capabilities.pid == pid, "served on by the same worker, not a restarted one"

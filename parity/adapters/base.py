@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import traceback
 from abc import ABC, abstractmethod
 from typing import ClassVar, Generic, Mapping, TypeVar
 
@@ -122,6 +123,9 @@ class EngineAdapter(ABC, Generic[Loaded]):
             non_finite = save(rec.tensors(), request.out) if isinstance(rec, Recorder) else []
             t3 = time.perf_counter()
         except BaseException as exc:
+            # The traceback's frames hold the engine (a failure inside its forward): freed now, its finalizers
+            # tear down process-wide state before the next model builds its own, not in the middle of it.
+            traceback.clear_frames(exc.__traceback__)
             self._teardown(held, failure=exc)
             raise
         self._teardown(held)

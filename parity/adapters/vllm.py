@@ -163,7 +163,11 @@ class Adapter(EngineAdapter[Any]):
     def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:
         cached = request.execution.prefix_cache
         # One after another under the prefix cache: requests scheduled together would all compute the prefix.
-        outputs = runner.generate(loaded, [list(p) for p in request.prompts], request.decode_steps, one_by_one=cached)
+        # And under chunked prefill: prompts' decode steps fall out of step there, so two prompts may feed the
+        # same token at the same position in the same forward, which no capture can attribute to either.
+        one_by_one = cached or request.execution.prefill_chunk is not None
+        outputs = runner.generate(loaded, [list(p) for p in request.prompts], request.decode_steps,
+                                  one_by_one=one_by_one)
         for i, out in enumerate(outputs):
             if cached and i and not out.num_cached_tokens:
                 raise RuntimeError(f"vLLM's prefix cache was not hit: prompt {i} shares a prefix with prompt 0 "
