@@ -243,6 +243,18 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "refuses at load: its Qwen2MoeMLP, the shared expert's and a dense layer's, implements only SiLU "
                "(\"Only silu is supported for now\")", "Unsupported activation"),
     # Mixtures of experts.
+    KnownIssue("vllm", VLLM_NEW, "qwen3_moe", ("attn_out",), lambda c: bool(c.get("attention_bias")),
+               "vLLM's Qwen3MoeAttention builds o_proj without bias (qwen3_moe.py) like its Qwen3, and its loader "
+               "drops the checkpoint's o_proj.bias; transformers applies attention_bias to o_proj too",
+               ignores=(r"\.o_proj\.bias$",)),
+    *(KnownIssue(engine, verified, "olmoe", ("q_rot", "k_rot"), lambda c: c.get("clip_qkv") is not None,
+                 f"{name}'s OLMoE never reads clip_qkv (olmoe.py has no clamp): transformers clamps q, k and v to "
+                 "[-clip_qkv, clip_qkv] after their projections", reads_as=_read_as(clip_qkv=None))
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    *(KnownIssue(engine, verified, "olmoe", ("logits",), lambda c: bool(c.get("tie_word_embeddings")),
+                 f"{name}'s OlmoeForCausalLM never ties lm_head to embed_tokens (olmoe.py builds its own "
+                 "ParallelLMHead): a tied checkpoint has no lm_head.weight and the head keeps uninitialised memory")
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
     KnownIssue("vllm", VLLM_NEW, "qwen2_moe", ("q_rot", "k_rot"), _not("qkv_bias", True),
                "vLLM's Qwen2MoeAttention builds qkv_proj with bias=True whatever qkv_bias says (qwen2_moe.py): a "
                "checkpoint without q/k/v biases leaves them uninitialised memory (q_rot off by up to 1e32)"),
