@@ -219,11 +219,17 @@ _SGLANG_UNSCALED = ("gemma", "gemma2", "stablelm", "mixtral")
 _SGLANG_ROPE_SCALED = tuple(a for a in _ROPE_SCALED if a not in _SGLANG_UNSCALED)
 _SGLANG_LONGROPE = tuple(a for a in _LONGROPE_FAMILIES if a not in _SGLANG_UNSCALED)
 
+
+def _sparse_layers(config: Mapping[str, Any]) -> list[int]:
+    """The layers a Qwen-MoE config makes sparse."""
+    step, dense = config.get("decoder_sparse_step", 1), config.get("mlp_only_layers") or []
+    return [i for i in range(config["num_hidden_layers"]) if i not in dense and (i + 1) % step == 0]
+
+
 def _dense_layers(config: Mapping[str, Any]) -> bool:
     """Whether a Qwen3-MoE config makes some layer dense (transformers: a layer in mlp_only_layers, or one
     whose index + 1 is not a multiple of decoder_sparse_step)."""
-    step, layers = config.get("decoder_sparse_step", 1), config["num_hidden_layers"]
-    return bool(config.get("mlp_only_layers")) or any((i + 1) % step for i in range(layers))
+    return len(_sparse_layers(config)) < config["num_hidden_layers"]
 
 
 _MOE_SILU = ("{engine}'s fused MoE experts always apply SiLU (its FusedMoE's activation defaults to \"silu\" and "
@@ -242,6 +248,9 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue("vllm", VLLM_NEW, "qwen2_moe", ("error",), _not("hidden_act", "silu"),
                "refuses at load: its Qwen2MoeMLP, the shared expert's and a dense layer's, implements only SiLU "
                "(\"Only silu is supported for now\")", "Unsupported activation"),
+    KnownIssue("vllm", VLLM_NEW, "qwen3_moe", ("error",), lambda c: not _sparse_layers(c),
+               "refuses at load a Qwen3-MoE whose layers are all dense (mlp_only_layers, decoder_sparse_step): "
+               "\"No Qwen3MoE layer found in the model.layers\"; transformers runs it", "No Qwen3MoE layer found"),
     # Mixtures of experts.
     KnownIssue("vllm", VLLM_NEW, "qwen3_moe", ("attn_out",), lambda c: bool(c.get("attention_bias")),
                "vLLM's Qwen3MoeAttention builds o_proj without bias (qwen3_moe.py) like its Qwen3, and its loader "
