@@ -211,7 +211,10 @@ def _rope_type(name: str) -> Callable[[Mapping[str, Any]], bool]:
 
 _LLAMA_MLP = ("llama", "qwen2", "qwen3", "mistral", "glm4", "phi3")
 _SILU_ONLY = "refuses at load: its LlamaMLP/Qwen2MLP implement only SiLU (\"Only silu is supported for now\")"
-_ROPE_SCALED = ("llama", "glm4", "qwen2", "qwen3", "mistral", "gemma", "gemma2")
+# The MoE families share the engines' rotary code (get_rope); their entries are tested by the as-read
+# reference whenever they explain a result.
+_ROPE_SCALED = ("llama", "glm4", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "qwen3_moe", "qwen2_moe", "olmoe",
+                "mixtral")
 _LONGROPE_FAMILIES = (*_ROPE_SCALED, "phi3", "stablelm")
 # SGLang's Gemma, Gemma-2, StableLM and Mixtral never scale RoPE at all (their entry below), so no other SGLang RoPE
 # scaling entry applies to them.
@@ -252,6 +255,10 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "refuses at load a Qwen3-MoE whose layers are all dense (mlp_only_layers, decoder_sparse_step): "
                "\"No Qwen3MoE layer found in the model.layers\"; transformers runs it", "No Qwen3MoE layer found"),
     # Mixtures of experts.
+    KnownIssue("sglang", SGLANG, "qwen3_moe", ("error",), _rope_type("longrope"),
+               "SGLang's Qwen3MoeAttention always calls its rotary module with fused_set_kv_buffer_arg (qwen3_moe.py), "
+               "which the LongRoPE rotary (Phi3LongRoPEScaledRotaryEmbedding.forward) does not take: every forward "
+               "fails with a TypeError", "fused_set_kv_buffer_arg"),
     KnownIssue("vllm", VLLM_NEW, "qwen3_moe", ("attn_out",), lambda c: bool(c.get("attention_bias")),
                "vLLM's Qwen3MoeAttention builds o_proj without bias (qwen3_moe.py) like its Qwen3, and its loader "
                "drops the checkpoint's o_proj.bias; transformers applies attention_bias to o_proj too",
