@@ -18,7 +18,7 @@ from parity.profiles import Profile, hypothesis_settings
 from parity.records import Report
 from parity.session import HarnessError, Launch, RunConfig, Session
 from parity.strategies import examples as example_strategy
-from parity.strategies import supported_head_dims
+from parity.strategies import seed_only, supported_head_dims
 
 
 class _Failed(Exception):
@@ -73,7 +73,8 @@ def search(session: Session, arch: str, profile: Profile, seed: int | None) -> s
         [arch] + [f"{w.label}:{','.join(w.spec.patches)}" + (f"+{w.spec.overlay}" if w.spec.overlay else "")
                   for w in session.engines]).encode()
     try:
-        test()
+        with seed_only():
+            test()
     except _Failed as failure:
         session.mark_minimal(failure.example_id)
         return failure.example_id

@@ -8,12 +8,14 @@ shrinks to the plainest model that still shows it.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from hypothesis import Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
+from hypothesis.internal.conjecture import providers as _providers
 
 from parity import registry
 from parity.example import Example
@@ -247,6 +249,25 @@ def examples(draw: st.DrawFn, arch: str, spec: ArchSpec, head_dims: Sequence[int
     )
 
 
+@contextlib.contextmanager
+def seed_only() -> Iterator[None]:
+    """Draws that depend on the seed alone. Hypothesis mixes literals from every local module the
+    process has imported into its draws (``providers._get_local_constants``), so one seed drew other
+    examples under pytest than under ``parity run``, and in a clone at another path: a search,
+    a sample and a replay must draw the same examples wherever they run."""
+    local = getattr(_providers, "_get_local_constants", None)
+    if local is None:  # a Hypothesis without the pool: nothing to pin (tests/test_strategies.py checks)
+        yield
+        return
+    _providers._get_local_constants = _providers.Constants
+    _providers.CONSTANTS_CACHE.cache.clear()  # permitted constants, cached with the pool they came from
+    try:
+        yield
+    finally:
+        _providers._get_local_constants = local
+        _providers.CONSTANTS_CACHE.cache.clear()
+
+
 def sample(arch: str, count: int, seed: int, decode_steps: int = 2) -> list[Example]:
     """The first ``count`` examples the strategies generate for ``arch`` under ``seed``, outside any search
     (the first is the plainest: Hypothesis starts from every piece's first choice)."""
@@ -260,5 +281,6 @@ def sample(arch: str, count: int, seed: int, decode_steps: int = 2) -> list[Exam
     def collect(example: Example) -> None:
         drawn.append(example)
 
-    collect()
+    with seed_only():
+        collect()
     return drawn[:count]

@@ -44,7 +44,7 @@ PROBE_PROMPT = tuple(range(3, 15))
 drawn original contexts (8), so windows drop keys and scaled RoPE passes its threshold."""
 
 PROBE_DRAWS = 3
-"""Drawn configs probed per family: the plainest, then two random draws."""
+"""Drawn configs probed per family: the plainest, then two random draws (then the switched-on probe)."""
 
 VARIED_DRAWS = 300
 """Draws per family from which the varied keys are read off."""
@@ -100,6 +100,7 @@ def probe_configs(arch: str, seed: int = 0) -> list[dict[str, Any]]:
     """The configs whose reads and effects make up the family's surface: the first draws, and the
     plainest draw under every RoPE scaling type (``strategies.ROPE_SCALING``)."""
     drawn = [e.config for e in strategies.sample(arch, PROBE_DRAWS, seed)]
+    drawn.append(_switched_on(arch, drawn))
     if "rope_parameters" not in drawn[0]:
         return drawn
     # The RoPE probes start from the draw that rotates the most dimensions: YaRN's correction bounds
@@ -123,6 +124,16 @@ def probe_configs(arch: str, seed: int = 0) -> list[dict[str, Any]]:
             config["rope_parameters"] = rope
             variants.append(config)
     return drawn + variants
+
+
+def _switched_on(arch: str, drawn: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The deepest draw with every on/off knob on: keys that act only behind a switch
+    (Qwen's sliding_window and max_window_layers behind use_sliding_window) act here,
+    whatever the random draws happened to switch."""
+    config = copy.deepcopy(max(drawn, key=lambda c: registry.canonical_config(arch, c)["num_hidden_layers"]))
+    config.update({k: True for k, values in registry.get(arch).knobs.items()
+                   if k in config and all(isinstance(v, bool) for v in values) and len(values) > 1})
+    return config
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
+import importlib
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from parity import registry
-from parity.strategies import (SHARED_PREFIX, ExecutionSurface, examples, executions, supported_head_dims,
+from parity.strategies import (SHARED_PREFIX, ExecutionSurface, examples, executions, sample, supported_head_dims,
                                tensor_parallel_fits)
 from parity.worker.contract import Execution
 
@@ -78,3 +80,14 @@ def test_a_surface_draws_only_its_modes(data):
     config = {"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96}
     only_ranks = ExecutionSurface(modes=("tensor_parallel",), one_rank_share=1)
     assert data.draw(executions(config, only_ranks)).modes() in ([], ["tensor_parallel"])
+
+
+def test_a_seed_draws_the_same_examples_whatever_modules_the_process_has_loaded(tmp_path, monkeypatch):
+    """Hypothesis draws literals from local modules: a run, a replay and a test must not see that."""
+    before = [ex.id for ex in sample("qwen2", 40, seed=3)]
+    module = tmp_path / "constants_elsewhere.py"
+    module.write_text("".join(f"K{i} = {i}\n" for i in (1, 2, 3, 5, 6, 7, 9, 11, 13, 17, 31, 63, 129, 257, 4099))
+                      + "F = (0.25, 0.75, 1.5, 3.0, 7.0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("constants_elsewhere")
+    assert [ex.id for ex in sample("qwen2", 40, seed=3)] == before
