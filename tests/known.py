@@ -1,8 +1,11 @@
 """What a real-engine test expects of a result's ``known_issue``, read from the known-issue
 table directly rather than through the code that attaches it."""
 
+import pytest
+
 from parity import known_issues
 from parity.records import BackendResult
+from parity.search import search
 
 
 def diagnoses(engines, arch, config, result: BackendResult) -> set[str]:
@@ -21,3 +24,19 @@ def check(result: BackendResult, engines, arch, config) -> None:
         assert result.known_issue in expected, (result.backend, result.status, result.known_issue)
     else:
         assert result.known_issue is None, (result.backend, result.status, result.known_issue)
+
+
+def search_judging(session, arch, profile, seed):
+    """``search`` on a shared session, and every example it judged, also those an earlier test
+    had already judged (the session answers those from its records)."""
+    seen: list[str] = []
+    answer = session.known
+
+    def known(example):
+        seen.append(example.id)
+        return answer(example)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(session, "known", known)
+        minimal = search(session, arch, profile, seed)
+    return minimal, [session.records[i] for i in dict.fromkeys(seen) if i in session.records]

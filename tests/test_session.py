@@ -104,6 +104,17 @@ def test_a_diagnosis_the_reference_refutes_is_a_new_failure(tmp_path):
                             "as it reads it, at layers.0.attn_out") for n in result.notes), result.notes
 
 
+def test_engines_that_misread_a_checkpoint_alike_share_one_run_of_the_reference_as_they_read_it(tmp_path):
+    """Both engines' OLMoE ignore clip_qkv (a known issue each): one as-read reference run tests both."""
+    bug = {"bug": lambda c: ("q_rot", 0)}
+    launch = launcher(v={"engine": "vllm", "version": "0.32.0", **bug}, s={"engine": "sglang", "version": "0.5.23", **bug})
+    with Session(config(tmp_path, "vllm@v", "sglang@s"), log=lambda m: None, launch=launch) as session:
+        record = session.evaluate(example(arch="olmoe", clip_qkv=0.5))
+    assert {r.backend for r in record.results if r.known_issue or r.notes} >= {"v", "s"}
+    as_read = [r for r in launch.workers["reference"].runs if "as-read" in r.checkpoint]
+    assert sorted(r.dtype for r in as_read) == ["float32", "float64"]
+
+
 def test_an_execution_a_backend_cannot_run_is_unsupported_with_its_reason_and_reaches_those_that_can(tmp_path):
     launch = launcher(v={"unsupported_execution": {"prefix_cache": "no radix cache here"}}, s={})
     shared = Example(**{**vars(example()), "prompts": ((7, 7, 1), (7, 7, 2, 3)),
