@@ -112,6 +112,15 @@ def _scaled(config: Mapping[str, Any]) -> bool:
     return (config.get("rope_parameters") or {}).get("rope_type", "default") != "default"
 
 
+def _yarn_table_outgrown(config: Mapping[str, Any]) -> bool:
+    """YaRN whose original context x factor is shorter than max_position_embeddings."""
+    rope = config.get("rope_parameters") or {}
+    if rope.get("rope_type") != "yarn":
+        return False
+    original = rope.get("original_max_position_embeddings", config["max_position_embeddings"])
+    return original * rope.get("factor", 1.0) < config["max_position_embeddings"]
+
+
 def _longrope_rescaled(config: Mapping[str, Any]) -> bool:
     """LongRoPE with an attention_factor or factor stated (both engines derive theirs from the contexts)."""
     rope = config.get("rope_parameters") or {}
@@ -366,6 +375,11 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
            "SGLang's YaRN never reads attention_factor (it reads a non-HF attn_factor that multiplies the "
            "mscale): a stated attention_factor is replaced by the one derived from factor/mscale",
            reads_as=_rope_read_as(attention_factor=None)),
+    *_each("vllm", VLLM_NEW, _ROPE_SCALED, ("q_rot", "k_rot"), _yarn_table_outgrown,
+           "vLLM's YaRNScalingRotaryEmbedding tabulates cos/sin for original_max_position_embeddings x factor "
+           "positions only (yarn_scaling_rope.py), yet accepts sequences up to max_position_embeddings (its "
+           "max_model_len check leaves YaRN's max_position_embeddings unscaled): later positions are rotated with "
+           "memory past the table's end (1e20..1e32 on CPU, no error); transformers rotates every position"),
     *_each("sglang", SGLANG, ("qwen2", "qwen3", "qwen3_moe"), ("attn_out",), lambda c: bool(c.get("use_sliding_window")),
            "SGLang's Qwen2/Qwen3/Qwen3-MoE never read use_sliding_window, sliding_window, max_window_layers or "
            "layer_types: full attention where transformers slides a window", reads_as=_full_attention),
