@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from parity import compare, known_issues
 from parity.compare import Tensors, Trajectory
-from parity.records import BackendResult, DecodeTrajectory
+from parity.records import BackendResult, DecodeTrajectory, Divergence
 from parity.tolerance import PAIR_FACTOR
 
 
@@ -104,9 +104,10 @@ def judge(captures: Captures, dtype: str) -> list[Outcome]:
 
 
 def candidates(outcome: Outcome, engines: Mapping[str, tuple[str, str]], arch: str,
-               config: Mapping[str, Any]) -> list[known_issues.Match]:
+               config: Mapping[str, Any], prompt_lengths: Sequence[int]) -> list[known_issues.Match]:
     """The known engine issues that may explain the outcome, by its engines, config and symptom (the first
-    divergence's kind, or the error's message); see :mod:`parity.diagnosis` for which one does.
+    divergence's kind and where it starts, or the error's message); see :mod:`parity.diagnosis` for which
+    one does.
 
     ``engines`` maps a backend label to its engine's name and version.
     """
@@ -114,4 +115,15 @@ def candidates(outcome: Outcome, engines: Mapping[str, tuple[str, str]], arch: s
     kind = r.first_divergence.kind if r.first_divergence else "error" if r.status == "error" else None
     if kind is None:
         return []
-    return known_issues.matches([engines[b] for b in outcome.backends], arch, config, kind, r.reason or "")
+    return known_issues.matches([engines[b] for b in outcome.backends], arch, config, kind, r.reason or "",
+                                divergence_position(r.first_divergence, prompt_lengths))
+
+
+def divergence_position(d: Divergence | None, prompt_lengths: Sequence[int]) -> int | None:
+    """The sequence position where a divergence starts: at prefill its first token past the band, at a decode
+    step the position of the token it fed; None where that is not known."""
+    if d is None:
+        return None
+    if d.step:
+        return prompt_lengths[d.prompt] + d.step - 1
+    return next((i for i, error in enumerate(d.per_token) if error > d.band), None)

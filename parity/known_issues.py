@@ -70,6 +70,16 @@ class KnownIssue:
     """Patterns (``re.search``) of the checkpoint tensors the engine drops at load: the reference runs as if
     they were missing (transformers then initialises a bias to zero, ties a missing head)."""
 
+    starts: Callable[[Mapping[str, Any]], int] | None = None
+    """The first sequence position the bug acts on, for bugs of long sequences (None: every position). It
+    explains only a divergence that starts there or later, and applies only to examples whose sequences
+    reach it: a bug of earlier positions on the same config is not this one."""
+
+    def reached(self, config: Mapping[str, Any], position: int | None) -> bool:
+        """Whether ``position`` (the first diverging position, or the last one an example reaches) lies where
+        the bug acts; an unknown position only where it acts everywhere."""
+        return self.starts is None or (position is not None and position >= self.starts(config))
+
     @property
     def testable(self) -> bool:
         """Whether the diagnosis predicts a run of the reference the engine must agree with; if not (an op
@@ -112,13 +122,15 @@ def _scaled(config: Mapping[str, Any]) -> bool:
     return (config.get("rope_parameters") or {}).get("rope_type", "default") != "default"
 
 
+def _yarn_table_end(config: Mapping[str, Any]) -> int:
+    """The positions vLLM's YaRN cos/sin table holds: original context x factor."""
+    rope = config["rope_parameters"]
+    return int(rope.get("original_max_position_embeddings", config["max_position_embeddings"]) * rope.get("factor", 1.0))
+
+
 def _yarn_table_outgrown(config: Mapping[str, Any]) -> bool:
-    """YaRN whose original context x factor is shorter than max_position_embeddings."""
-    rope = config.get("rope_parameters") or {}
-    if rope.get("rope_type") != "yarn":
-        return False
-    original = rope.get("original_max_position_embeddings", config["max_position_embeddings"])
-    return original * rope.get("factor", 1.0) < config["max_position_embeddings"]
+    """YaRN whose table (original context x factor) is shorter than max_position_embeddings."""
+    return _rope_type("yarn")(config) and _yarn_table_end(config) < config["max_position_embeddings"]
 
 
 def _longrope_rescaled(config: Mapping[str, Any]) -> bool:
@@ -208,9 +220,10 @@ def _not(key: str, value: Any) -> Callable[[Mapping[str, Any]], bool]:
 
 def _each(engine: str, verified: tuple[str, ...], archs: Iterable[str], kinds: tuple[str, ...],
           applies: Callable[[Mapping[str, Any]], bool], diagnosis: str, message: str = "",
-          reads_as: Rewrite | None = None, ignores: tuple[str, ...] = ()) -> tuple[KnownIssue, ...]:
+          reads_as: Rewrite | None = None, ignores: tuple[str, ...] = (),
+          starts: Callable[[Mapping[str, Any]], int] | None = None) -> tuple[KnownIssue, ...]:
     """One engine behaviour, shared code, seen in several families."""
-    return tuple(KnownIssue(engine, verified, arch, kinds, applies, diagnosis, message, reads_as, ignores)
+    return tuple(KnownIssue(engine, verified, arch, kinds, applies, diagnosis, message, reads_as, ignores, starts)
                  for arch in archs)
 
 
@@ -379,7 +392,8 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
            "vLLM's YaRNScalingRotaryEmbedding tabulates cos/sin for original_max_position_embeddings x factor "
            "positions only (yarn_scaling_rope.py), yet accepts sequences up to max_position_embeddings (its "
            "max_model_len check leaves YaRN's max_position_embeddings unscaled): later positions are rotated with "
-           "memory past the table's end (1e20..1e32 on CPU, no error); transformers rotates every position"),
+           "memory past the table's end (1e20..1e32 on CPU, no error); transformers rotates every position",
+           starts=_yarn_table_end),
     *_each("sglang", SGLANG, ("qwen2", "qwen3", "qwen3_moe"), ("attn_out",), lambda c: bool(c.get("use_sliding_window")),
            "SGLang's Qwen2/Qwen3/Qwen3-MoE never read use_sliding_window, sliding_window, max_window_layers or "
            "layer_types: full attention where transformers slides a window", reads_as=_full_attention),
@@ -509,22 +523,23 @@ class Match:
 
 
 def matches(engines: Iterable[tuple[str, str]], arch: str, config: Mapping[str, Any], kind: str,
-            message: str = "") -> list[Match]:
-    """Every known issue that may explain a divergence of ``kind`` (or an error with ``message``) on any of
-    ``engines`` (name, version), in table order."""
+            message: str = "", position: int | None = None) -> list[Match]:
+    """Every known issue that may explain a divergence of ``kind`` starting at sequence ``position`` (or an
+    error with ``message``) on any of ``engines`` (name, version), in table order."""
     return [Match(engine, version, issue) for engine, version in engines for issue in listed(engine, version, arch)
-            if kind in issue.kinds and issue.message in message and issue.applies(config)]
+            if kind in issue.kinds and issue.message in message and issue.applies(config)
+            and issue.reached(config, position)]
 
 
-def applicable(engine: str, version: str, arch: str, config: Mapping[str, Any]) -> list[Match]:
-    """The known issues of one engine version that act on ``config``, whatever their symptom (refusals left
-    out: an engine that refuses a config computes nothing with it)."""
+def applicable(engine: str, version: str, arch: str, config: Mapping[str, Any], last_position: int) -> list[Match]:
+    """The known issues of one engine version that act on ``config`` at the positions up to ``last_position``,
+    whatever their symptom (refusals left out: an engine that refuses a config computes nothing with it)."""
     return [Match(engine, version, issue) for issue in listed(engine, version, arch)
-            if issue.kinds != ("error",) and issue.applies(config)]
+            if issue.kinds != ("error",) and issue.applies(config) and issue.reached(config, last_position)]
 
 
 def explain(engines: Iterable[tuple[str, str]], arch: str, config: Mapping[str, Any], kind: str,
-            message: str = "") -> str | None:
+            message: str = "", position: int | None = None) -> str | None:
     """The diagnosis of the first known issue that may explain the result, untested."""
-    found = matches(engines, arch, config, kind, message)
+    found = matches(engines, arch, config, kind, message, position)
     return found[0].text if found else None

@@ -197,8 +197,9 @@ class Session:
                     *judge.judge(judge.Captures(reference, captured, forced), self.cfg.dtype)]
         engines = {w.label: (w.capabilities.engine, w.capabilities.engine_version) for w in self.engines}
         verdicts = self._verdicts(example, ckpt, acts, captured, engines)
-        judged = {o.backends: diagnosis.diagnose(o.result, judge.candidates(o, engines, example.arch, example.config),
-                                                 verdicts)
+        lengths = [len(p) for p in example.prompts]
+        judged = {o.backends: diagnosis.diagnose(o.result, judge.candidates(o, engines, example.arch, example.config,
+                                                                            lengths), verdicts)
                   for o in outcomes}
         results = [judged[(w.label,)].model_copy(update={"seconds": _rounded(seconds.get(w.label, {}))})
                    for w in self.engines] + [r for backends, r in judged.items() if len(backends) == 2]
@@ -313,7 +314,8 @@ class Session:
             engine = (match.engine, match.version)
             if engine not in found:
                 label = next((lb for lb, ev in engines.items() if ev == engine and lb in captured), None)
-                applies = known_issues.applicable(*engine, example.arch, example.config)
+                last = max(len(p) for p in example.prompts) + example.decode_steps - 1
+                applies = known_issues.applicable(*engine, example.arch, example.config, last)
                 found[engine] = (diagnosis.Verdict("matched") if label is None else
                                  diagnosis.verdict(applies, lambda issues: test(label, issues)))
             return found[engine]

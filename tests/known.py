@@ -8,18 +8,23 @@ from parity.records import BackendResult
 from parity.search import search
 
 
-def diagnoses(engines, arch, config, result: BackendResult) -> set[str]:
-    """Every diagnosis that may explain ``result`` on ``engines`` ((name, version) of each side);
-    empty when nothing may: a pass, or a divergence or error no entry describes."""
-    kind = {"diverged": result.first_divergence and result.first_divergence.kind, "error": "error"}.get(result.status)
+def diagnoses(engines, arch, record, result: BackendResult) -> set[str]:
+    """Every diagnosis that may explain ``result`` of the example ``record`` on ``engines`` ((name, version)
+    of each side); empty when nothing may: a pass, or a divergence or error no entry describes."""
+    d = result.first_divergence
+    kind = {"diverged": d and d.kind, "error": "error"}.get(result.status)
+    # Where the divergence starts: a bug of long sequences explains none that starts before it acts.
+    position = None if d is None else (len(record.prompts[d.prompt]) + d.step - 1 if d.step else
+                                       next((i for i, e in enumerate(d.per_token) if e > d.band), None))
     return {f"{engine} {version}: {issue.diagnosis} (verified on {engine} {issue.versions})" for engine, version in engines
             for issue in known_issues.listed(engine, version, arch)
-            if kind in issue.kinds and issue.message in (result.reason or "") and issue.applies(config)}
+            if kind in issue.kinds and issue.message in (result.reason or "") and issue.applies(record.config)
+            and (issue.starts is None or (position is not None and position >= issue.starts(record.config)))}
 
 
-def check(result: BackendResult, engines, arch, config) -> None:
+def check(result: BackendResult, engines, arch, record) -> None:
     """The result carries a known issue exactly when the table explains it, and then one of those."""
-    expected = diagnoses(engines, arch, config, result)
+    expected = diagnoses(engines, arch, record, result)
     if expected:
         assert result.known_issue in expected, (result.backend, result.status, result.known_issue)
     else:

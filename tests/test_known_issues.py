@@ -1,6 +1,8 @@
 import pytest
 
-from parity.known_issues import KNOWN_ISSUES, KnownIssue, explain, listed, release
+from parity import judge
+from parity.known_issues import KNOWN_ISSUES, KnownIssue, applicable, explain, listed, release
+from parity.records import Divergence
 
 QWEN3 = {"attention_bias": True}
 
@@ -63,3 +65,27 @@ def test_an_error_is_explained_only_with_its_message():
     assert explain([("sglang", "0.5.23")], "phi3", longrope, "error", "worker timed out") is None
     full = {"rope_parameters": {"rope_type": "longrope", "partial_rotary_factor": 1.0}}
     assert explain([("sglang", "0.5.23")], "phi3", full, "error", crash) is None
+
+
+def test_a_bug_of_long_sequences_explains_only_divergences_that_start_where_it_acts():
+    """vLLM's YaRN table holds original x factor = 16 positions here: a YaRN bug at earlier positions
+    (a PR that drops mscale) is not that known issue, and an example that never reaches 16 is untouched."""
+    yarn = {"max_position_embeddings": 256,
+            "rope_parameters": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 8}}
+    vllm = [("vllm", "0.32.0")]
+    assert "cos/sin" in explain(vllm, "mixtral", yarn, "q_rot", position=16)
+    assert explain(vllm, "mixtral", yarn, "q_rot", position=3) is None
+    assert explain(vllm, "mixtral", yarn, "q_rot") is None  # where it starts is not known
+    table = [m for m in applicable("vllm", "0.32.0", "mixtral", yarn, last_position=20) if "cos/sin" in m.text]
+    assert table and not [m for m in applicable("vllm", "0.32.0", "mixtral", yarn, last_position=15)
+                          if "cos/sin" in m.text]
+
+
+def test_a_divergence_starts_at_its_first_token_past_the_band_or_at_the_token_a_decode_step_fed():
+    def divergence(step, per_token=()):
+        return Divergence(tensor="layers.0.q_rot", kind="q_rot", layer=0, step=step, prompt=1, band=1e-6,
+                          reason="", per_token=list(per_token), rel_l2=1.0, max_abs=1.0, cosine=0.0, worst_token=0,
+                          worst_index=[0], candidate_value=0.0, reference_value=0.0, non_finite=False)
+    assert judge.divergence_position(divergence(0, [1e-7] * 16 + [1e20, 1.0]), [3, 18]) == 16
+    assert judge.divergence_position(divergence(2), [3, 18]) == 19
+    assert judge.divergence_position(None, [3]) is None

@@ -63,11 +63,11 @@ def test_known_issues_may_explain_either_side_of_a_pair():
     wrong = {k: v + (0 if k.endswith(schema.TOKEN_IDS) or "attn_out" not in k else 1) for k, v in exact.items()}
     (_, _, pair) = judge.judge(judge.Captures(truth(exact), {"v": wrong, "s": exact}), "float32")
     engines = {"v": ("vllm", "0.32.0"), "s": ("sglang", "0.5.23")}
-    (found,) = judge.candidates(pair, engines, "qwen3", {"attention_bias": True})
+    (found,) = judge.candidates(pair, engines, "qwen3", {"attention_bias": True}, [2])
     assert (found.engine, found.version, found.issue.arch) == ("vllm", "0.32.0", "qwen3")
-    assert judge.candidates(pair, engines, "qwen3", {"attention_bias": False}) == []
+    assert judge.candidates(pair, engines, "qwen3", {"attention_bias": False}, [2]) == []
     newer = {"v": ("vllm", "0.33.0"), "s": ("sglang", "0.5.23")}
-    assert judge.candidates(pair, newer, "qwen3", {"attention_bias": True}) == []
+    assert judge.candidates(pair, newer, "qwen3", {"attention_bias": True}, [2]) == []
 
 
 # -- the session's flow -----------------------------------------------------------------------

@@ -46,7 +46,7 @@ def test_three_way_agreement_prefill_and_decode(parity_sessions, arch):
             del by_backend["sglang"]
         for r in by_backend.values():
             # engine bugs parity found and diagnosed (parity/known_issues.py), and only those
-            known.check(r, [engines[b] for b in r.backend.split("~")], arch, ex.config)
+            known.check(r, [engines[b] for b in r.backend.split("~")], arch, ex)
             if r.known_issue:
                 continue
             assert r.status == "pass" and r.max_rel_l2 < 1e-5

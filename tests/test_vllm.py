@@ -22,7 +22,7 @@ def test_vllm_agrees_with_transformers(parity_sessions, arch):
     caps = session.workers["vllm"].capabilities
     for ex in records:  # vLLM bugs parity found and diagnosed (parity/known_issues.py), and only those
         for r in ex.results:
-            known.check(r, [(caps.engine, caps.engine_version)], arch, ex.config)
+            known.check(r, [(caps.engine, caps.engine_version)], arch, ex)
     results = [r for ex in records for r in ex.results if not r.known_issue]
     assert results, f"every {arch} example drawn was a known issue: nothing compared"
     assert {r.status for r in results} == {"pass"}
