@@ -291,17 +291,13 @@ class Session:
         One verdict per engine, shared by its result and its pairs' results."""
         config = json.loads((ckpt / "config.json").read_text())
         found: dict[tuple[str, str], diagnosis.Verdict] = {}
-        runs: dict[str, tuple[dict[str, Any], dict[str, float]] | str] = {}  # engines may misread alike
+        runs: dict[Path, tuple[dict[str, Any], dict[str, float]] | str] = {}  # engines may misread alike
 
         def test(label: str, issues: list[known_issues.KnownIssue]) -> str | None:
             rewritten = config
             for issue in issues:
                 rewritten = issue.reads_as(rewritten) if issue.reads_as else rewritten
-            ignored = [p for i in issues for p in i.ignores]
-            read = json.dumps([rewritten, ignored], sort_keys=True)
-            if read not in runs:
-                runs[read] = self._as_read(example, ckpt, acts, rewritten, ignored)
-            run = runs[read]
+            run = self._as_read(example, ckpt, acts, rewritten, [p for i in issues for p in i.ignores], runs)
             if isinstance(run, str):
                 return f"the reference cannot run the checkpoint as the engine reads it: {run}"
             _, first, _ = compare.compare(captured[label], *run, self.cfg.dtype)
@@ -322,12 +318,20 @@ class Session:
 
         return verdicts
 
-    def _as_read(self, example: Example, ckpt: Path, acts: Path, config: dict[str, Any],
-                 ignored: list[str]) -> tuple[dict[str, Any], dict[str, float]] | str:
+    def _as_read(self, example: Example, ckpt: Path, acts: Path, config: dict[str, Any], ignored: list[str],
+                 runs: dict[Path, tuple[dict[str, Any], dict[str, float]] | str]
+                 ) -> tuple[dict[str, Any], dict[str, float]] | str:
         """The fp64 reference's tensors and their noise floors on ``ckpt`` read another way: under ``config`` and
-        without the tensors matching ``ignored``; or why the reference could not run it."""
+        without the tensors matching ``ignored``; or why the reference could not run it. Run once per reading
+        (``runs``, the example's)."""
         read = json.dumps([config, ignored], sort_keys=True).encode()
         where = acts / ("as-read-" + hashlib.sha256(read).hexdigest()[:12])
+        if where not in runs:
+            runs[where] = self._run_as_read(example, ckpt, where, config, ignored)
+        return runs[where]
+
+    def _run_as_read(self, example: Example, ckpt: Path, where: Path, config: dict[str, Any],
+                     ignored: list[str]) -> tuple[dict[str, Any], dict[str, float]] | str:
         where.mkdir(exist_ok=True)
         (where / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         weights = where / "model.safetensors"
