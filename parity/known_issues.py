@@ -202,6 +202,21 @@ def _local_rope_scaled(config: Mapping[str, Any]) -> bool:
     return rope.get("rope_type", "default") != "default" and "sliding_attention" in _gemma3_layer_types(config)
 
 
+def _by_layer_type(applies: Callable[[Mapping[str, Any]], bool], rewrite: Rewrite | None = None
+                   ) -> tuple[Callable[[Mapping[str, Any]], bool], Rewrite | None]:
+    """A RoPE entry's predicate and misreading for Gemma-3, whose rope_parameters is keyed by layer type:
+    each layer type its layers use is judged (and misread) as if its parameters were the whole config's."""
+    def used(c: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        return {t: {**c, "rope_parameters": c["rope_parameters"][t]} for t in set(_gemma3_layer_types(c))}
+
+    def misread(c: dict[str, Any]) -> dict[str, Any]:
+        ropes = {**c["rope_parameters"], **{t: rewrite(one)["rope_parameters"]  # type: ignore[misc]
+                                            for t, one in used(c).items() if applies(one)}}
+        return {**c, "rope_parameters": ropes}
+
+    return (lambda c: any(applies(one) for one in used(c).values())), (misread if rewrite else None)
+
+
 def _local_rope_unscaled(c: dict[str, Any]) -> dict[str, Any]:
     """Gemma-3's sliding layers rotated with plain RoPE at their own base."""
     local = {"rope_type": "default", "rope_theta": c["rope_parameters"]["sliding_attention"]["rope_theta"]}
@@ -344,6 +359,9 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue("vllm", VLLM_NEW, "gemma3_text", ("error",), lambda c: c.get("hidden_activation") == "relu",
                "refuses at load: its Gemma3MLP takes get_act_and_mul_fn(hidden_activation), which knows gelu, "
                "gelu_pytorch_tanh and silu (and aliases) but not relu (activation.py)", "is not supported"),
+    KnownIssue("vllm", VLLM_NEW, "gemma3_text", ("q_rot", "k_rot"), _by_layer_type(_longrope_rescaled)[0],
+               "vLLM: " + _LONGROPE_MSCALE + " (a layer type's own rope_parameters entry, Gemma-3)",
+               reads_as=_by_layer_type(_longrope_rescaled, _rope_read_as(attention_factor=None, factor=None))[1]),
     KnownIssue("sglang", SGLANG, "gemma3_text", ("q_rot", "k_rot"), _local_rope_scaled,
                "SGLang's Gemma3 rotates its sliding (local) layers with plain RoPE at rope_parameters' "
                "sliding_attention base and drops that entry's scaling (Gemma3TextModel builds rotary_emb_local with "

@@ -123,7 +123,8 @@ class ArchSpec:
     that reads no ``rope_parameters``; the drawn partial_rotary_factor becomes that width."""
 
     rope_values: Mapping[str, Mapping[str, tuple[Any, ...]]] = field(default_factory=dict)
-    """Per RoPE type, parameter candidates that replace ``strategies.ROPE_SCALING``'s for this family."""
+    """Per RoPE type, parameter candidates that replace ``strategies.ROPE_SCALING``'s for this family; an
+    empty tuple leaves the parameter out (the type's default)."""
 
     rope_layer_types: tuple[str, ...] = ()
     """Layer types whose RoPE is configured apart, each drawing its own parameters: Gemma-3's
@@ -243,9 +244,12 @@ _SECOND_NAME = ("the activation's second name: transformers reads the other one 
                 "carry both, equal, and engine ports read either, so it is written equal to the drawn one")
 
 _GEMMA3_LAYER_TYPES = ("sliding_attention", "full_attention")
-# transformers 5.19's LongRoPE per layer type fails on the second forward past the original context
-# (modeling_rope_utils.longrope_frequency_update finds its cached long_inv_freq and never assigns the local),
-# so Gemma-3's LongRoPE contexts are drawn longer than any served sequence, and its long factors never act.
+# The reference's own limits with RoPE per layer type (transformers 5.19, modeling_rope_utils.py), so the draws
+# stay where it computes what the config says: LongRoPE fails on the second forward past the original context
+# (longrope_frequency_update finds its cached long_inv_freq and never assigns the local), so Gemma-3's LongRoPE
+# contexts are drawn longer than any served sequence and its long factors never act; YaRN reads truncate from
+# the top level of rope_parameters, never from the layer type's entry (_compute_yarn_parameters), so a Gemma-3
+# truncate is not drawn (vLLM honours it: the reference would be the one in the wrong).
 _GEMMA3_LONGROPE = ("LongRoPE's long factors act only past the original context, where transformers 5.19 fails "
                     "LongRoPE per layer type on the second forward (UnboundLocalError: long_inv_freq in "
                     "longrope_frequency_update): Gemma-3's original contexts are drawn (64, 128) longer than any "
@@ -377,7 +381,7 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         knobs={"sliding_window_pattern": (2, 6, 1), "final_logit_softcapping": (None, 3.0),
                "query_pre_attn_scalar": (256, 32)},
         rope_layer_types=_GEMMA3_LAYER_TYPES,
-        rope_values={"longrope": {"original_max_position_embeddings": (64, 128)}},  # see _GEMMA3_LONGROPE
+        rope_values={"longrope": {"original_max_position_embeddings": (64, 128)}, "yarn": {"truncate": ()}},
         activation_keys=("hidden_activation",),  # Gemma3TextConfig has no hidden_act
         pinned={**_BIDIRECTIONAL,
                 "layer_types": "derived by the config from sliding_window_pattern (drawn: 2, 6 as released, 1), "

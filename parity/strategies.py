@@ -80,7 +80,7 @@ def rope_scaling(draw: st.DrawFn, spec: ArchSpec) -> dict[str, Any]:
     """A ``rope_type`` from the entry's variants and that variant's parameters."""
     rope_type = draw(st.sampled_from(spec.rope_types))
     candidates = {**ROPE_SCALING[rope_type], **spec.rope_values.get(rope_type, {})}
-    params = {k: draw(st.sampled_from(values)) for k, values in candidates.items()}
+    params = {k: draw(st.sampled_from(values)) for k, values in candidates.items() if values}
     return {"rope_type": rope_type, **{k: v for k, v in params.items() if v != OMIT}}
 
 

@@ -63,3 +63,21 @@ def test_an_error_is_explained_only_with_its_message():
     assert explain([("sglang", "0.5.23")], "phi3", longrope, "error", "worker timed out") is None
     full = {"rope_parameters": {"rope_type": "longrope", "partial_rotary_factor": 1.0}}
     assert explain([("sglang", "0.5.23")], "phi3", full, "error", crash) is None
+
+
+def gemma3(pattern, **full):
+    return {"num_hidden_layers": 2, "sliding_window_pattern": pattern, "max_position_embeddings": 256,
+            "rope_parameters": {"sliding_attention": {"rope_type": "yarn", "factor": 2.0, "attention_factor": 0.8,
+                                                      "original_max_position_embeddings": 8, "rope_theta": 1e4},
+                                "full_attention": {"rope_type": "longrope", "original_max_position_embeddings": 64,
+                                                   "rope_theta": 1e6, **full}}}
+
+
+def test_rope_entries_of_a_family_with_rope_per_layer_type_judge_the_layer_types_its_layers_use():
+    (entry,) = [i for i in listed("vllm", "0.32.0", "gemma3_text") if "LongRoPE" in i.diagnosis]
+    assert entry.applies(gemma3(2, attention_factor=0.5))  # layer 1 is full attention
+    assert not entry.applies(gemma3(6, attention_factor=0.5))  # no full-attention layer among 2
+    assert not entry.applies(gemma3(2))
+    read = entry.reads_as(gemma3(2, attention_factor=0.5, factor=2.0))["rope_parameters"]
+    assert "attention_factor" not in read["full_attention"] and "factor" not in read["full_attention"]
+    assert read["sliding_attention"] == gemma3(2)["rope_parameters"]["sliding_attention"]  # YaRN's own kept
