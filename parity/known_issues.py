@@ -362,6 +362,10 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue("vllm", VLLM_NEW, "gemma3_text", ("q_rot", "k_rot"), _by_layer_type(_longrope_rescaled)[0],
                "vLLM: " + _LONGROPE_MSCALE + " (a layer type's own rope_parameters entry, Gemma-3)",
                reads_as=_by_layer_type(_longrope_rescaled, _rope_read_as(attention_factor=None, factor=None))[1]),
+    KnownIssue("vllm", VLLM_NEW, "gemma3_text", ("q_rot", "k_rot"), _by_layer_type(_yarn_table_outgrown)[0],
+               "vLLM's YaRNScalingRotaryEmbedding tabulates cos/sin for original_max_position_embeddings x factor "
+               "positions only (yarn_scaling_rope.py; Gemma-3: a layer type's own rope_parameters entry), yet serves "
+               "later positions, rotated with memory past the table's end; transformers rotates every position"),
     KnownIssue("sglang", SGLANG, "gemma3_text", ("q_rot", "k_rot"), _local_rope_scaled,
                "SGLang's Gemma3 rotates its sliding (local) layers with plain RoPE at rope_parameters' "
                "sliding_attention base and drops that entry's scaling (Gemma3TextModel builds rotary_emb_local with "
