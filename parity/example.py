@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from parity.registry import ARCHITECTURES, canonical_config
+from parity.registry import ARCHITECTURES, canonical_config, rope_sets
 from parity.worker.contract import Execution
 
 # Part of every checkpoint's cache key: bump when parity/checkpoint.py changes the weights it writes.
@@ -54,14 +54,15 @@ class Example:
     def describe(self) -> str:
         """One line naming the shape and every family knob that is on (see ``ArchSpec.family_knobs``)."""
         c = canonical_config(self.arch, self.config)
-        rope = c.get("rope_parameters") or {}
         bits = [f"layers={c['num_hidden_layers']}", f"heads={c['num_attention_heads']}/{c['num_key_value_heads']}",
                 f"head_dim={c.get('head_dim') or c['hidden_size'] // c['num_attention_heads']}",
                 f"hidden={c['hidden_size']}"]
-        if "partial_rotary_factor" in rope:
-            bits.append(f"partial_rotary_factor={rope['partial_rotary_factor']}")
-        if rope.get("rope_type", "default") != "default":
-            bits.append(f"rope={rope['rope_type']}")
+        for path, rope in rope_sets(c).items():
+            layer_type = path.partition(".")[2]  # per-layer-type RoPE: named after the layer type
+            if "partial_rotary_factor" in rope:
+                bits.append(f"partial_rotary_factor={rope['partial_rotary_factor']}")
+            if rope.get("rope_type", "default") != "default":
+                bits.append(f"rope={rope['rope_type']}" + (f"@{layer_type}" if layer_type else ""))
         spec = ARCHITECTURES.get(self.arch)
         plain = {spec.activation_keys[0]: spec.activations[0]} if spec else {}
         bits += [f"{key}={c[key]}" for key in (spec.family_knobs if spec else ())

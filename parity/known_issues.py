@@ -201,6 +201,48 @@ def _long_factors_always(c: dict[str, Any]) -> dict[str, Any]:
     return _rope_read_as(short_factor=c["rope_parameters"]["long_factor"])(c)
 
 
+def _gemma3_layer_types(config: Mapping[str, Any]) -> list[str]:
+    """Gemma-3's layer types as its config derives them: stated, or every sliding_window_pattern-th layer full."""
+    pattern = config.get("sliding_window_pattern", 6)
+    return config.get("layer_types") or ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                                         for i in range(config["num_hidden_layers"])]
+
+
+def _local_rope_scaled(config: Mapping[str, Any]) -> bool:
+    """Gemma-3 with sliding layers whose RoPE is scaled."""
+    rope = (config.get("rope_parameters") or {}).get("sliding_attention") or {}
+    return rope.get("rope_type", "default") != "default" and "sliding_attention" in _gemma3_layer_types(config)
+
+
+def _layer_type_configs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Gemma-3's config as each layer type its layers use reads it: that type's rope_parameters entry as the
+    whole config's."""
+    return {t: {**config, "rope_parameters": config["rope_parameters"][t]} for t in set(_gemma3_layer_types(config))}
+
+
+def _by_layer_type(applies: Callable[[Mapping[str, Any]], bool], rewrite: Rewrite | None = None
+                   ) -> tuple[Callable[[Mapping[str, Any]], bool], Rewrite | None]:
+    """A RoPE entry's predicate and misreading for Gemma-3, whose rope_parameters is keyed by layer type:
+    each layer type its layers use is judged (and misread) as if its parameters were the whole config's."""
+    def misread(c: dict[str, Any]) -> dict[str, Any]:
+        ropes = {**c["rope_parameters"], **{t: rewrite(one)["rope_parameters"]  # type: ignore[misc]
+                                            for t, one in _layer_type_configs(c).items() if applies(one)}}
+        return {**c, "rope_parameters": ropes}
+
+    return (lambda c: any(applies(one) for one in _layer_type_configs(c).values())), (misread if rewrite else None)
+
+
+def _gemma3_yarn_table_end(config: Mapping[str, Any]) -> int:
+    """The first position past the shortest outgrown YaRN table among the layer types Gemma-3's layers use."""
+    return min(_yarn_table_end(one) for one in _layer_type_configs(config).values() if _yarn_table_outgrown(one))
+
+
+def _local_rope_unscaled(c: dict[str, Any]) -> dict[str, Any]:
+    """Gemma-3's sliding layers rotated with plain RoPE at their own base."""
+    local = {"rope_type": "default", "rope_theta": c["rope_parameters"]["sliding_attention"]["rope_theta"]}
+    return {**c, "rope_parameters": {**c["rope_parameters"], "sliding_attention": local}}
+
+
 # Exact (erf) GELU: transformers turns Gemma's hidden_act "gelu" into the tanh approximation, "gelu_python"
 # it leaves alone.
 _EXACT_GELU = _read_as(hidden_act="gelu_python")
@@ -332,6 +374,25 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     *(KnownIssue(engine, verified, "gemma2", ("error",), _not("hidden_activation", "gelu_pytorch_tanh"),
                  "refuses at load: its Gemma2MLP implements only gelu_pytorch_tanh", "Gemma2 uses `gelu_pytorch_tanh`")
       for engine, verified in (("vllm", VLLM_NEW), ("sglang", SGLANG))),
+    KnownIssue("sglang", SGLANG, "gemma3_text", ("error",), _not("hidden_activation", "gelu_pytorch_tanh"),
+               "refuses at load: its Gemma3MLP implements only gelu_pytorch_tanh (gemma3_causal.py)",
+               "uses `gelu_pytorch_tanh`"),
+    KnownIssue("vllm", VLLM_NEW, "gemma3_text", ("error",), lambda c: c.get("hidden_activation") == "relu",
+               "refuses at load: its Gemma3MLP takes get_act_and_mul_fn(hidden_activation), which knows gelu, "
+               "gelu_pytorch_tanh and silu (and aliases) but not relu (activation.py)", "is not supported"),
+    KnownIssue("vllm", VLLM_NEW, "gemma3_text", ("q_rot", "k_rot"), _by_layer_type(_longrope_rescaled)[0],
+               "vLLM: " + _LONGROPE_MSCALE + " (a layer type's own rope_parameters entry, Gemma-3)",
+               reads_as=_by_layer_type(_longrope_rescaled, _rope_read_as(attention_factor=None, factor=None))[1]),
+    KnownIssue("vllm", VLLM_NEW, "gemma3_text", ("q_rot", "k_rot"), _by_layer_type(_yarn_table_outgrown)[0],
+               "vLLM's YaRNScalingRotaryEmbedding tabulates cos/sin for original_max_position_embeddings x factor "
+               "positions only (yarn_scaling_rope.py; Gemma-3: a layer type's own rope_parameters entry), yet serves "
+               "later positions, rotated with memory past the table's end; transformers rotates every position",
+               starts=_gemma3_yarn_table_end),
+    KnownIssue("sglang", SGLANG, "gemma3_text", ("q_rot", "k_rot"), _local_rope_scaled,
+               "SGLang's Gemma3 rotates its sliding (local) layers with plain RoPE at rope_parameters' "
+               "sliding_attention base and drops that entry's scaling (Gemma3TextModel builds rotary_emb_local with "
+               "rope_type \"default\", gemma3_causal.py); transformers scales each layer type by its own entry",
+               reads_as=_local_rope_unscaled),
     *_each("vllm", VLLM_NEW, ("gpt_j",), ("error",), lambda c: bool(c.get("tie_word_embeddings")),
            "refuses at load: its GPTJForCausalLM asserts an untied lm_head", "AssertionError"),
     *_each("sglang", SGLANG, ("gpt_j",), ("error",), lambda c: bool(c.get("tie_word_embeddings")),
@@ -365,7 +426,7 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     *_each("sglang", SGLANG, _SGLANG_UNSCALED, ("q_rot", "k_rot"), _scaled,
            "SGLang's port passes only the base (rope_theta) to get_rope, never rope_parameters' scaling: every "
            "scaled RoPE runs as plain RoPE", reads_as=_unscaled),
-    *_each("sglang", SGLANG, ("gemma", "gemma2"), ("logits",), _not("tie_word_embeddings", True),
+    *_each("sglang", SGLANG, ("gemma", "gemma2", "gemma3_text"), ("logits",), _not("tie_word_embeddings", True),
            "SGLang's port always computes logits from embed_tokens and skips the checkpoint's lm_head.weight: "
            "an untied head is silently replaced by the embeddings", reads_as=_read_as(tie_word_embeddings=True),
            ignores=(r"^lm_head\.weight$",)),

@@ -122,6 +122,15 @@ class ArchSpec:
     """Config key stating the rotated width in dimensions (GPT-J's ``rotary_dim``) for a family
     that reads no ``rope_parameters``; the drawn partial_rotary_factor becomes that width."""
 
+    rope_values: Mapping[str, Mapping[str, tuple[Any, ...]]] = field(default_factory=dict)
+    """Per RoPE type, parameter candidates that replace ``strategies.ROPE_SCALING``'s for this family; an
+    empty tuple leaves the parameter out (the type's default)."""
+
+    rope_layer_types: tuple[str, ...] = ()
+    """Layer types whose RoPE is configured apart, each drawing its own parameters: Gemma-3's
+    ``rope_parameters`` is keyed by layer type (``{"sliding_attention": {...}, "full_attention": {...}}``).
+    Empty: one ``rope_parameters`` for every layer."""
+
     modules: ModuleNames = ModuleNames()
     """Module names for capture, if the family's differ from Llama's."""
 
@@ -146,7 +155,7 @@ class ArchSpec:
                 *(self.activation_keys[:1] if len(self.activations) > 1 else ()))
 
     def __post_init__(self) -> None:
-        for name in ("fixed", "knobs", "config_keys", "pinned"):
+        for name in ("fixed", "knobs", "config_keys", "pinned", "rope_values"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         lo, hi = self.layers
         if not 1 <= lo <= hi:
@@ -191,6 +200,14 @@ def canonical_config(arch: str, config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def rope_sets(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Each set of RoPE parameters a (canonical) config states, by its key path: ``rope_parameters``, or
+    ``rope_parameters.<layer type>`` for a family keyed by layer type (``ArchSpec.rope_layer_types``)."""
+    rope = config.get("rope_parameters") or {}
+    nested = {f"rope_parameters.{k}": v for k, v in rope.items() if isinstance(v, Mapping)}
+    return nested or ({"rope_parameters": rope} if rope else {})
+
+
 def features(config: Mapping[str, Any]) -> list[str]:
     """The optional features an example's config turns on."""
     return [name for name, key in FEATURES.items() if config.get(key) is not None]
@@ -226,6 +243,18 @@ _GEMMA_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu", "silu", "relu")
 _SECOND_NAME = ("the activation's second name: transformers reads the other one (drawn); released configs "
                 "carry both, equal, and engine ports read either, so it is written equal to the drawn one")
 
+_GEMMA3_LAYER_TYPES = ("sliding_attention", "full_attention")
+# The reference's own limits with RoPE per layer type (transformers 5.19, modeling_rope_utils.py), so the draws
+# stay where it computes what the config says: LongRoPE fails on the second forward past the original context
+# (longrope_frequency_update finds its cached long_inv_freq and never assigns the local), so Gemma-3's LongRoPE
+# contexts are drawn longer than any served sequence and its long factors never act; YaRN reads truncate from
+# the top level of rope_parameters, never from the layer type's entry (_compute_yarn_parameters), so a Gemma-3
+# truncate is not drawn (vLLM honours it: the reference would be the one in the wrong).
+_GEMMA3_LONGROPE = ("LongRoPE's long factors act only past the original context, where transformers 5.19 fails "
+                    "LongRoPE per layer type on the second forward (UnboundLocalError: long_inv_freq in "
+                    "longrope_frequency_update): Gemma-3's original contexts are drawn (64, 128) longer than any "
+                    "served sequence; released Gemma-3s use linear scaling")
+
 # Families whose config derives head_dim (hidden_size / heads) and ignores the key.
 _DERIVED_HEAD_DIM = {"head_dim": "the config has no head_dim: transformers derives it from hidden_size / "
                                  "num_attention_heads, and the drawn value is written equal to that"}
@@ -248,6 +277,12 @@ _QWEN_MOE: dict[str, Any] = {"layers": (1, 3), "sliding_windows": _QWEN_WINDOWS[
 
 # Token ids of the full-size vocabularies must not index a tiny one.
 _NO_SPECIAL_TOKENS = {"pad_token_id": None, "eos_token_id": None, "bos_token_id": None}
+
+# Gemma-2 and Gemma-3: tied heads as released (untied ones drawn too, as for gemma), optional attention
+# biases, windows shorter than the prompts on the sliding layers.
+_GEMMA_WINDOWED: dict[str, Any] = {"tie_word_embeddings": (True, False), "attention_bias": (False, True),
+                                   "sliding_windows": (4, 7), "activations": _GEMMA_ACTIVATIONS,
+                                   "fixed": _NO_SPECIAL_TOKENS}
 
 ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
     "llama": ArchSpec(
@@ -323,20 +358,36 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
     "gemma2": ArchSpec(
         model_type="gemma2",
         architecture="Gemma2ForCausalLM",
-        tie_word_embeddings=(True, False),  # as for gemma
-        attention_bias=(False, True),
-        sliding_windows=(4, 7),
         # query_pre_attn_scalar: 256 as in Gemma-2 2B/9B, or the head size's own scale.
         knobs={"attn_logit_softcapping": (None, 2.0, 5.0), "final_logit_softcapping": (None, 3.0),
                "query_pre_attn_scalar": (256, 32)},
         # Released Gemma-2 configs carry both keys; SGLang 0.5.23 reads only hidden_act
         # (a transformers-5-only config fails to load there with an AttributeError).
-        activations=_GEMMA_ACTIVATIONS,
         activation_keys=("hidden_activation", "hidden_act"),
         pinned={**_BIDIRECTIONAL, "hidden_act": _SECOND_NAME,
                 "layer_types": "Gemma-2's alternating sliding/full layers (transformers' default, every released "
                                "Gemma-2) are drawn through sliding_window; other layouts are not Gemma-2 checkpoints"},
-        fixed=_NO_SPECIAL_TOKENS,
+        **_GEMMA_WINDOWED,
+    ),
+    # Gemma-2's layout (sandwich norms, final soft-capping, sliding and full layers, query_pre_attn_scalar)
+    # plus per-head RMSNorm on q and k before RoPE, and RoPE configured per layer type (rope_parameters keyed
+    # by sliding_attention / full_attention: released Gemma-3s rotate local layers with base 10^4, global
+    # ones with 10^6 and a linear factor 8). sliding_window_pattern lays out the layers: alternating, every
+    # 6th full as released (so the drawn depths are all local), or all full. attn_logit_softcapping is not
+    # drawn: transformers' Gemma-3 never passes it to attention (measured neutral; released configs: null).
+    "gemma3_text": ArchSpec(
+        model_type="gemma3_text",
+        architecture="Gemma3ForCausalLM",
+        knobs={"sliding_window_pattern": (2, 6, 1), "final_logit_softcapping": (None, 3.0),
+               "query_pre_attn_scalar": (256, 32)},
+        rope_layer_types=_GEMMA3_LAYER_TYPES,
+        rope_values={"longrope": {"original_max_position_embeddings": (64, 128)}, "yarn": {"truncate": ()}},
+        activation_keys=("hidden_activation",),  # Gemma3TextConfig has no hidden_act
+        pinned={**_BIDIRECTIONAL,
+                "layer_types": "derived by the config from sliding_window_pattern (drawn: 2, 6 as released, 1), "
+                               "the form released Gemma-3 configs state",
+                **{f"rope_parameters.{layer_type}.long_factor": _GEMMA3_LONGROPE for layer_type in _GEMMA3_LAYER_TYPES}},
+        **_GEMMA_WINDOWED,
     ),
     # Partial rotary (a quarter of each head by default, rotate-half pairs on the leading
     # slice) and LayerNorm with a bias instead of RMSNorm; optional q/k/v bias, and

@@ -79,7 +79,8 @@ ROPE_SCALING: dict[str, dict[str, tuple[Any, ...]]] = {
 def rope_scaling(draw: st.DrawFn, spec: ArchSpec) -> dict[str, Any]:
     """A ``rope_type`` from the entry's variants and that variant's parameters."""
     rope_type = draw(st.sampled_from(spec.rope_types))
-    params = {k: draw(st.sampled_from(values)) for k, values in ROPE_SCALING[rope_type].items()}
+    candidates = {**ROPE_SCALING[rope_type], **spec.rope_values.get(rope_type, {})}
+    params = {k: draw(st.sampled_from(values)) for k, values in candidates.items() if values}
     return {"rope_type": rope_type, **{k: v for k, v in params.items() if v != OMIT}}
 
 
@@ -94,6 +95,15 @@ def rope_parameters(draw: st.DrawFn, spec: ArchSpec, head_dim: int) -> dict[str,
     if params["rope_type"] == "longrope":
         params.update(draw(longrope_factors(int(factor * head_dim) // 2)))
     return params
+
+
+@st.composite
+def layered_rope_parameters(draw: st.DrawFn, spec: ArchSpec, head_dim: int) -> dict[str, Any]:
+    """The family's rope_parameters: one set, or one per layer type drawn each on its own
+    (``ArchSpec.rope_layer_types``)."""
+    if not spec.rope_layer_types:
+        return draw(rope_parameters(spec, head_dim))
+    return {layer_type: draw(rope_parameters(spec, head_dim)) for layer_type in spec.rope_layer_types}
 
 
 LONGROPE_TOPS = {"short_factor": (1.0, 1.5), "long_factor": (4.0, 16.0)}
@@ -124,14 +134,14 @@ def model_configs(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) -> 
         "vocab_size": draw(st.sampled_from(spec.vocab_sizes)),
         "tie_word_embeddings": draw(st.sampled_from(spec.tie_word_embeddings)),
         "max_position_embeddings": draw(st.sampled_from(MAX_POSITIONS)),
-        "rope_parameters": draw(rope_parameters(spec, shapes["head_dim"])),
+        "rope_parameters": draw(layered_rope_parameters(spec, shapes["head_dim"])),
         **draw(optional_knobs(spec)),
         **spec.fixed,
     }
     if not spec.states_head_dim:
         del config["head_dim"]
     rope = config["rope_parameters"]
-    if rope["rope_type"] == "longrope" and spec.top_level_original_context:
+    if rope.get("rope_type") == "longrope" and spec.top_level_original_context:
         # LongRoPE checkpoints (Phi-3) state the original context at top level too, and
         # transformers' Phi3Config replaces rope_parameters' value with its top-level default
         # (4096) when it is missing there.

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.records import BackendInfo, ExampleRecord, Report, Summary
-from parity.registry import ARCHITECTURES, canonical_config
+from parity.registry import ARCHITECTURES, canonical_config, rope_sets
 
 
 def _count(table: dict[str, dict[str, int]], outer: str, inner: str) -> None:
@@ -38,7 +38,8 @@ def summarize(examples: list[ExampleRecord]) -> Summary:
 
 def _knobs(ex: ExampleRecord) -> dict[str, Any]:
     c = canonical_config(ex.arch, ex.config)
-    rope = c.get("rope_parameters") or {}
+    sets = list(rope_sets(c).values())
+    rope = sets[0] if sets else {}  # the first layer type's, for a family with RoPE per layer type
     heads, kv = c.get("num_attention_heads"), c.get("num_key_value_heads")
     head_dim = c.get("head_dim") or (c["hidden_size"] // heads if heads and "hidden_size" in c else None)
     spec = ARCHITECTURES.get(ex.arch)
@@ -46,7 +47,7 @@ def _knobs(ex: ExampleRecord) -> dict[str, Any]:
         "layers": c.get("num_hidden_layers"), "head_dim": head_dim,
         "gqa_group": heads // kv if heads and kv else None,
         "head_dim_decoupled": head_dim * heads != c["hidden_size"] if head_dim and heads and "hidden_size" in c else None,
-        "partial_rotary_factor": rope.get("partial_rotary_factor", 1.0), "rope_type": rope.get("rope_type", "default"),
+        "partial_rotary_factor": rope.get("partial_rotary_factor", 1.0), "rope_type": "/".join(r.get("rope_type", "default") for r in sets) or "default",
         "rope_theta": rope.get("rope_theta"), "rope_original_context": rope.get("original_max_position_embeddings"),
         "rms_norm_eps": c.get("rms_norm_eps"), "tie_word_embeddings": c.get("tie_word_embeddings"),
         "vocab_size": c.get("vocab_size"), "prompts": len(ex.prompts), "decode_steps": ex.decode_steps,

@@ -67,15 +67,16 @@ ROPE_PROBES: Mapping[str, Sequence[Mapping[str, Any]]] = {
 
 def _rotated(config: Mapping[str, Any]) -> int:
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    return int(config["rope_parameters"].get("partial_rotary_factor", 1.0) * head_dim)
+    factor = min((r.get("partial_rotary_factor", 1.0) for r in registry.rope_sets(config).values()), default=1.0)
+    return int(factor * head_dim)
 
 
 def flatten(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (one level, as config dicts nest)."""
+    """``{"a": {"b": {"c": 1}}}`` -> ``{"a.b.c": 1}`` (Gemma-3 nests RoPE parameters per layer type)."""
     out: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, Mapping):
-            out.update({f"{key}.{k}": v for k, v in value.items()})
+            out.update({f"{key}.{k}": v for k, v in flatten(value).items()})
         else:
             out[key] = value
     return out
@@ -105,25 +106,45 @@ def probe_configs(arch: str, seed: int = 0) -> list[dict[str, Any]]:
         return drawn
     # The RoPE probes start from the draw that rotates the most dimensions: YaRN's correction bounds
     # move only on wide enough rotations.
-    plain = max(drawn, key=_rotated)
+    plain = _every_layer_type(arch, max(drawn, key=_rotated))
     variants = []
     for rope_type, overrides in ROPE_PROBES.items():
         plainest = {k: v[0] for k, v in strategies.ROPE_SCALING[rope_type].items()}
         for override in overrides:
             params = {**plainest, **override}
-            rope = {"rope_type": rope_type, "rope_theta": plain["rope_parameters"]["rope_theta"],
-                    **{k: v for k, v in params.items() if v != strategies.OMIT}}
-            if "partial_rotary_factor" in plain["rope_parameters"]:
-                rope["partial_rotary_factor"] = plain["rope_parameters"]["partial_rotary_factor"]
             config = copy.deepcopy(plain)
-            if rope_type == "longrope":
-                pairs = _rotated(plain) // 2
-                rope.update(strategies.longrope_ramps(pairs, **{k: t[-1] for k, t in strategies.LONGROPE_TOPS.items()}))
-                if registry.get(arch).top_level_original_context:
-                    config["original_max_position_embeddings"] = rope["original_max_position_embeddings"]
-            config["rope_parameters"] = rope
+            for path, plain_rope in registry.rope_sets(plain).items():
+                rope = {"rope_type": rope_type, "rope_theta": plain_rope["rope_theta"],
+                        **{k: v for k, v in params.items() if v != strategies.OMIT}}
+                if "partial_rotary_factor" in plain_rope:
+                    rope["partial_rotary_factor"] = plain_rope["partial_rotary_factor"]
+                if rope_type == "longrope":
+                    pairs = _rotated(plain) // 2
+                    rope.update(strategies.longrope_ramps(pairs, **{k: t[-1] for k, t in strategies.LONGROPE_TOPS.items()}))
+                    if registry.get(arch).top_level_original_context:
+                        config["original_max_position_embeddings"] = rope["original_max_position_embeddings"]
+                _put(config, path, rope)
             variants.append(config)
     return drawn + variants
+
+
+def _put(config: dict[str, Any], path: str, value: Any) -> None:
+    """Set the (dotted) ``path`` of a nested config to ``value``."""
+    *parents, last = path.split(".")
+    for key in parents:
+        config = config[key]
+    config[last] = value
+
+
+def _every_layer_type(arch: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with a layer of every type the family configures RoPE for (``ArchSpec.rope_layer_types``),
+    so that each type's RoPE parameters are read: the types in turn, over at least as many layers."""
+    types = registry.get(arch).rope_layer_types
+    config = copy.deepcopy(dict(config))
+    if types:
+        layers = max(config["num_hidden_layers"], len(types))
+        config.update(num_hidden_layers=layers, layer_types=[types[i % len(types)] for i in range(layers)])
+    return config
 
 
 def _switched_on(arch: str, drawn: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -247,11 +268,8 @@ def render(surfaces: Sequence[FamilySurface], verbose: bool = False) -> str:
 def sized_candidates(config: Mapping[str, Any]) -> dict[str, list[Any]]:
     """Drawn values of the keys whose values are sized to this config (LongRoPE's per-pair factors),
     as the strategies draw them for its rotated width."""
-    rope = config.get("rope_parameters") or {}
-    if rope.get("rope_type") != "longrope":
-        return {}
-    pairs = len(rope["short_factor"])
-    return {f"rope_parameters.{key}": [strategies.longrope_ramps(pairs, **{key: top})[key] for top in tops]
+    return {f"{path}.{key}": [strategies.longrope_ramps(len(rope["short_factor"]), **{key: top})[key] for top in tops]
+            for path, rope in registry.rope_sets(config).items() if rope.get("rope_type") == "longrope"
             for key, tops in strategies.LONGROPE_TOPS.items()}
 
 
@@ -261,10 +279,12 @@ def measure(worker: WorkerHandle, arch: str, seed: int = 0, timeout: float = 600
     drawn = _drawn(arch, seed)
     candidates = {k: [v for v in values if v != ABSENT] for k, values in drawn.items() if len(values) >= 2}
     # Every value the strategies list for a RoPE parameter, also those a sample happened to miss.
+    paths = [f"rope_parameters.{t}" for t in spec.rope_layer_types] or ["rope_parameters"]
     for params in strategies.ROPE_SCALING.values():
         for key, values in params.items():
-            listed = candidates.setdefault(f"rope_parameters.{key}", [])
-            listed += [v for v in values if v != strategies.OMIT and v not in listed]
+            for path in paths:
+                listed = candidates.setdefault(f"{path}.{key}", [])
+                listed += [v for v in values if v != strategies.OMIT and v not in listed]
     entries: list[dict[str, Any]] = []
     refused: list[str] = []
     names: dict[str, str] = {}
@@ -277,8 +297,8 @@ def measure(worker: WorkerHandle, arch: str, seed: int = 0, timeout: float = 600
                                                modules=asdict(spec.modules), skip=changing,
                                                candidates={**candidates, **sized_candidates(config)}), timeout)
         except WorkerError as exc:
-            rope = config.get("rope_parameters", {}).get("rope_type", "default")
-            refused.append(f"rope_type {rope}: {exc.reason.splitlines()[0][:200]}")
+            rope = "/".join(r.get("rope_type", "default") for r in registry.rope_sets(config).values())
+            refused.append(f"rope_type {rope or 'default'}: {exc.reason.splitlines()[0][:200]}")
             continue
         entries += reply.entries
         names.update(reply.aliases)

@@ -89,3 +89,24 @@ def test_a_divergence_starts_at_its_first_token_past_the_band_or_at_the_token_a_
     assert judge.divergence_position(divergence(0, [1e-7] * 16 + [1e20, 1.0]), [3, 18]) == 16
     assert judge.divergence_position(divergence(2), [3, 18]) == 19
     assert judge.divergence_position(None, [3]) is None
+
+
+def gemma3(pattern, **full):
+    return {"num_hidden_layers": 2, "sliding_window_pattern": pattern, "max_position_embeddings": 256,
+            "rope_parameters": {"sliding_attention": {"rope_type": "yarn", "factor": 2.0, "attention_factor": 0.8,
+                                                      "original_max_position_embeddings": 8, "rope_theta": 1e4},
+                                "full_attention": {"rope_type": "longrope", "original_max_position_embeddings": 64,
+                                                   "rope_theta": 1e6, **full}}}
+
+
+def test_rope_entries_of_a_family_with_rope_per_layer_type_judge_the_layer_types_its_layers_use():
+    (entry,) = [i for i in listed("vllm", "0.32.0", "gemma3_text") if "LongRoPE" in i.diagnosis]
+    assert entry.applies(gemma3(2, attention_factor=0.5))  # layer 1 is full attention
+    assert not entry.applies(gemma3(6, attention_factor=0.5))  # no full-attention layer among 2
+    assert not entry.applies(gemma3(2))
+    read = entry.reads_as(gemma3(2, attention_factor=0.5, factor=2.0))["rope_parameters"]
+    assert "attention_factor" not in read["full_attention"] and "factor" not in read["full_attention"]
+    assert read["sliding_attention"] == gemma3(2)["rope_parameters"]["sliding_attention"]  # YaRN's own kept
+    (table,) = [i for i in listed("vllm", "0.32.0", "gemma3_text") if "YaRNScaling" in i.diagnosis]
+    assert table.applies(gemma3(2)) and table.starts(gemma3(2)) == 16  # the sliding layers' 8 x 2 positions
+    assert explain([("vllm", "0.32.0")], "gemma3_text", gemma3(2), "q_rot", position=15) is None

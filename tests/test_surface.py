@@ -55,6 +55,31 @@ def test_probe_configs_reach_every_rope_type_the_strategies_draw():
     assert {c["rope_parameters"]["rope_type"] for c in outgrown} >= {"llama3", "yarn", "longrope"}
 
 
+def test_probes_of_a_family_with_rope_per_layer_type_reach_every_type_under_every_rope_type():
+    types = registry.get("gemma3_text").rope_layer_types
+    probes = surface.probe_configs("gemma3_text")[surface.PROBE_DRAWS + 1:]
+    assert probes
+    for config in probes:
+        assert set(config["layer_types"]) == set(types)  # every type's parameters are read
+        assert len({r["rope_type"] for r in config["rope_parameters"].values()}) == 1  # one variant, every type
+    assert {c["rope_parameters"][types[1]]["rope_type"] for c in probes} >= set(registry.get("gemma3_text").rope_types[1:])
+
+
+def test_nested_config_dicts_are_recorded_and_changed_key_by_key():
+    from parity.worker.surface import _RecordingDict, put
+
+    reads = {}
+    rope = _RecordingDict({"full_attention": {"rope_type": "default", "rope_theta": 1e6}}, "rope_parameters", reads)
+    assert rope["full_attention"]["rope_theta"] == 1e6 and rope.get("full_attention").get("factor") is None
+    assert reads["rope_parameters.full_attention.rope_theta"] == ("item", 1e6)
+    assert reads["rope_parameters.full_attention.factor"] == ("get", "<absent>")
+    config = {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6}, "other": {}}}
+    changed = put(config, "rope_parameters.full_attention.rope_type", "linear")
+    assert changed["rope_parameters"] == {"full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 2.0},
+                                          "other": {}}
+    assert config["rope_parameters"]["full_attention"]["rope_type"] == "default"  # a copy
+
+
 @pytest.mark.parity
 @pytest.mark.parametrize("arch", list(registry.ARCHITECTURES))
 def test_every_key_read_is_varied_pinned_or_neutral_and_drawn_values_act(parity_sessions, arch):

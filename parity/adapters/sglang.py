@@ -13,7 +13,10 @@ Conventions normalised here:
   and models built one after another in this worker, may share one rotary object, so it is
   hooked once per model and the cache is cleared after every run (a patched or mutated
   rotary module must not leak into the next model);
-- the rotary module returns q/k flattened to ``[tokens, heads * head_dim]``;
+- the rotary module returns q/k flattened to ``[tokens, heads * head_dim]``; a port that
+  rotates with the module-level ``apply_rotary_pos_emb`` on cos/sin computed once per forward
+  instead (Gemma-3 outside Intel AMX: its attention's ``rotary_emb`` is built but never
+  called) has that function wrapped in its own module, returning ``[tokens, heads, head_dim]``;
 - a batch is flattened to ``[num_tokens, ...]``, requests in order; logits are computed
   only for each request's last token (``next_token_logits``);
 - a mixture-of-experts block selects its experts in a ``topk`` module of its own, after
@@ -29,6 +32,7 @@ The CUDA path (``--device cuda``) is written but untested on a GPU.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Mapping
 
 import torch
@@ -147,6 +151,17 @@ class Adapter(EngineAdapter[Any]):
         hooks = hook_common(rec, parts, layer_input=_layer_input, residual=_residual)
         hooks.pre(parts.decoder, lambda m, a, kw: rec.begin_forward(*forward_inputs(a, kw)), with_kwargs=True)
         hook_rotaries(hooks, rec, parts)
+        modeling = sys.modules[type(parts.model).__module__]
+        if hasattr(modeling, "apply_rotary_pos_emb"):
+            original = modeling.apply_rotary_pos_emb
+
+            def apply_rotary_pos_emb(*args: Any, **kwargs: Any) -> Any:
+                q, k = original(*args, **kwargs)
+                rec.record_heads("q_rot", q)
+                rec.record_heads("k_rot", k)
+                return q, k
+
+            hooks.replace(modeling, "apply_rotary_pos_emb", apply_rotary_pos_emb)
         for _, block in parts.sparse_blocks():
             # The block's TopK module returns (weights, experts, router logits).
             hooks.post(block.topk, lambda m, a, out: rec.record_routing(out.topk_weights, out.topk_ids,

@@ -4,7 +4,8 @@ Two questions per config: which keys does transformers read while it builds the
 config and the model and runs prefill plus a decode step, and which of them change
 an activation when changed alone. Reads are seen by wrapping the config class's
 attribute lookup (the stored key is recorded, after ``attribute_map``) and every
-dict-valued attribute (``rope_parameters``: item reads, ``get``, ``in``). A key
+dict-valued attribute (``rope_parameters``: item reads, ``get``, ``in``; nested dicts too,
+as Gemma-3 keys RoPE parameters by layer type). A key
 read but absent from the config counts too: code that looks for it would honour it.
 
 A key "changes" the output when some other value for it, alone, changes any
@@ -16,13 +17,12 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
-import torch
+if TYPE_CHECKING:  # torch (and checkpoint building) are the worker's: the key bookkeeping is tested without
+    import torch
 
-from parity import checkpoint as ckpt
-
-Capture = Callable[[torch.nn.Module], dict[str, torch.Tensor]]
+Capture = Callable[["torch.nn.Module"], dict[str, "torch.Tensor"]]
 
 ABSENT = "<absent>"
 
@@ -44,7 +44,7 @@ ROPE_TYPE_PARAMETERS: Mapping[str, Mapping[str, Any]] = {
 
 
 class _RecordingDict(dict):
-    """A config's nested dict that notes which of its keys are looked up."""
+    """A config's nested dict that notes which of its keys are looked up (its own dict values too)."""
 
     def __init__(self, data: Mapping[str, Any], prefix: str, reads: dict[str, tuple[str, Any]]):
         super().__init__(data)
@@ -54,13 +54,21 @@ class _RecordingDict(dict):
         if isinstance(key, str) and not key.startswith("_") and key != "dtype":
             self._reads.setdefault(f"{self._prefix}.{key}", (how, super().get(key, ABSENT)))
 
+    def _recording(self, key: Any) -> Any:
+        value = super().get(key)
+        if isinstance(value, dict) and not isinstance(value, _RecordingDict) and isinstance(key, str):
+            value = _RecordingDict(value, f"{self._prefix}.{key}", self._reads)
+            super().__setitem__(key, value)
+        return value
+
     def __getitem__(self, key: Any) -> Any:
         self._note(key, "item")
-        return super().__getitem__(key)
+        super().__getitem__(key)  # a missing key raises KeyError as usual
+        return self._recording(key)
 
     def get(self, key: Any, default: Any = None) -> Any:
         self._note(key, "get")
-        return super().get(key, default)
+        return self._recording(key) if super().__contains__(key) else default
 
     def __contains__(self, key: Any) -> bool:
         self._note(key, "in")
@@ -100,7 +108,10 @@ def recording(reads: dict[str, tuple[str, Any]]) -> Iterator[None]:
 def run_config(config: Mapping[str, Any], seed: int, capture: Capture, reads: dict[str, tuple[str, Any]] | None = None
                ) -> dict[str, torch.Tensor]:
     """Build ``config`` as parity's checkpoints are built (same seed, same weights) and capture a run."""
+    import torch
     from transformers import AutoModelForCausalLM
+
+    from parity import checkpoint as ckpt
 
     def build() -> torch.nn.Module:
         torch.manual_seed(seed)
@@ -116,22 +127,31 @@ def run_config(config: Mapping[str, Any], seed: int, capture: Capture, reads: di
 
 
 def put(config: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
-    """A copy of ``config`` with ``key`` (``a`` or ``a.b``) set to ``value`` (another rope_type
+    """A copy of ``config`` with ``key`` (``a``, ``a.b``, ``a.b.c``) set to ``value`` (another rope_type
     comes with the parameters it cannot be built without)."""
     out = copy.deepcopy(dict(config))
-    head, _, rest = key.partition(".")
-    if rest:
-        extra = ROPE_TYPE_PARAMETERS.get(value, {}) if key == "rope_parameters.rope_type" else {}
-        out[head] = {**(out.get(head) or {}), **extra, rest: value}
-    else:
-        out[head] = value
+    *parents, last = key.split(".")
+    inner = out
+    for name in parents:
+        inner[name] = dict(inner.get(name) or {})
+        inner = inner[name]
+    if _generic(key) == "rope_parameters.rope_type":
+        inner.update(ROPE_TYPE_PARAMETERS.get(value, {}))
+    inner[last] = value
     return out
+
+
+def _generic(key: str) -> str:
+    """A nested key without its middle levels (Gemma-3's ``rope_parameters.full_attention.rope_type`` is a
+    ``rope_parameters.rope_type``)."""
+    parts = key.split(".")
+    return f"{parts[0]}.{parts[-1]}" if len(parts) > 2 else key
 
 
 def alternatives(key: str, value: Any) -> list[Any]:
     """Other values to try for ``key``, most likely to be accepted first."""
-    if key in STRING_ALTERNATIVES:
-        return [v for v in STRING_ALTERNATIVES[key] if v != value]
+    if _generic(key) in STRING_ALTERNATIVES:
+        return [v for v in STRING_ALTERNATIVES[_generic(key)] if v != value]
     if isinstance(value, bool):
         return [not value]
     if isinstance(value, int):
@@ -170,11 +190,15 @@ def _fits(candidate: Any, value: Any) -> bool:
 
 
 def _same(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    import torch
+
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
 def aliases(config: Mapping[str, Any]) -> dict[str, str]:
     """The config class's other names for its keys (``attribute_map``: GPT-J's hidden_size is n_embd)."""
+    from parity import checkpoint as ckpt
+
     return dict(ckpt.build_config(dict(config)).attribute_map)
 
 
