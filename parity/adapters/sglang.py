@@ -35,7 +35,7 @@ import torch
 
 from parity.adapters import sglang_runner as runner
 from parity.adapters.base import EngineAdapter
-from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, first, forward_inputs, hook_common, hook_rotaries
+from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, first, forward_inputs, hook_common, hook_qk
 from parity.worker.contract import RunRequest
 
 # Where ``layers.{i}.residual`` comes from, read at every capture. "snapshot": SGLang's
@@ -146,7 +146,7 @@ class Adapter(EngineAdapter[Any]):
     def _install(parts: Parts, rec: Recorder) -> Hooks:
         hooks = hook_common(rec, parts, layer_input=_layer_input, residual=_residual)
         hooks.pre(parts.decoder, lambda m, a, kw: rec.begin_forward(*forward_inputs(a, kw)), with_kwargs=True)
-        hook_rotaries(hooks, rec, parts)
+        hook_qk(hooks, rec, parts)
         for _, block in parts.sparse_blocks():
             # The block's TopK module returns (weights, experts, router logits).
             hooks.post(block.topk, lambda m, a, out: rec.record_routing(out.topk_weights, out.topk_ids,
