@@ -152,6 +152,11 @@ def _longrope_outgrown(config: Mapping[str, Any]) -> bool:
 
 # How engines misread a config, as rewrites of config.json (``KnownIssue.reads_as``).
 
+def _wider_window(c: dict[str, Any]) -> dict[str, Any]:
+    """A window one key wider."""
+    return {**c, "sliding_window": c["sliding_window"] + 1}
+
+
 def _read_as(**values: Any) -> Rewrite:
     return lambda c: {**c, **values}
 
@@ -269,6 +274,11 @@ def _each(engine: str, verified: tuple[str, ...], archs: Iterable[str], kinds: t
                  for arch in archs)
 
 
+def _cohere2_slides(config: Mapping[str, Any]) -> bool:
+    """Whether some layer of a Cohere2 config slides a window: every layer but each sliding_window_pattern-th."""
+    return config.get("sliding_window_pattern", 4) != 1
+
+
 def _rope_type(name: str) -> Callable[[Mapping[str, Any]], bool]:
     return lambda c: (c.get("rope_parameters") or {}).get("rope_type") == name
 
@@ -278,7 +288,7 @@ _SILU_ONLY = "refuses at load: its LlamaMLP/Qwen2MLP implement only SiLU (\"Only
 # The MoE families share the engines' rotary code (get_rope); their entries are tested by the as-read
 # reference whenever they explain a result.
 _ROPE_SCALED = ("llama", "glm4", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "qwen3_moe", "qwen2_moe", "olmoe",
-                "mixtral")
+                "mixtral", "cohere2")
 _LONGROPE_FAMILIES = (*_ROPE_SCALED, "phi3", "stablelm")
 # SGLang's Gemma, Gemma-2, StableLM and Mixtral never scale RoPE at all (their entry below), so no other SGLang RoPE
 # scaling entry applies to them.
@@ -407,11 +417,12 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "be (configuration_gemma.py), so the MLPs differ by the two GELUs",
         reads_as=_EXACT_GELU,
     ),
-    *(KnownIssue(engine, verified, "glm4", ("error",), _rope_type("longrope"),
+    *(KnownIssue(engine, verified, arch, ("error",), _rope_type("longrope"),
                  "refuses at load: its LongRoPE rotary (Phi3LongRoPEScaledRotaryEmbedding) supports only NeoX-style "
-                 "(rotate-half) pairs, and GLM-4 rotates interleaved pairs; transformers runs it",
+                 f"(rotate-half) pairs, and {name} rotates interleaved pairs; transformers runs it",
                  "only supports neox_style")
-      for engine, verified in (("vllm", VLLM_NEW), ("sglang", SGLANG))),
+      for engine, verified in (("vllm", VLLM_NEW), ("sglang", SGLANG))
+      for arch, name in (("glm4", "GLM-4"), ("cohere2", "Cohere2"))),
     KnownIssue(
         "sglang", SGLANG, "llama", ("mlp_out",), lambda c: bool(c.get("mlp_bias")),
         "SGLang's LlamaMLP builds gate_up_proj and down_proj with bias=False whatever mlp_bias says, and the "
@@ -560,6 +571,37 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "SGLang's Mistral (LlamaForCausalLM) never reads sliding_window: it attends to the whole prompt "
         "once a prompt outgrows the window",
         reads_as=_full_attention,
+    ),
+    # Cohere2: both engines serve Command R and R7B/A with one port (models/commandr.py), built for the
+    # released checkpoints: no biases, SiLU, a tied head.
+    *(KnownIssue(engine, verified, "cohere2", ("q_rot", "k_rot", "attn_out"), lambda c: bool(c.get("attention_bias")),
+                 f"{name}'s CohereAttention builds qkv_proj and o_proj with bias=False whatever attention_bias says, "
+                 f"and its loader drops the checkpoint's attention biases (as a GPTQ model's \"extra\" biases)",
+                 reads_as=_read_as(attention_bias=False))
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    *(KnownIssue(engine, verified, "cohere2", ("mlp_out",), _not("hidden_act", "silu"),
+                 f"{name}'s CohereMLP hard-codes SiluAndMul and never reads hidden_act: any other activation is "
+                 f"silently replaced by SiLU", reads_as=_read_as(hidden_act="silu"))
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    *(KnownIssue(engine, verified, "cohere2", ("logits",), _not("tie_word_embeddings", True),
+                 f"{name}'s CohereForCausalLM always computes logits from embed_tokens and its loader skips the "
+                 f"checkpoint's lm_head.weight: an untied head is silently replaced by the embeddings",
+                 reads_as=_read_as(tie_word_embeddings=True), ignores=(r"^lm_head\.weight$",))
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    KnownIssue(
+        "vllm", VLLM_NEW, "cohere2", ("attn_out",), _cohere2_slides,
+        "vLLM's CohereAttention passes sliding_window + 1 to its attention (commandr.py: \"cohere swa layer sees "
+        "[pos - sliding_window, pos]\"), so a sliding layer attends to one key more than transformers' window "
+        "(kv_idx > q_idx - sliding_window) once a prompt outgrows it",
+        reads_as=_wider_window,
+    ),
+    KnownIssue(
+        "sglang", SGLANG, "cohere2", ("attn_out",), _cohere2_slides,
+        "SGLang's CohereAttention passes sliding_window as RadixAttention's sliding_window_size, which counts the "
+        "keys before the query (torch_native_backend.py: k_pos >= q_pos - size; its Gemma-2 port passes "
+        "sliding_window - 1): a sliding layer attends to one key more than transformers' window once a prompt "
+        "outgrows it",
+        reads_as=_wider_window,
     ),
 )
 

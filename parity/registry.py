@@ -42,6 +42,15 @@ class ModuleNames:
     mlp: tuple[str, ...] = ("mlp",)
     """The MLP block of a layer, under the first of these names the layer has (Mixtral's checkpoints and
     engine ports call it ``block_sparse_moe``, transformers 5 ``mlp``)."""
+    qk_input: str | None = None
+    """The attention kernel under ``attention``, called with q and k first, flattened as the engine feeds them
+    in; None: engines' q/k are read from the rotary module's output. Named where layers do not all call
+    the rotary (Cohere2's full-attention layers have no RoPE), so that q/k are read in every layer.
+    transformers' q/k are read where attention takes them in either way."""
+    stream_first: bool = False
+    """Whether engine ports' decoder layers return the full residual stream first although they take a
+    ``residual`` argument (the fused add+norm convention, whose stream is the sum of the pair): Cohere's ports
+    ignore the argument, add attention and MLP to the layer's input themselves and return that input second."""
     router: str | None = None
     """The router linear of a mixture-of-experts block, under ``mlp``; None for a dense family. A layer
     whose block has no such module (a dense layer of a sparse model) records no routing."""
@@ -477,6 +486,25 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         sliding_windows=(None, 4, 7),
         modules=ModuleNames(mlp=("block_sparse_moe", "mlp"), router="gate"),
         ci_examples=_MOE_CI_EXAMPLES,
+        fixed=_NO_SPECIAL_TOKENS,
+    ),
+    # Command R7B / Command A: LayerNorm without bias, attention and MLP in parallel off one norm, logits
+    # multiplied by logit_scale, interleaved (rotate-every-two) RoPE on the sliding-window layers only:
+    # every sliding_window_pattern-th layer attends to the whole prompt with no position encoding at all.
+    # head_dim is always hidden / heads (the config overwrites a stated one).
+    "cohere2": ArchSpec(
+        model_type="cohere2",
+        architecture="Cohere2ForCausalLM",
+        explicit_head_dim=False,
+        tie_word_embeddings=(True, False),  # released Cohere2 checkpoints tie the head
+        attention_bias=(False, True),
+        sliding_windows=(4, 7),
+        # Released: logit_scale 0.25 (R7B) and 0.0625 (the config's default); 1 is no scaling.
+        knobs={"logit_scale": (0.0625, 0.25, 1.0), "sliding_window_pattern": (4, 2, 1)},
+        config_keys={"rms_norm_eps": "layer_norm_eps"},
+        pinned={"layer_types": "derived by the config from sliding_window_pattern (drawn) and the layer count, "
+                               "as released Cohere2 configs state it"},
+        modules=ModuleNames(qk_input="attn", stream_first=True),
         fixed=_NO_SPECIAL_TOKENS,
     ),
 })

@@ -39,7 +39,7 @@ import torch
 
 from parity.adapters import sglang_runner as runner
 from parity.adapters.base import EngineAdapter
-from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, first, forward_inputs, hook_common, hook_rotaries
+from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, first, forward_inputs, hook_common, hook_qk
 from parity.worker.contract import RunRequest
 
 # Where ``layers.{i}.residual`` comes from, read at every capture. "snapshot": SGLang's
@@ -150,7 +150,8 @@ class Adapter(EngineAdapter[Any]):
     def _install(parts: Parts, rec: Recorder) -> Hooks:
         hooks = hook_common(rec, parts, layer_input=_layer_input, residual=_residual)
         hooks.pre(parts.decoder, lambda m, a, kw: rec.begin_forward(*forward_inputs(a, kw)), with_kwargs=True)
-        hook_rotaries(hooks, rec, parts)
+        hook_qk(hooks, rec, parts)
+        # Some ports (Gemma-3) rotate with the module-level function rather than a rotary module.
         modeling = sys.modules[type(parts.model).__module__]
         if hasattr(modeling, "apply_rotary_pos_emb"):
             original = modeling.apply_rotary_pos_emb

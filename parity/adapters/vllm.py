@@ -39,7 +39,7 @@ import torch
 from parity import schema
 from parity.adapters import vllm_runner as runner  # sets vLLM's environment before vllm is imported
 from parity.adapters.base import EngineAdapter
-from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, forward_inputs, hook_common, hook_rotaries
+from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, forward_inputs, hook_common, hook_qk
 from parity.worker.contract import RunRequest
 
 PREFIX_BLOCK = 32
@@ -179,7 +179,7 @@ class Adapter(EngineAdapter[Any]):
         hooks.before_forward(parts.decoder, lambda *a, **kw: rec.begin_forward(*forward_inputs(a, kw)))
         # Logits are gathered to the first tensor-parallel rank; the others see None.
         hooks.post(parts.model.logits_processor, lambda m, a, o: o is None or rec.record_logits(o))
-        hook_rotaries(hooks, rec, parts)
+        hook_qk(hooks, rec, parts)
         for _, block in parts.sparse_blocks():
             # The block's MoE runner holds the router; its select_experts returns the
             # top-k (weights, experts), unsorted.

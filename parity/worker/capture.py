@@ -235,12 +235,15 @@ def hook_common(rec: Recorder, parts: Parts, *, layer_input: Callable[[tuple, di
     transformers folds into its embedding module and engines apply in place after it).
     ``residual`` maps a decoder layer, its raw output and positional arguments to the
     full residual stream: this is where each engine's layer-output convention is
-    normalised (SGLang's needs the layer's ``forward_batch`` argument).
+    normalised (SGLang's needs the layer's ``forward_batch`` argument), unless the family's ports return the
+    stream first whatever their signature says (``ModuleNames.stream_first``).
     ``tokens`` maps a module output to ``[tokens, ...]`` (e.g. drops a batch axis); routers take
     flattened tokens in every implementation and need no mapping.
     """
     hooks = Hooks()
     layers = parts.layers
+    if parts.names.stream_first:
+        residual = lambda layer, out, args: first(out)  # noqa: E731
     hooks.pre(layers[0], lambda m, a, kw: rec.record("embed", tokens(layer_input(a, kw))), with_kwargs=True)
     hooks.post(parts.final_norm, lambda m, a, out: rec.record("final_norm", tokens(first(out))))
     for i, layer in enumerate(layers):
@@ -286,7 +289,23 @@ def forward_inputs(args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, t
     return values["positions"], values["input_ids"]
 
 
-def hook_rotaries(hooks: Hooks, rec: Recorder, parts: Parts) -> None:
+def hook_qk(hooks: Hooks, rec: Recorder, parts: Parts) -> None:
+    """q/k as attention takes them in, flattened to ``[tokens, heads * head_dim]`` by engines: from the rotary
+    module's output, or, in a family whose layers do not all call it, from the attention kernel's input
+    (``ModuleNames.qk_input``)."""
+    if parts.names.qk_input is None:
+        _hook_rotaries(hooks, rec, parts)
+        return
+
+    def taken(module: torch.nn.Module, args: Any) -> None:
+        rec.record_heads("q_rot", args[0])
+        rec.record_heads("k_rot", args[1])
+
+    for layer in parts.layers:
+        hooks.pre(resolve(parts.attention(layer), parts.names.qk_input), taken)
+
+
+def _hook_rotaries(hooks: Hooks, rec: Recorder, parts: Parts) -> None:
     """q/k after RoPE from engine rotary modules returning ``(q, k)`` flattened to ``[tokens, heads * head_dim]``.
 
     ``get_rope`` caches one rotary object for all layers with the same settings: a
@@ -300,4 +319,3 @@ def hook_rotaries(hooks: Hooks, rec: Recorder, parts: Parts) -> None:
     rotaries = {id(r): r for r in (parts.attention(layer).rotary_emb for layer in parts.layers)}
     for rotary in rotaries.values():
         hooks.post(rotary, rotated)
-
