@@ -129,6 +129,16 @@ def test_an_execution_a_backend_cannot_run_is_unsupported_with_its_reason_and_re
     assert Example.from_json(record.model_dump()) == shared, "the replay runs the same way"
 
 
+def test_a_search_draws_only_the_execution_modes_some_selected_backend_runs(tmp_path):
+    refuses = {"tensor_parallel": "one rank here", "prefix_cache": "no radix cache here"}
+    launch = launcher(v={"unsupported_execution": refuses}, s={"unsupported_execution": refuses})
+    every_mode = replace(PROFILE, max_examples=10, execution=replace(PROFILE.execution, plain_share=0))
+    with Session(config(tmp_path, "vllm@v", "sglang@s"), log=lambda m: None, launch=launch) as session:
+        assert search(session, "llama", every_mode, seed=0) is None
+    drawn = [Example.from_json(r.model_dump()).execution.modes() for r in session.records.values()]
+    assert len(drawn) == 10 and all(modes == ["chunked_prefill"] for modes in drawn), drawn
+
+
 def test_a_worker_that_could_not_clean_up_is_restarted(tmp_path):
     launch = launcher(s={"failure": lambda c: ("teardown failed", c["num_hidden_layers"] != 1)})
     with Session(config(tmp_path, "sglang@s"), log=lambda m: None, launch=launch) as session:
