@@ -6,6 +6,9 @@ activations stay O(1) through the depth and logits are far from uniform:
 embeddings ~ N(0, 1), matrices ~ N(0, 1/fan_in), and every 1-D parameter (norm
 scales, biases) is its module's own initial value plus N(0, 0.1^2) noise, so a
 norm that is silently skipped or mis-offset (e.g. Gemma's ``1 + weight``) shows.
+Buffers the checkpoint stores are drawn the same way: GLM-4-MoE's
+``e_score_correction_bias`` (initially zero) then moves which experts a router
+chooses, as a trained one does, so an engine that drops or misapplies it shows.
 """
 
 from __future__ import annotations
@@ -36,13 +39,17 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     # By module type, whatever a family calls them (embed_tokens, wte); a tied lm_head shares the table.
     embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    # Buffers the checkpoint stores (persistent ones) come after every parameter, so that a family without
+    # any draws the weights it always drew.
+    stored = model.state_dict(keep_vars=True)
+    stored_buffers = {id(b) for name, b in model.named_buffers() if name in stored and b.is_floating_point()}
     seen: set[int] = set()
-    for param in model.parameters():
+    for param in [*model.parameters(), *(b for b in model.buffers() if id(b) in stored_buffers)]:
         if id(param) in seen:  # tied weights: initialise once
             continue
         seen.add(id(param))
         noise = torch.randn(param.shape, generator=gen, dtype=torch.float64)
-        if param.dim() == 1:
+        if param.dim() == 1 or id(param) in stored_buffers:
             value = param.double() + 0.1 * noise
         elif id(param) in embeddings:
             value = noise

@@ -63,7 +63,10 @@ def ambiguous_routing(candidate: np.ndarray, reference: np.ndarray, logits: np.n
     ``logits`` the reference's router logits. A backend within ``logits_band`` of the reference's
     logits is off by at most ``logits_band * ||logits||`` in any one logit, so it may swap an expert
     the reference chose for one it did not only where their logits are within twice that. True when
-    the chosen experts differ and every expert chosen on one side only is such a swap.
+    the chosen experts differ and every expert chosen on one side only is such a swap. Only where the
+    reference chose by its logits' order: a router that also weighs a correction bias or expert groups
+    (GLM-4-MoE's) may choose an expert below an unchosen one, and there a near-tie of the logits says
+    nothing of the choice (an engine that dropped the bias would swap exactly those experts).
     """
     chosen_ref, chosen_cand = reference != 0, candidate != 0
     differ = (chosen_ref != chosen_cand).any(axis=1)
@@ -75,6 +78,8 @@ def ambiguous_routing(candidate: np.ndarray, reference: np.ndarray, logits: np.n
         if chosen.all() or not chosen.any():
             return False
         last_in, first_out = row[chosen].min(), row[~chosen].max()
+        if first_out > last_in + noise:  # chosen against the logits' order
+            return False
         if (row[other & ~chosen] < last_in - noise).any() or (row[chosen & ~other] > first_out + noise).any():
             return False
     return True

@@ -288,7 +288,7 @@ _SILU_ONLY = "refuses at load: its LlamaMLP/Qwen2MLP implement only SiLU (\"Only
 # The MoE families share the engines' rotary code (get_rope); their entries are tested by the as-read
 # reference whenever they explain a result.
 _ROPE_SCALED = ("llama", "glm4", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "qwen3_moe", "qwen2_moe", "olmoe",
-                "mixtral", "cohere2")
+                "mixtral", "glm4_moe", "cohere2")
 _LONGROPE_FAMILIES = (*_ROPE_SCALED, "phi3", "stablelm")
 # SGLang's Gemma, Gemma-2, StableLM and Mixtral never scale RoPE at all (their entry below), so no other SGLang RoPE
 # scaling entry applies to them.
@@ -328,6 +328,18 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue("vllm", VLLM_NEW, "qwen3_moe", ("error",), lambda c: not _sparse_layers(c),
                "refuses at load a Qwen3-MoE whose layers are all dense (mlp_only_layers, decoder_sparse_step): "
                "\"No Qwen3MoE layer found in the model.layers\"; transformers runs it", "No Qwen3MoE layer found"),
+    *(KnownIssue(engine, verified, "glm4_moe", ("error",), _not("hidden_act", "silu"),
+                 "refuses at load: its Glm4MoeMLP (a dense layer's and the shared experts') and its MoE block "
+                 "implement only SiLU (\"Only silu is supported for now\")", "Unsupported activation")
+      for engine, verified in (("vllm", VLLM_NEW), ("sglang", SGLANG))),
+    *(KnownIssue(engine, verified, "glm4_moe", ("logits",), lambda c: bool(c.get("tie_word_embeddings")),
+                 f"{name}'s Glm4MoeForCausalLM never ties lm_head to embed_tokens (glm4_moe.py builds its own "
+                 "ParallelLMHead and never reads tie_word_embeddings): a tied checkpoint has no lm_head.weight and the "
+                 "head keeps uninitialised memory")
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    KnownIssue("vllm", VLLM_NEW, "glm4_moe", ("error",), lambda c: c["first_k_dense_replace"] >= c["num_hidden_layers"],
+               "refuses at load a GLM-4-MoE whose layers are all dense (first_k_dense_replace >= num_hidden_layers): "
+               "\"No Glm4MoE layer found in model.layers\"; transformers runs it", "No Glm4MoE layer found"),
     # Mixtures of experts.
     KnownIssue("sglang", SGLANG, "qwen3_moe", ("error",), _rope_type("longrope"),
                "SGLang's Qwen3MoeAttention always calls its rotary module with fused_set_kv_buffer_arg (qwen3_moe.py), "

@@ -107,6 +107,10 @@ class ArchSpec:
     """Further family-specific config values to draw, each from its own candidates
     (plainest first), e.g. Gemma2's soft-capping."""
 
+    knob_sets: tuple[tuple[Mapping[str, Any], ...], ...] = ()
+    """Config values valid only together: each set is drawn as one of its combinations (plainest first),
+    e.g. GLM-4-MoE's expert groups, which must divide the experts and leave enough of them for the top-k."""
+
     rope_types: tuple[str, ...] = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
     """RoPE scaling variants (``rope_parameters["rope_type"]``) drawn, "default" first: every type
     the family's transformers config accepts (parameters in strategies.ROPE_SCALING)."""
@@ -161,11 +165,22 @@ class ArchSpec:
         what an example's description and the report's coverage name for it."""
         return (*(("attention_bias",) if self.attention_bias else ()),
                 *(("sliding_window",) if self.sliding_windows else ()), *self.knobs,
+                *(key for combos in self.knob_sets for key in combos[0]),
                 *(self.activation_keys[:1] if len(self.activations) > 1 else ()))
 
     def __post_init__(self) -> None:
         for name in ("fixed", "knobs", "config_keys", "pinned", "rope_values"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+        object.__setattr__(self, "knob_sets", tuple(tuple(MappingProxyType(dict(c)) for c in combos)
+                                                    for combos in self.knob_sets))
+        for combos in self.knob_sets:
+            keys = set(combos[0]) if combos else set()
+            if not keys or any(set(c) != keys for c in combos):
+                raise ValueError(f"{self.model_type}: each knob set must offer combinations of the same keys, "
+                                 f"got {[dict(c) for c in combos]}")
+            if keys & set(self.knobs):
+                raise ValueError(f"{self.model_type}: {sorted(keys & set(self.knobs))} drawn both as knobs and "
+                                 f"in a knob set")
         lo, hi = self.layers
         if not 1 <= lo <= hi:
             raise ValueError(f"{self.model_type}: layers must be a range 1 <= lo <= hi, got {self.layers}")
@@ -226,6 +241,8 @@ def possible_features(spec: ArchSpec) -> list[str]:
     """The optional features some config drawn for ``spec`` may turn on."""
     candidates: dict[str, tuple[Any, ...]] = {key: (value,) for key, value in spec.fixed.items()}
     candidates.update(spec.knobs)
+    for combos in spec.knob_sets:
+        candidates.update((key, tuple(combo[key] for combo in combos)) for key in combos[0])
     candidates["sliding_window"] = spec.sliding_windows
     return [name for name, key in FEATURES.items() if any(v is not None for v in candidates.get(key, ()))]
 
@@ -283,6 +300,14 @@ _QWEN_MOE_KNOBS = {"num_experts": (4, 8), **_MOE_SIZES, "decoder_sparse_step": (
                    "use_sliding_window": (False, True)}
 _QWEN_MOE: dict[str, Any] = {"layers": (1, 3), "sliding_windows": _QWEN_WINDOWS["sliding_windows"],
                              "modules": _MOE_MODULES, "ci_examples": _MOE_CI_EXAMPLES}
+
+# GLM-4-MoE's grouped routing: (experts, groups, groups kept, experts per token), each valid together (the
+# groups divide the experts, two or more per group, as its group score sums each group's best two; the
+# kept groups hold at least top-k experts). Ungrouped first (released GLM-4.5/4.6: one group), then groups
+# that drop experts (one of two, two of four) and one that keeps every group.
+_GLM4_MOE_GROUPS = tuple({"n_routed_experts": e, "n_group": g, "topk_group": k, "num_experts_per_tok": t}
+                         for e, g, k, t in ((4, 1, 1, 1), (4, 1, 1, 2), (8, 1, 1, 3), (4, 2, 1, 2), (8, 2, 1, 3),
+                                            (8, 4, 2, 2), (8, 4, 2, 4), (8, 2, 2, 2)))
 
 # Token ids of the full-size vocabularies must not index a tiny one.
 _NO_SPECIAL_TOKENS = {"pad_token_id": None, "eos_token_id": None, "bos_token_id": None}
@@ -485,6 +510,26 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         knobs={"num_local_experts": (4, 8), "num_experts_per_tok": _MOE_SIZES["num_experts_per_tok"]},
         sliding_windows=(None, 4, 7),
         modules=ModuleNames(mlp=("block_sparse_moe", "mlp"), router="gate"),
+        ci_examples=_MOE_CI_EXAMPLES,
+        fixed=_NO_SPECIAL_TOKENS,
+    ),
+    # GLM-4.5/4.6/4.7: rotate-half RoPE on part of each head (half as released), optional per-head q/k norms and
+    # q/k/v bias; the first first_k_dense_replace layers dense (an MLP intermediate_size wide), the others a
+    # sigmoid router whose experts are chosen by score + e_score_correction_bias (a checkpoint tensor, randomised
+    # like a bias: it moves the choice, never the weights) among the topk_group best of n_group expert groups,
+    # weighted by the plain scores (renormalised with norm_topk_prob) times routed_scaling_factor (2.5 in
+    # GLM-4.5), beside n_shared_experts experts every token goes through.
+    "glm4_moe": ArchSpec(
+        model_type="glm4_moe",
+        architecture="Glm4MoeForCausalLM",
+        partial_rotary_factors=(0.5, 1.0, 0.25, 0.75),
+        attention_bias=(False, True),
+        layers=(1, 3),
+        knobs={"use_qk_norm": (False, True), "first_k_dense_replace": (0, 1),
+               "moe_intermediate_size": _MOE_SIZES["moe_intermediate_size"], "n_shared_experts": (1, 2),
+               "routed_scaling_factor": (1.0, 2.5), "norm_topk_prob": (True, False)},
+        knob_sets=(_GLM4_MOE_GROUPS,),
+        modules=_MOE_MODULES,
         ci_examples=_MOE_CI_EXAMPLES,
         fixed=_NO_SPECIAL_TOKENS,
     ),

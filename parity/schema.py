@@ -13,7 +13,7 @@ name                   shape                        meaning
 ``layers.{i}.k_rot``   ``[tokens, kv_heads, head_dim]`` k likewise (this forward's tokens)
 ``layers.{i}.attn_out`` ``[tokens, hidden]``        attention output (after o_proj, before any post-norm)
 ``layers.{i}.router_logits`` ``[tokens, experts]``  a mixture-of-experts router's logits (sparse layers only)
-``layers.{i}.expert_weights`` ``[tokens, experts]`` each expert's routing weight, zero where not chosen
+``layers.{i}.expert_weights`` ``[tokens, experts]`` each expert's routing weight (routed_scaling_factor included), zero where not chosen
 ``layers.{i}.mlp_out`` ``[tokens, hidden]``         MLP output, the whole MoE block's in a sparse layer (before any post-norm)
 ``layers.{i}.residual`` ``[tokens, hidden]``        the full residual stream after layer i
 ``final_norm``         ``[tokens, hidden]``         output of the final norm

@@ -159,6 +159,8 @@ def optional_knobs(draw: st.DrawFn, spec: ArchSpec) -> dict[str, Any]:
         knobs["sliding_window"] = draw(st.sampled_from(spec.sliding_windows))
     for key, values in spec.knobs.items():
         knobs[key] = draw(st.sampled_from(values))
+    for combos in spec.knob_sets:
+        knobs.update(draw(st.sampled_from(combos)))
     activation = draw(plain_half(spec.activations))
     knobs.update((key, activation) for key in spec.activation_keys)
     return knobs

@@ -70,13 +70,14 @@ def test_band_has_an_ulp_floor_for_exact_ops():
         tolerance.band(0.0, "int8")
 
 
-def routed(margin: float, pick: int):
+def routed(margin: float, pick: int, chosen: int = 1):
     """Reference and candidate of one layer whose router chooses one of four experts; token 1's two best
-    reference logits are ``margin`` apart, and the candidate chooses expert ``pick`` there."""
+    reference logits are ``margin`` apart, the reference chooses expert ``chosen`` there (the best, or, as a
+    correction bias may make it, another) and the candidate expert ``pick``."""
     ref = acts(layers=1)
     logits = np.array([[3.0, 0.0, 0.0, 0.0], [0.0, 2.0, 2.0 - margin, 0.0], [0.0, 0.0, 0.0, 3.0]])
     weights = np.zeros((3, 4))
-    weights[[0, 1, 2], [0, 1, 3]] = 1.0
+    weights[[0, 1, 2], [0, chosen, 3]] = 1.0
     ref[schema.key(0, 0, "layers.0.router_logits")] = logits
     ref[schema.key(0, 0, "layers.0.expert_weights")] = weights
     cand = {k: v.copy() for k, v in ref.items()}
@@ -102,3 +103,10 @@ def test_routing_against_a_clear_margin_is_a_divergence():
     # Choosing an expert the reference ranks last is no near-tie whatever the margin of the first two.
     _, first, _ = routed(margin=1e-9, pick=3)
     assert first.tensor == "layers.0.expert_weights"
+
+
+def test_routing_where_the_reference_chose_against_its_logits_order_is_a_divergence():
+    """The reference chose the second-best logit (a correction bias moved it up); a candidate that chose by the
+    logits alone, as an engine that drops the bias does, diverges: the logits' margin says nothing of that choice."""
+    _, first, _ = routed(margin=0.5, pick=1, chosen=2)
+    assert (first.tensor, first.kind) == ("layers.0.expert_weights", "expert_weights")

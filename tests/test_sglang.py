@@ -26,6 +26,19 @@ BF16_PARTING = Example(arch="gpt_j", config={
     weight_seed=0, prompts=((0, 0),), decode_steps=2)
 
 
+# GLM-4-MoE with every routing mechanism acting: a dense first layer, then sigmoid scores over eight experts in two
+# groups of which one is kept (the group choice moves 11 of 12 prompt tokens' experts), the checkpoint's random
+# e_score_correction_bias (it moves 6 of 12), renormalised top-3 weights scaled by 2.5, two shared experts.
+GLM4_MOE_ROUTING = Example(arch="glm4_moe", config={
+    "model_type": "glm4_moe", "architectures": ["Glm4MoeForCausalLM"], "num_attention_heads": 2,
+    "num_key_value_heads": 1, "head_dim": 64, "hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 96,
+    "rms_norm_eps": 1e-5, "vocab_size": 256, "tie_word_embeddings": False, "max_position_embeddings": 256,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+    "attention_bias": True, "use_qk_norm": True, "first_k_dense_replace": 1, "moe_intermediate_size": 32,
+    "n_shared_experts": 2, "routed_scaling_factor": 2.5, "norm_topk_prob": True, "n_routed_experts": 8, "n_group": 2,
+    "topk_group": 1, "num_experts_per_tok": 3, "hidden_act": "silu", "pad_token_id": None, "eos_token_id": None,
+    "bos_token_id": None}, weight_seed=3, prompts=((3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8), (2, 7, 1)), decode_steps=2)
+
 @pytest.mark.parametrize("arch", list(registry.ARCHITECTURES))
 def test_three_way_agreement_prefill_and_decode(parity_sessions, arch):
     session = parity_sessions(["vllm", "sglang"])
@@ -126,3 +139,14 @@ def test_bf16_decode_compared_along_sglangs_own_tokens_and_vllm_decided_before_r
         reason = vllm.capabilities.unsupported_dtypes["bfloat16"]
         assert by["vllm"].status == "unsupported" and reason in by["vllm"].reason
         assert vllm.capabilities.pid == pid, "the worker was restarted"
+
+
+def test_glm4_moe_grouped_biased_scaled_routing_agrees_on_both_engines(parity_sessions):
+    """Both engines leave routed_scaling_factor out of their top-k weights and scale the experts' output instead;
+    the adapters put it back, so that expert_weights mean what transformers' router returns."""
+    session = parity_sessions(["vllm", "sglang"])
+    results = {r.backend: r for r in session.evaluate(GLM4_MOE_ROUTING).results}
+    assert {b: r.status for b, r in results.items()} == {"vllm": "pass", "sglang": "pass", "vllm~sglang": "pass"}
+    for r in results.values():
+        routed = {row.layer for row in r.rows if row.kind == "expert_weights" and row.verdict == "ok"}
+        assert routed == {1}, (r.backend, routed)  # the dense first layer routes nothing

@@ -1,5 +1,6 @@
 import importlib
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -49,6 +50,30 @@ def test_head_sizes_are_intersected_with_every_backend():
     assert supported_head_dims(spec, [[32, 64, 128], [64, 128, 256]]) == (64, 128)
     assert supported_head_dims(spec, [None]) == spec.head_dims
     assert supported_head_dims(spec, [[16]]) == ()
+
+
+@given(st.data())
+def test_a_knob_set_is_drawn_as_one_of_its_combinations(data):
+    spec = registry.get("glm4_moe")
+    config = data.draw(examples("glm4_moe", spec, spec.head_dims, decode_steps=2)).config
+    (combos,) = spec.knob_sets
+    assert {key: config[key] for key in combos[0]} in [dict(c) for c in combos]
+    assert set(combos[0]) <= set(spec.family_knobs)  # named in descriptions and coverage
+
+
+def test_glm4_moe_groups_leave_enough_experts_for_the_top_k():
+    for c in registry.get("glm4_moe").knob_sets[0]:
+        per_group, remainder = divmod(c["n_routed_experts"], c["n_group"])
+        # A group's score sums its best two experts; the kept groups must hold the top-k.
+        assert remainder == 0 and per_group >= 2, c
+        assert c["topk_group"] <= c["n_group"] and c["num_experts_per_tok"] <= c["topk_group"] * per_group, c
+
+
+def test_a_knob_set_names_the_same_keys_in_every_combination():
+    with pytest.raises(ValueError, match="same keys"):
+        registry.ArchSpec(model_type="x", architecture="X", knob_sets=(({"n_group": 1}, {"topk_group": 1}),))
+    with pytest.raises(ValueError, match="both as knobs and in a knob set"):
+        registry.ArchSpec(model_type="x", architecture="X", knobs={"n_group": (1, 2)}, knob_sets=(({"n_group": 1},),))
 
 
 def test_possible_features_are_read_from_the_entry():

@@ -20,7 +20,8 @@ Conventions normalised here:
 - a batch is flattened to ``[num_tokens, ...]``, requests in order; logits are computed
   only for each request's last token (``next_token_logits``);
 - a mixture-of-experts block selects its experts in a ``topk`` module of its own, after
-  the router linear (``gate``).
+  the router linear (``gate``); a routed_scaling_factor (GLM-4-MoE's) is applied to the experts'
+  output, not to the top-k weights, unless the TopK config says it is fused in.
 
 On CPU, SGLang needs ``SGLANG_USE_CPU_ENGINE=1`` before import, torchvision's op schemas
 (its PyPI wheel's compiled ops do not load next to CPU torch) and an importable
@@ -163,8 +164,14 @@ class Adapter(EngineAdapter[Any]):
                 return q, k
 
             hooks.replace(modeling, "apply_rotary_pos_emb", apply_rotary_pos_emb)
+        from sglang.srt.layers.moe.topk import is_routed_scaling_factor_fused_in_topk
+
         for _, block in parts.sparse_blocks():
-            # The block's TopK module returns (weights, experts, router logits).
-            hooks.post(block.topk, lambda m, a, out: rec.record_routing(out.topk_weights, out.topk_ids,
-                                                                      out.router_logits.shape[-1]))
+            # The block's TopK module returns (weights, experts, router logits), the weights without
+            # routed_scaling_factor unless its config says the scale is fused in (it is applied to the
+            # experts' output instead).
+            config = block.topk.topk_config
+            scale = 1.0 if is_routed_scaling_factor_fused_in_topk(config) else config.routed_scaling_factor or 1.0
+            hooks.post(block.topk, lambda m, a, out, scale=scale: rec.record_routing(
+                out.topk_weights * scale, out.topk_ids, out.router_logits.shape[-1]))
         return hooks

@@ -13,7 +13,8 @@ Conventions normalised here:
 - logits are computed for the last token of every sequence in a forward, an unfinished prefill
   chunk's included (then discarded);
 - a mixture-of-experts block's runner (``mlp.experts``) calls the router linear (``mlp.gate``)
-  itself and has its ``router`` select the experts, in no particular order;
+  itself and has its ``router`` select the experts, in no particular order; a routed_scaling_factor
+  (GLM-4-MoE's) is applied by the runner to the experts' output, not to the router's weights;
 - under tensor parallelism each rank holds its share of q/k heads, and kv heads are replicated
   over ranks when there are fewer of them than ranks; attention and MLP outputs are all-reduced;
   logits are gathered to the first rank only.
@@ -181,14 +182,17 @@ class Adapter(EngineAdapter[Any]):
         hooks.post(parts.model.logits_processor, lambda m, a, o: o is None or rec.record_logits(o))
         hook_qk(hooks, rec, parts)
         for _, block in parts.sparse_blocks():
-            # The block's MoE runner holds the router; its select_experts returns the
-            # top-k (weights, experts), unsorted.
-            router = block.experts.router
+            # The block's MoE runner holds the router; its select_experts returns the top-k (weights, experts),
+            # unsorted, and without routed_scaling_factor where the runner scales the experts' output instead
+            # (its own routed_scaling_factor, 1.0 where the router applies it).
+            moe = block.experts
+            router = moe.router
 
-            def select_experts(*args: Any, _original=router.select_experts, **kwargs: Any) -> Any:
+            def select_experts(*args: Any, _original=router.select_experts, _scale=moe.routed_scaling_factor,
+                               **kwargs: Any) -> Any:
                 logits = kwargs["router_logits"] if "router_logits" in kwargs else args[1]
                 weights, experts = _original(*args, **kwargs)
-                rec.record_routing(weights, experts, logits.shape[-1])
+                rec.record_routing(weights * _scale, experts, logits.shape[-1])
                 return weights, experts
 
             hooks.replace(router, "select_experts", select_experts)
