@@ -4,8 +4,9 @@ Every backend loads the same files (config.json + model.safetensors), so the
 weights are parity's, never an engine's own dummy loader. Weights are scaled so
 activations stay O(1) through the depth and logits are far from uniform:
 embeddings ~ N(0, 1), matrices ~ N(0, 1/fan_in), and every 1-D parameter (norm
-scales, biases) is its module's own initial value plus N(0, 0.1^2) noise, so a
-norm that is silently skipped or mis-offset (e.g. Gemma's ``1 + weight``) shows.
+scales, biases) and every saved float buffer (a router's correction bias) is its
+module's own initial value plus N(0, 0.1^2) noise, so a norm that is silently
+skipped or mis-offset (e.g. Gemma's ``1 + weight``) shows.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
         else:
             value = noise / param.shape[-1] ** 0.5
         param.copy_(value.to(param.dtype))
+    # Weights kept as buffers are saved too (DeepSeek-V3's e_score_correction_bias, zero at init, so a bias used for
+    # the wrong thing or not at all would never show); drawn after every parameter, so no parameter's draw moves.
+    state = model.state_dict()
+    for name, buffer in model.named_buffers():
+        if name in state and buffer.is_floating_point():
+            noise = torch.randn(buffer.shape, generator=gen, dtype=torch.float64)
+            buffer.copy_((buffer.double() + 0.1 * noise).to(buffer.dtype))
 
 
 def write(config: dict[str, Any], seed: int, directory: str) -> dict[str, Any]:

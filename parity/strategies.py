@@ -224,7 +224,7 @@ class ExecutionSurface:
 def tensor_parallel_fits(config: dict[str, Any], ranks: int) -> bool:
     """Whether the (canonical) config splits over ``ranks``: whole query heads and MLP columns per rank, and
     kv heads split evenly or replicated evenly (engines' rule for GQA under TP)."""
-    kv = config["num_key_value_heads"]
+    kv = registry.kv_heads(config)
     return (config["num_attention_heads"] % ranks == 0 and (config.get("intermediate_size") or 0) % ranks == 0
             and (kv % ranks == 0 or ranks % kv == 0))
 

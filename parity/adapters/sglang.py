@@ -20,7 +20,8 @@ Conventions normalised here:
 - a batch is flattened to ``[num_tokens, ...]``, requests in order; logits are computed
   only for each request's last token (``next_token_logits``);
 - a mixture-of-experts block selects its experts in a ``topk`` module of its own, after
-  the router linear (``gate``).
+  the router linear (``gate``); DeepSeek's block scales the routed sum by ``routed_scaling_factor``
+  afterwards unless that is fused into the top-k's weights.
 
 On CPU, SGLang needs ``SGLANG_USE_CPU_ENGINE=1`` before import, torchvision's op schemas
 (its PyPI wheel's compiled ops do not load next to CPU torch) and an importable
@@ -56,6 +57,15 @@ def _residual(layer: torch.nn.Module, output: Any, args: tuple) -> torch.Tensor:
     if RESIDUAL_FROM != "snapshot":
         raise ValueError(f"RESIDUAL_FROM must be 'snapshot' or 'raw', not {RESIDUAL_FROM!r}")
     return runner.residual_stream(layer, output, args)
+
+
+def _routed_scale(block: torch.nn.Module) -> float:
+    """The factor a MoE block scales its routed sum by after its TopK chose the weights: DeepSeek's
+    ``routed_scaling_factor`` where it is not fused into the top-k (``routed_scaling_factor_fused_in_topk``); 1
+    for blocks that have none."""
+    if getattr(block, "routed_scaling_factor_fused_in_topk", True):
+        return 1.0
+    return float(block.routed_scaling_factor)
 
 
 def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -165,6 +175,6 @@ class Adapter(EngineAdapter[Any]):
             hooks.replace(modeling, "apply_rotary_pos_emb", apply_rotary_pos_emb)
         for _, block in parts.sparse_blocks():
             # The block's TopK module returns (weights, experts, router logits).
-            hooks.post(block.topk, lambda m, a, out: rec.record_routing(out.topk_weights, out.topk_ids,
-                                                                      out.router_logits.shape[-1]))
+            hooks.post(block.topk, lambda m, a, out, scale=_routed_scale(block): rec.record_routing(
+                out.topk_weights * scale, out.topk_ids, out.router_logits.shape[-1]))
         return hooks

@@ -13,7 +13,8 @@ Conventions normalised here:
 - logits are computed for the last token of every sequence in a forward, an unfinished prefill
   chunk's included (then discarded);
 - a mixture-of-experts block's runner (``mlp.experts``) calls the router linear (``mlp.gate``)
-  itself and has its ``router`` select the experts, in no particular order;
+  itself and has its ``router`` select the experts, in no particular order; the runner may scale the
+  routed sum by ``routed_scaling_factor`` after the router chose unscaled weights;
 - under tensor parallelism each rank holds its share of q/k heads, and kv heads are replicated
   over ranks when there are fewer of them than ranks; attention and MLP outputs are all-reduced;
   logits are gathered to the first rank only.
@@ -182,13 +183,15 @@ class Adapter(EngineAdapter[Any]):
         hook_qk(hooks, rec, parts)
         for _, block in parts.sparse_blocks():
             # The block's MoE runner holds the router; its select_experts returns the
-            # top-k (weights, experts), unsorted.
-            router = block.experts.router
+            # top-k (weights, experts), unsorted. A runner that applies routed_scaling_factor to the
+            # routed sum itself (DeepSeek's apply_routed_scale_to_output) has its router choose unscaled
+            # weights: the weights each expert's output is scaled by are the product.
+            router, scale = block.experts.router, block.experts.routed_scaling_factor
 
-            def select_experts(*args: Any, _original=router.select_experts, **kwargs: Any) -> Any:
+            def select_experts(*args: Any, _original=router.select_experts, _scale=scale, **kwargs: Any) -> Any:
                 logits = kwargs["router_logits"] if "router_logits" in kwargs else args[1]
                 weights, experts = _original(*args, **kwargs)
-                rec.record_routing(weights, experts, logits.shape[-1])
+                rec.record_routing(weights * _scale, experts, logits.shape[-1])
                 return weights, experts
 
             hooks.replace(router, "select_experts", select_experts)
