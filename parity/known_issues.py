@@ -603,6 +603,22 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "outgrows it",
         reads_as=_wider_window,
     ),
+    # DeepSeek-V3: both engines serve V2, V3 (and their descendants) with one port (models/deepseek_v2.py).
+    *_each("vllm", VLLM_NEW, ("deepseek_v3",), ("error",), _not("hidden_act", "silu"),
+           "refuses at load: its DeepseekV2MLP and DeepseekV2MoE implement only SiLU (\"Only silu is supported for "
+           "now\")", "Unsupported activation"),
+    *_each("sglang", SGLANG, ("deepseek_v3",), ("error",), _not("hidden_act", "silu"),
+           "refuses at load: its DeepseekV2MLP and DeepseekV2MoE implement only SiLU (\"Only silu is supported for "
+           "now\")", "Unsupported activation"),
+    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("error",), lambda c: True,
+               "refuses chunked prefill and the prefix cache: vLLM's CPU platform turns both off for every MLA model "
+               "(CpuPlatform.check_and_update_config: \"MLA is enabled on a non-GPU platform; forcing chunked "
+               "prefill and prefix caching to be disabled\"), and parity's adapter says so rather than compare "
+               "whole prompts as chunked or cached ones", "off for this model (asked for, not run)"),
+    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("q_rot", "k_rot"), _not("rope_interleave", True),
+               "vLLM's DeepseekV2MLAAttention builds its rotary with is_neox_style=False whatever rope_interleave "
+               "says (deepseek_v2.py): rotate-half checkpoints (rope_interleave False) are rotated in interleaved "
+               "pairs", reads_as=_read_as(rope_interleave=True)),
 )
 
 
