@@ -555,6 +555,11 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
                                        "of each): any other value than the head count fails in transformers' "
                                        "attention, so it is left unset for the config to derive (released configs "
                                        "state the head count)",
+                "max_position_embeddings": "changes nothing transformers' DeepSeek-V3 computes on parity's prompts: "
+                                           "dynamic NTK rescales only past it (128 or more; prompts reach 47 "
+                                           "positions), and LongRoPE derives its factor from it only when none is "
+                                           "stated, which this family always states; drawn all the same, for the "
+                                           "engines' rotary tables",
                 **dict.fromkeys(_DEEPSEEK_ROUTING, "read by engine ports only: transformers' DeepSeek-V3 always routes "
                                                    "with sigmoid scores and the correction bias, which these values "
                                                    "ask of the engines")},

@@ -75,12 +75,18 @@ ROPE_SCALING: dict[str, dict[str, tuple[Any, ...]]] = {
 }
 
 
+def rope_candidates(spec: ArchSpec, rope_type: str) -> dict[str, tuple[Any, ...]]:
+    """The parameters drawn for ``rope_type`` in the entry's family, each with its candidates (plainest first):
+    ``ROPE_SCALING``'s, with the family's own (``ArchSpec.rope_values``) in their place."""
+    candidates = {**ROPE_SCALING[rope_type], **spec.rope_values.get(rope_type, {})}
+    return {k: values for k, values in candidates.items() if values}
+
+
 @st.composite
 def rope_scaling(draw: st.DrawFn, spec: ArchSpec) -> dict[str, Any]:
     """A ``rope_type`` from the entry's variants and that variant's parameters."""
     rope_type = draw(st.sampled_from(spec.rope_types))
-    candidates = {**ROPE_SCALING[rope_type], **spec.rope_values.get(rope_type, {})}
-    params = {k: draw(st.sampled_from(values)) for k, values in candidates.items() if values}
+    params = {k: draw(st.sampled_from(values)) for k, values in rope_candidates(spec, rope_type).items()}
     return {"rope_type": rope_type, **{k: v for k, v in params.items() if v != OMIT}}
 
 
