@@ -22,6 +22,7 @@ to ``pass`` again. Delete an entry when the engine fixes the bug.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
@@ -185,6 +186,40 @@ def _dynamic_at_full_length(c: dict[str, Any]) -> dict[str, Any]:
     dim = int(head * rope.get("partial_rotary_factor", 1.0))
     base = rope["rope_theta"] * (factor * factor - factor + 1) ** (dim / (dim - 2))
     return _unscaled({**c, "rope_parameters": {**rope, "rope_theta": base}})
+
+
+def _yarn_mscale(factor: float, mscale: float) -> float:
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _deepseek_yarn_scale(rope: Mapping[str, Any]) -> float:
+    """The cos/sin scale of the DeepSeek ports' YaRN (DeepseekScalingRotaryEmbedding): mscale over mscale_all_dim,
+    defaults 1 and 0, whatever else is stated (transformers takes a stated attention_factor, and the ratio only when
+    both mscales are set)."""
+    return _yarn_mscale(rope["factor"], rope.get("mscale", 1)) / _yarn_mscale(rope["factor"], rope.get("mscale_all_dim", 0))
+
+
+def _as_deepseek_yarn(c: dict[str, Any]) -> dict[str, Any]:
+    """Any scaled RoPE as the DeepSeek ports run it: YaRN with the parameters their DeepSeek-YaRN rotary takes
+    (factor, original context, betas, mscales; truncation always on) and the cos/sin scale it derives from them."""
+    rope = c["rope_parameters"]
+    kept = ("rope_theta", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale",
+            "mscale_all_dim")
+    return {**c, "rope_parameters": {"rope_type": "yarn", **{k: rope[k] for k in kept if k in rope},
+                                     "attention_factor": _deepseek_yarn_scale(rope)}}
+
+
+def _deepseek_yarn_misread(config: Mapping[str, Any]) -> bool:
+    """A scaled RoPE the DeepSeek ports' YaRN runs otherwise than transformers: another type that states what YaRN
+    needs, or YaRN with an attention_factor or truncate stated, or one mscale without the other."""
+    rope = config.get("rope_parameters") or {}
+    if not _scaled(config) or "original_max_position_embeddings" not in rope:
+        return False
+    if rope["rope_type"] != "yarn" or "attention_factor" in rope or "truncate" in rope:
+        return True
+    ratio = rope.get("mscale") and rope.get("mscale_all_dim")  # transformers' scale is their ratio only then
+    theirs = _deepseek_yarn_scale(rope) if ratio else _yarn_mscale(rope["factor"], 1)
+    return not math.isclose(_deepseek_yarn_scale(rope), theirs)
 
 
 def _full_attention(c: dict[str, Any]) -> dict[str, Any]:
@@ -615,6 +650,24 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "(CpuPlatform.check_and_update_config: \"MLA is enabled on a non-GPU platform; forcing chunked "
                "prefill and prefix caching to be disabled\"), and parity's adapter says so rather than compare "
                "whole prompts as chunked or cached ones", "off for this model (asked for, not run)"),
+    *(KnownIssue(engine, verified, "deepseek_v3", ("error",),
+                 lambda c: _scaled(c) and "original_max_position_embeddings" not in c["rope_parameters"],
+                 f"refuses at load: {name}'s DeepSeek attention renames every scaled RoPE type to \"deepseek_yarn\" "
+                 "(deepseek_v2.py), whose rotary needs original_max_position_embeddings, which linear and dynamic "
+                 "scaling do not state", "original_max_position_embeddings")
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    *(KnownIssue(engine, verified, "deepseek_v3", ("q_rot", "k_rot"), _deepseek_yarn_misread,
+                 f"{name}'s DeepSeek attention renames every scaled RoPE type to \"deepseek_yarn\" (deepseek_v2.py) and "
+                 "rotates with DeepseekScalingRotaryEmbedding, which reads only factor, the original context, the "
+                 "betas and the mscales: llama3 and LongRoPE run as YaRN, YaRN's attention_factor and truncate are "
+                 "ignored, and its cos/sin scale is always mscale over mscale_all_dim (defaults 1 and 0), where "
+                 "transformers takes that ratio only when both are stated", reads_as=_as_deepseek_yarn)
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    *(KnownIssue(engine, verified, "deepseek_v3", ("q_rot", "k_rot", "attn_out"), lambda c: bool(c.get("attention_bias")),
+                 f"{name}'s DeepSeek MLA builds q_a_proj, kv_a_proj_with_mqa and o_proj without bias whatever "
+                 "attention_bias says (deepseek_v2.py), and its loader drops the checkpoint's biases (as a GPTQ "
+                 "model's \"extra\" biases)", reads_as=_read_as(attention_bias=False))
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
     KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("q_rot", "k_rot"), _not("rope_interleave", True),
                "vLLM's DeepseekV2MLAAttention builds its rotary with is_neox_style=False whatever rope_interleave "
                "says (deepseek_v2.py): rotate-half checkpoints (rope_interleave False) are rotated in interleaved "
