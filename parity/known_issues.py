@@ -203,17 +203,26 @@ def _as_deepseek_yarn(c: dict[str, Any]) -> dict[str, Any]:
     """Any scaled RoPE as the DeepSeek ports run it: YaRN with the parameters their DeepSeek-YaRN rotary takes
     (factor, original context, betas, mscales; truncation always on) and the cos/sin scale it derives from them."""
     rope = c["rope_parameters"]
-    kept = ("rope_theta", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale",
-            "mscale_all_dim")
+    kept = ("rope_theta", "factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim")
+    original = rope.get("original_max_position_embeddings", c.get("max_position_embeddings"))  # SGLang's default
     return {**c, "rope_parameters": {"rope_type": "yarn", **{k: rope[k] for k in kept if k in rope},
+                                     "original_max_position_embeddings": original,
                                      "attention_factor": _deepseek_yarn_scale(rope)}}
 
 
+def _states_original(config: Mapping[str, Any]) -> bool:
+    return "original_max_position_embeddings" in (config.get("rope_parameters") or {})
+
+
+def _not_scaled(config: Mapping[str, Any]) -> bool:
+    return not _scaled(config)
+
+
 def _deepseek_yarn_misread(config: Mapping[str, Any]) -> bool:
-    """A scaled RoPE the DeepSeek ports' YaRN runs otherwise than transformers: another type that states what YaRN
-    needs, or YaRN with an attention_factor or truncate stated, or one mscale without the other."""
+    """A scaled RoPE the DeepSeek ports' YaRN runs otherwise than transformers: another type, or YaRN with an
+    attention_factor or truncate stated, or one mscale without the other."""
     rope = config.get("rope_parameters") or {}
-    if not _scaled(config) or "original_max_position_embeddings" not in rope:
+    if not _scaled(config):
         return False
     if rope["rope_type"] != "yarn" or "attention_factor" in rope or "truncate" in rope:
         return True
@@ -650,24 +659,38 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "(CpuPlatform.check_and_update_config: \"MLA is enabled on a non-GPU platform; forcing chunked "
                "prefill and prefix caching to be disabled\"), and parity's adapter says so rather than compare "
                "whole prompts as chunked or cached ones", "off for this model (asked for, not run)"),
-    *(KnownIssue(engine, verified, "deepseek_v3", ("error",),
-                 lambda c: _scaled(c) and "original_max_position_embeddings" not in c["rope_parameters"],
-                 f"refuses at load: {name}'s DeepSeek attention renames every scaled RoPE type to \"deepseek_yarn\" "
-                 "(deepseek_v2.py), whose rotary needs original_max_position_embeddings, which linear and dynamic "
-                 "scaling do not state", "original_max_position_embeddings")
-      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
-    *(KnownIssue(engine, verified, "deepseek_v3", ("q_rot", "k_rot"), _deepseek_yarn_misread,
+    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("error",), lambda c: _scaled(c) and not _states_original(c),
+               "refuses at load: vLLM's DeepSeek attention renames every scaled RoPE type to \"deepseek_yarn\" "
+               "(deepseek_v2.py), whose rotary needs original_max_position_embeddings, which linear and dynamic "
+               "scaling do not state", "original_max_position_embeddings"),
+    KnownIssue("sglang", SGLANG, "deepseek_v3", ("error",), _not_scaled,
+               "refuses at load: SGLang's CPU rotary factory for DeepSeek builds only DeepSeek-YaRN "
+               "(get_rope_cpu: assert rope_scaling is not None; \"Only deepseek_yarn is supported for CPU for now\"): "
+               "plain RoPE, the released V2/V3 Lite configs' own, does not load on CPU",
+               "assert rope_scaling is not None"),
+    *(KnownIssue(engine, verified, "deepseek_v3", ("q_rot", "k_rot"), applies,
                  f"{name}'s DeepSeek attention renames every scaled RoPE type to \"deepseek_yarn\" (deepseek_v2.py) and "
-                 "rotates with DeepseekScalingRotaryEmbedding, which reads only factor, the original context, the "
-                 "betas and the mscales: llama3 and LongRoPE run as YaRN, YaRN's attention_factor and truncate are "
-                 "ignored, and its cos/sin scale is always mscale over mscale_all_dim (defaults 1 and 0), where "
-                 "transformers takes that ratio only when both are stated", reads_as=_as_deepseek_yarn)
-      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+                 "rotates with DeepseekScalingRotaryEmbedding, which reads only factor, the original context "
+                 f"({default}), the betas and the mscales: other types run as YaRN, YaRN's attention_factor and "
+                 "truncate are ignored, and its cos/sin scale is always mscale over mscale_all_dim (defaults 1 and "
+                 "0), where transformers takes that ratio only when both are stated", reads_as=_as_deepseek_yarn)
+      for engine, verified, name, applies, default in (
+          ("vllm", VLLM_NEW, "vLLM", lambda c: _states_original(c) and _deepseek_yarn_misread(c), "required"),
+          ("sglang", SGLANG, "SGLang", _deepseek_yarn_misread, "max_position_embeddings when unstated"))),
     *(KnownIssue(engine, verified, "deepseek_v3", ("q_rot", "k_rot", "attn_out"), lambda c: bool(c.get("attention_bias")),
                  f"{name}'s DeepSeek MLA builds q_a_proj, kv_a_proj_with_mqa and o_proj without bias whatever "
                  "attention_bias says (deepseek_v2.py), and its loader drops the checkpoint's biases (as a GPTQ "
                  "model's \"extra\" biases)", reads_as=_read_as(attention_bias=False))
       for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("q_rot", "k_rot"), lambda c: True,
+               "vLLM's CPU rotary kernel (RotaryEmbedding.forward_cpu, ops.rotary_embedding, in place) takes q and k "
+               "as packed rows, heads head_size apart and tokens heads x head_size apart; DeepSeek's MLA hands it "
+               "views (mla.py): q's rotary parts, heads qk_nope_head_dim + qk_rope_head_dim apart, and k_pe inside "
+               "kv_a_proj_with_mqa's output, tokens kv_lora_rank + qk_rope_head_dim apart. With two heads or more "
+               "q is rotated wrong; in a prefill of two tokens or more the key rotation lands in the latent part of "
+               "other rows and the prompt's shared rotary keys stay unrotated in the KV cache, so every decode step "
+               "attends to unrotated prompt keys (measured on the kernel alone: both views rotated wrong, contiguous "
+               "copies right)"),
     KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("q_rot", "k_rot"), _not("rope_interleave", True),
                "vLLM's DeepseekV2MLAAttention builds its rotary with is_neox_style=False whatever rope_interleave "
                "says (deepseek_v2.py): rotate-half checkpoints (rope_interleave False) are rotated in interleaved "

@@ -128,9 +128,12 @@ def test_deepseek_ports_yarn_is_matched_where_it_computes_otherwise_and_read_as_
     for misread in ({"attention_factor": 0.8}, {"truncate": False}, {"mscale": 0.5}, {"mscale_all_dim": 1.0},
                     {"rope_type": "llama3"}):
         assert "deepseek_yarn" in diverges(_deepseek(**{**yarn, **misread})), misread
-    assert diverges(_deepseek(rope_type="linear", factor=2.0)) is None  # refused at load instead
-    assert explain([("vllm", "0.32.0")], "deepseek_v3", _deepseek(rope_type="linear", factor=2.0), "error",
-                   "KeyError: 'original_max_position_embeddings'")
+    linear = _deepseek(rope_type="linear", factor=2.0)
+    assert diverges(linear) is None  # vLLM refuses it at load instead; SGLang runs it with its own default
+    assert explain([("vllm", "0.32.0")], "deepseek_v3", linear, "error", "KeyError: 'original_max_position_embeddings'")
+    assert "deepseek_yarn" in explain([("sglang", "0.5.23")], "deepseek_v3", linear, "q_rot")
+    assert _as_deepseek_yarn({**linear, "max_position_embeddings": 256})["rope_parameters"][
+        "original_max_position_embeddings"] == 256
     # Read as the port computes: YaRN, its own scale stated, only the parameters it takes.
     read = _as_deepseek_yarn(_deepseek(**{**yarn, "rope_type": "llama3"}, mscale=0.5, truncate=False, low_freq_factor=1.0))
     assert read["rope_parameters"] == {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
