@@ -193,18 +193,18 @@ def _yarn_mscale(factor: float, mscale: float) -> float:
 
 
 def _deepseek_yarn_scale(rope: Mapping[str, Any]) -> float:
-    """The cos/sin scale of the DeepSeek ports' YaRN (DeepseekScalingRotaryEmbedding): mscale over mscale_all_dim,
+    """The cos/sin scale of vLLM's DeepSeek YaRN (DeepseekScalingRotaryEmbedding): mscale over mscale_all_dim,
     defaults 1 and 0, whatever else is stated (transformers takes a stated attention_factor, and the ratio only when
     both mscales are set)."""
     return _yarn_mscale(rope["factor"], rope.get("mscale", 1)) / _yarn_mscale(rope["factor"], rope.get("mscale_all_dim", 0))
 
 
 def _as_deepseek_yarn(c: dict[str, Any]) -> dict[str, Any]:
-    """Any scaled RoPE as the DeepSeek ports run it: YaRN with the parameters their DeepSeek-YaRN rotary takes
+    """Any scaled RoPE as vLLM's DeepSeek port runs it: YaRN with the parameters their DeepSeek-YaRN rotary takes
     (factor, original context, betas, mscales; truncation always on) and the cos/sin scale it derives from them."""
     rope = c["rope_parameters"]
     kept = ("rope_theta", "factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim")
-    original = rope.get("original_max_position_embeddings", c.get("max_position_embeddings"))  # SGLang's default
+    original = rope["original_max_position_embeddings"]
     return {**c, "rope_parameters": {"rope_type": "yarn", **{k: rope[k] for k in kept if k in rope},
                                      "original_max_position_embeddings": original,
                                      "attention_factor": _deepseek_yarn_scale(rope)}}
@@ -214,12 +214,8 @@ def _states_original(config: Mapping[str, Any]) -> bool:
     return "original_max_position_embeddings" in (config.get("rope_parameters") or {})
 
 
-def _not_scaled(config: Mapping[str, Any]) -> bool:
-    return not _scaled(config)
-
-
 def _deepseek_yarn_misread(config: Mapping[str, Any]) -> bool:
-    """A scaled RoPE the DeepSeek ports' YaRN runs otherwise than transformers: another type, or YaRN with an
+    """A scaled RoPE vLLM's DeepSeek YaRN runs otherwise than transformers: another type, or YaRN with an
     attention_factor or truncate stated, or one mscale without the other."""
     rope = config.get("rope_parameters") or {}
     if not _scaled(config):
@@ -651,9 +647,6 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     *_each("vllm", VLLM_NEW, ("deepseek_v3",), ("error",), _not("hidden_act", "silu"),
            "refuses at load: its DeepseekV2MLP and DeepseekV2MoE implement only SiLU (\"Only silu is supported for "
            "now\")", "Unsupported activation"),
-    *_each("sglang", SGLANG, ("deepseek_v3",), ("error",), _not("hidden_act", "silu"),
-           "refuses at load: its DeepseekV2MLP and DeepseekV2MoE implement only SiLU (\"Only silu is supported for "
-           "now\")", "Unsupported activation"),
     KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("error",), lambda c: True,
                "refuses chunked prefill and the prefix cache: vLLM's CPU platform turns both off for every MLA model "
                "(CpuPlatform.check_and_update_config: \"MLA is enabled on a non-GPU platform; forcing chunked "
@@ -663,25 +656,17 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "refuses at load: vLLM's DeepSeek attention renames every scaled RoPE type to \"deepseek_yarn\" "
                "(deepseek_v2.py), whose rotary needs original_max_position_embeddings, which linear and dynamic "
                "scaling do not state", "original_max_position_embeddings"),
-    KnownIssue("sglang", SGLANG, "deepseek_v3", ("error",), _not_scaled,
-               "refuses at load: SGLang's CPU rotary factory for DeepSeek builds only DeepSeek-YaRN "
-               "(get_rope_cpu: assert rope_scaling is not None; \"Only deepseek_yarn is supported for CPU for now\"): "
-               "plain RoPE, the released V2/V3 Lite configs' own, does not load on CPU",
-               "assert rope_scaling is not None"),
-    *(KnownIssue(engine, verified, "deepseek_v3", ("q_rot", "k_rot"), applies,
-                 f"{name}'s DeepSeek attention renames every scaled RoPE type to \"deepseek_yarn\" (deepseek_v2.py) and "
-                 "rotates with DeepseekScalingRotaryEmbedding, which reads only factor, the original context "
-                 f"({default}), the betas and the mscales: other types run as YaRN, YaRN's attention_factor and "
-                 "truncate are ignored, and its cos/sin scale is always mscale over mscale_all_dim (defaults 1 and "
-                 "0), where transformers takes that ratio only when both are stated", reads_as=_as_deepseek_yarn)
-      for engine, verified, name, applies, default in (
-          ("vllm", VLLM_NEW, "vLLM", lambda c: _states_original(c) and _deepseek_yarn_misread(c), "required"),
-          ("sglang", SGLANG, "SGLang", _deepseek_yarn_misread, "max_position_embeddings when unstated"))),
-    *(KnownIssue(engine, verified, "deepseek_v3", ("q_rot", "k_rot", "attn_out"), lambda c: bool(c.get("attention_bias")),
-                 f"{name}'s DeepSeek MLA builds q_a_proj, kv_a_proj_with_mqa and o_proj without bias whatever "
-                 "attention_bias says (deepseek_v2.py), and its loader drops the checkpoint's biases (as a GPTQ "
-                 "model's \"extra\" biases)", reads_as=_read_as(attention_bias=False))
-      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("q_rot", "k_rot"),
+               lambda c: _states_original(c) and _deepseek_yarn_misread(c),
+               "vLLM's DeepSeek attention renames every scaled RoPE type to \"deepseek_yarn\" (deepseek_v2.py) and "
+               "rotates with DeepseekScalingRotaryEmbedding, which reads only factor, the original context, the "
+               "betas and the mscales: other types run as YaRN, YaRN's attention_factor and truncate are ignored, "
+               "and its cos/sin scale is always mscale over mscale_all_dim (defaults 1 and 0), where transformers "
+               "takes that ratio only when both are stated", reads_as=_as_deepseek_yarn),
+    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("q_rot", "k_rot", "attn_out"), lambda c: bool(c.get("attention_bias")),
+               "vLLM's DeepSeek MLA builds q_a_proj, kv_a_proj_with_mqa and o_proj without bias whatever "
+               "attention_bias says (deepseek_v2.py), and its loader drops the checkpoint's biases (as a GPTQ "
+               "model's \"extra\" biases)", reads_as=_read_as(attention_bias=False)),
     KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("q_rot", "k_rot"), lambda c: True,
                "vLLM's CPU rotary kernel (RotaryEmbedding.forward_cpu, ops.rotary_embedding, in place) takes q and k "
                "as packed rows, heads head_size apart and tokens heads x head_size apart; DeepSeek's MLA hands it "

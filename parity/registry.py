@@ -191,6 +191,7 @@ FEATURES: Mapping[str, str] = MappingProxyType({
     "attn_logit_softcapping": "attn_logit_softcapping",
     "final_logit_softcapping": "final_logit_softcapping",
     "shared_expert_gate": "shared_expert_intermediate_size",  # Qwen2-MoE's gated shared expert
+    "latent_attention": "kv_lora_rank",  # DeepSeek's multi-head latent attention (MLA)
 })
 
 
@@ -565,8 +566,10 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
                                                    "ask of the engines")},
         modules=ModuleNames(router="gate", latent_attention=True),
         ci_examples=_MOE_CI_EXAMPLES,
+        # moe_layer_freq: every layer past the dense ones sparse, as released configs state it; transformers'
+        # DeepSeek-V3 has no such key, SGLang's port fails without it.
         fixed={**_NO_SPECIAL_TOKENS, **_DEEPSEEK_ROUTING, "kv_lora_rank": 512, "qk_rope_head_dim": 64,
-               "num_key_value_heads": None},
+               "num_key_value_heads": None, "moe_layer_freq": 1},
     ),
 })
 

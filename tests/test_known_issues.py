@@ -3,7 +3,7 @@ import math
 import pytest
 
 from parity import judge
-from parity.known_issues import KNOWN_ISSUES, KnownIssue, applicable, explain, listed, release
+from parity.known_issues import KNOWN_ISSUES, KnownIssue, applicable, explain, listed, matches, release
 from parity.records import Divergence
 
 QWEN3 = {"attention_bias": True}
@@ -118,22 +118,21 @@ def _deepseek(**rope):
     return {"rope_interleave": True, "rope_parameters": {"rope_theta": 10000.0, **rope}}
 
 
-def test_deepseek_ports_yarn_is_matched_where_it_computes_otherwise_and_read_as_it_computes():
+def test_deepseek_yarn_is_matched_where_vllm_computes_otherwise_and_read_as_it_computes():
     from parity.known_issues import _as_deepseek_yarn
 
     yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
-    # On SGLang: vLLM's CPU rotary rotates every DeepSeek q wrong (its own entry).
-    diverges = lambda c: explain([("sglang", "0.5.23")], "deepseek_v3", c, "q_rot")  # noqa: E731
-    assert diverges(_deepseek(**yarn)) is None  # DeepSeek-YaRN is transformers' YaRN there
-    assert diverges(_deepseek(**yarn, mscale=0.5, mscale_all_dim=1.0)) is None  # the ratio, in both
+    # Only this entry's matches: vLLM's CPU rotary kernel rotates every DeepSeek q wrong (its own entry).
+    diverges = lambda c: [m for m in matches([("vllm", "0.32.0")], "deepseek_v3", c, "q_rot")  # noqa: E731
+                          if "deepseek_yarn" in m.issue.diagnosis]
+    assert not diverges(_deepseek(**yarn))  # DeepSeek-YaRN is transformers' YaRN there
+    assert not diverges(_deepseek(**yarn, mscale=0.5, mscale_all_dim=1.0))  # the ratio, in both
     for misread in ({"attention_factor": 0.8}, {"truncate": False}, {"mscale": 0.5}, {"mscale_all_dim": 1.0},
                     {"rope_type": "llama3"}):
-        assert "deepseek_yarn" in diverges(_deepseek(**{**yarn, **misread})), misread
+        assert diverges(_deepseek(**{**yarn, **misread})), misread
     linear = _deepseek(rope_type="linear", factor=2.0)
-    assert "deepseek_yarn" in diverges(linear)  # SGLang runs it with its own default original context
+    assert not diverges(linear)  # refused at load instead
     assert explain([("vllm", "0.32.0")], "deepseek_v3", linear, "error", "KeyError: 'original_max_position_embeddings'")
-    assert _as_deepseek_yarn({**linear, "max_position_embeddings": 256})["rope_parameters"][
-        "original_max_position_embeddings"] == 256
     # Read as the port computes: YaRN, its own scale stated, only the parameters it takes.
     read = _as_deepseek_yarn(_deepseek(**{**yarn, "rope_type": "llama3"}, mscale=0.5, truncate=False, low_freq_factor=1.0))
     assert read["rope_parameters"] == {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
