@@ -26,7 +26,7 @@ BF16_PARTING = Example(arch="gpt_j", config={
     weight_seed=0, prompts=((0, 0),), decode_steps=2)
 
 
-@pytest.mark.parametrize("arch", list(registry.ARCHITECTURES))
+@pytest.mark.parametrize("arch", known.archs_compared(registry.ARCHITECTURES))
 def test_three_way_agreement_prefill_and_decode(parity_sessions, arch):
     session = parity_sessions(["vllm", "sglang"])
     minimal, records = known.search_judging(session, arch, get("dev"), seed=2)
@@ -81,6 +81,8 @@ def test_support_matrix_comes_from_the_engines_and_the_known_issues():
     assert rows["stablelm"] == ["yes", "yes*", "yes*"]
     assert "gemma2 on sglang: " in proc.stdout and "attn_logit_softcapping" in proc.stdout
     assert "stablelm on vllm: known issue (error): " in proc.stdout
+    assert rows["deepseek_v3"] == ["yes", "yes*", "partial"]  # no MLA path in SGLang's CPU attention
+    assert "deepseek_v3 on sglang: " in proc.stdout and "latent_attention" in proc.stdout
 
 
 def test_known_issue_diagnoses_are_tested_on_the_engine(parity_sessions, monkeypatch):
