@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from parity.registry import ARCHITECTURES, canonical_config, rope_sets
+from parity.registry import ARCHITECTURES, canonical_config, kv_heads, rope_sets
 from parity.worker.contract import Execution
 
 # Part of every checkpoint's cache key: bump when parity/checkpoint.py changes the weights it writes.
@@ -54,7 +54,7 @@ class Example:
     def describe(self) -> str:
         """One line naming the shape and every family knob that is on (see ``ArchSpec.family_knobs``)."""
         c = canonical_config(self.arch, self.config)
-        bits = [f"layers={c['num_hidden_layers']}", f"heads={c['num_attention_heads']}/{c['num_key_value_heads']}",
+        bits = [f"layers={c['num_hidden_layers']}", f"heads={c['num_attention_heads']}/{kv_heads(c)}",
                 f"head_dim={c.get('head_dim') or c['hidden_size'] // c['num_attention_heads']}",
                 f"hidden={c['hidden_size']}"]
         for path, rope in rope_sets(c).items():

@@ -22,6 +22,7 @@ to ``pass`` again. Delete an entry when the engine fixes the bug.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
@@ -185,6 +186,45 @@ def _dynamic_at_full_length(c: dict[str, Any]) -> dict[str, Any]:
     dim = int(head * rope.get("partial_rotary_factor", 1.0))
     base = rope["rope_theta"] * (factor * factor - factor + 1) ** (dim / (dim - 2))
     return _unscaled({**c, "rope_parameters": {**rope, "rope_theta": base}})
+
+
+def _yarn_mscale(factor: float, mscale: float) -> float:
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _deepseek_yarn_scale(rope: Mapping[str, Any]) -> float:
+    """The cos/sin scale of vLLM's DeepSeek YaRN (DeepseekScalingRotaryEmbedding): mscale over mscale_all_dim,
+    defaults 1 and 0, whatever else is stated (transformers takes a stated attention_factor, and the ratio only when
+    both mscales are set)."""
+    return _yarn_mscale(rope["factor"], rope.get("mscale", 1)) / _yarn_mscale(rope["factor"], rope.get("mscale_all_dim", 0))
+
+
+def _as_deepseek_yarn(c: dict[str, Any]) -> dict[str, Any]:
+    """Any scaled RoPE as vLLM's DeepSeek port runs it: YaRN with the parameters their DeepSeek-YaRN rotary takes
+    (factor, original context, betas, mscales; truncation always on) and the cos/sin scale it derives from them."""
+    rope = c["rope_parameters"]
+    kept = ("rope_theta", "factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim")
+    original = rope["original_max_position_embeddings"]
+    return {**c, "rope_parameters": {"rope_type": "yarn", **{k: rope[k] for k in kept if k in rope},
+                                     "original_max_position_embeddings": original,
+                                     "attention_factor": _deepseek_yarn_scale(rope)}}
+
+
+def _states_original(config: Mapping[str, Any]) -> bool:
+    return "original_max_position_embeddings" in (config.get("rope_parameters") or {})
+
+
+def _deepseek_yarn_misread(config: Mapping[str, Any]) -> bool:
+    """A scaled RoPE vLLM's DeepSeek YaRN runs otherwise than transformers: another type, or YaRN with an
+    attention_factor or truncate stated, or one mscale without the other."""
+    rope = config.get("rope_parameters") or {}
+    if not _scaled(config):
+        return False
+    if rope["rope_type"] != "yarn" or "attention_factor" in rope or "truncate" in rope:
+        return True
+    ratio = rope.get("mscale") and rope.get("mscale_all_dim")  # transformers' scale is their ratio only then
+    theirs = _deepseek_yarn_scale(rope) if ratio else _yarn_mscale(rope["factor"], 1)
+    return not math.isclose(_deepseek_yarn_scale(rope), theirs)
 
 
 def _full_attention(c: dict[str, Any]) -> dict[str, Any]:
@@ -615,6 +655,43 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "outgrows it",
         reads_as=_wider_window,
     ),
+    # DeepSeek-V3: both engines serve V2, V3 (and their descendants) with one port (models/deepseek_v2.py).
+    *_each("vllm", VLLM_NEW, ("deepseek_v3",), ("error",), _not("hidden_act", "silu"),
+           "refuses at load: its DeepseekV2MLP and DeepseekV2MoE implement only SiLU (\"Only silu is supported for "
+           "now\")", "Unsupported activation"),
+    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("error",), lambda c: True,
+               "refuses chunked prefill and the prefix cache: vLLM's CPU platform turns both off for every MLA model "
+               "(CpuPlatform.check_and_update_config: \"MLA is enabled on a non-GPU platform; forcing chunked "
+               "prefill and prefix caching to be disabled\"), and parity's adapter says so rather than compare "
+               "whole prompts as chunked or cached ones", "off for this model (asked for, not run)"),
+    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("error",), lambda c: _scaled(c) and not _states_original(c),
+               "refuses at load: vLLM's DeepSeek attention renames every scaled RoPE type to \"deepseek_yarn\" "
+               "(deepseek_v2.py), whose rotary needs original_max_position_embeddings, which linear and dynamic "
+               "scaling do not state", "original_max_position_embeddings"),
+    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("q_rot", "k_rot"),
+               lambda c: _states_original(c) and _deepseek_yarn_misread(c),
+               "vLLM's DeepSeek attention renames every scaled RoPE type to \"deepseek_yarn\" (deepseek_v2.py) and "
+               "rotates with DeepseekScalingRotaryEmbedding, which reads only factor, the original context, the "
+               "betas and the mscales: other types run as YaRN, YaRN's attention_factor and truncate are ignored, "
+               "and its cos/sin scale is always mscale over mscale_all_dim (defaults 1 and 0), where transformers "
+               "takes that ratio only when both are stated", reads_as=_as_deepseek_yarn),
+    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("q_rot", "k_rot", "attn_out"), lambda c: bool(c.get("attention_bias")),
+               "vLLM's DeepSeek MLA builds q_a_proj, kv_a_proj_with_mqa and o_proj without bias whatever "
+               "attention_bias says (deepseek_v2.py), and its loader drops the checkpoint's biases (as a GPTQ "
+               "model's \"extra\" biases)", reads_as=_read_as(attention_bias=False)),
+    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("q_rot", "k_rot"), lambda c: True,
+               "vLLM's CPU rotary kernel (RotaryEmbedding.forward_cpu, ops.rotary_embedding, in place) takes q and k "
+               "as packed rows, heads head_size apart and tokens heads x head_size apart; DeepSeek's MLA hands it "
+               "views (mla.py): q's rotary parts, heads qk_nope_head_dim + qk_rope_head_dim apart, and k_pe inside "
+               "kv_a_proj_with_mqa's output, tokens kv_lora_rank + qk_rope_head_dim apart. With two heads or more "
+               "q is rotated wrong; in a prefill of two tokens or more the key rotation lands in the latent part of "
+               "other rows and the prompt's shared rotary keys stay unrotated in the KV cache, so every decode step "
+               "attends to unrotated prompt keys (measured on the kernel alone: both views rotated wrong, contiguous "
+               "copies right)"),
+    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("q_rot", "k_rot"), _not("rope_interleave", True),
+               "vLLM's DeepseekV2MLAAttention builds its rotary with is_neox_style=False whatever rope_interleave "
+               "says (deepseek_v2.py): rotate-half checkpoints (rope_interleave False) are rotated in interleaved "
+               "pairs", reads_as=_read_as(rope_interleave=True)),
 )
 
 

@@ -54,6 +54,12 @@ class ModuleNames:
     router: str | None = None
     """The router linear of a mixture-of-experts block, under ``mlp``; None for a dense family. A layer
     whose block has no such module (a dense layer of a sparse model) records no routing."""
+    latent_attention: bool = False
+    """Multi-head latent attention (DeepSeek's MLA): q/k are compared on their rotary part only, q_rot each
+    head's last ``head_dim`` (= ``qk_rope_head_dim``) dimensions and k_rot the one rotary key every head shares.
+    Engines attend over the compressed latent in decode and never form a whole key per head, so the rotary
+    parts, as their rotary modules return them, are what all three implementations have; the heads'
+    non-rotary parts reach the comparison through attn_out."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,7 @@ FEATURES: Mapping[str, str] = MappingProxyType({
     "attn_logit_softcapping": "attn_logit_softcapping",
     "final_logit_softcapping": "final_logit_softcapping",
     "shared_expert_gate": "shared_expert_intermediate_size",  # Qwen2-MoE's gated shared expert
+    "latent_attention": "kv_lora_rank",  # DeepSeek's multi-head latent attention (MLA)
 })
 
 
@@ -230,6 +237,11 @@ def rope_sets(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     rope = config.get("rope_parameters") or {}
     nested = {f"rope_parameters.{k}": v for k, v in rope.items() if isinstance(v, Mapping)}
     return nested or ({"rope_parameters": rope} if rope else {})
+
+
+def kv_heads(config: Mapping[str, Any]) -> int:
+    """A (canonical) config's key/value heads; unset (DeepSeek's MLA), one per query head, as transformers derives it."""
+    return config.get("num_key_value_heads") or config["num_attention_heads"]
 
 
 def features(config: Mapping[str, Any]) -> list[str]:
@@ -317,6 +329,15 @@ _NO_SPECIAL_TOKENS = {"pad_token_id": None, "eos_token_id": None, "bos_token_id"
 _GEMMA_WINDOWED: dict[str, Any] = {"tie_word_embeddings": (True, False), "attention_bias": (False, True),
                                    "sliding_windows": (4, 7), "activations": _GEMMA_ACTIVATIONS,
                                    "fixed": _NO_SPECIAL_TOKENS}
+
+# DeepSeek-V3's routing as released: sigmoid scores, grouped top-k with a correction bias. transformers' DeepSeek-V3
+# always routes that way and reads neither key; engine ports read both from config.json (vLLM's softmax default drops
+# the correction bias, SGLang's port fails without them), and released V3 configs state both.
+_DEEPSEEK_ROUTING = {"topk_method": "noaux_tc", "scoring_func": "sigmoid"}
+# vLLM's CPU MLA decode kernel (mla_decode_kvcache_cpu) is compiled for one latent cache width only: kv_lora_rank 512
+# plus qk_rope_head_dim 64 (CPUMLABackend.get_supported_head_sizes() == [576]), the widths of every released V2/V3.
+_MLA_WIDTHS = ("vLLM's CPU MLA decode kernel is compiled only for a 576-wide latent cache (kv_lora_rank 512 + "
+               "qk_rope_head_dim 64, CPUMLABackend.get_supported_head_sizes()), the widths of released DeepSeek-V2/V3")
 
 ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
     "llama": ArchSpec(
@@ -551,6 +572,49 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
                                "as released Cohere2 configs state it"},
         modules=ModuleNames(qk_input="attn", stream_first=True),
         fixed=_NO_SPECIAL_TOKENS,
+    ),
+    # DeepSeek-V3 (V2 by its knobs): multi-head latent attention (q through an optional low-rank q_lora_rank
+    # bottleneck, k/v from one kv_lora_rank latent; RoPE decoupled on a qk_rope_head_dim slice of q and on one key
+    # shared by every head, in interleaved pairs unless rope_interleave is False) and DeepSeek-MoE: sigmoid router
+    # scores, expert groups of which topk_group are kept (ranked by their two best biased scores), the correction
+    # bias for the selection only, routed_scaling_factor on the routed sum, n_shared_experts always-on experts,
+    # and the first first_k_dense_replace layers dense. head_dim is the config's own qk_rope_head_dim.
+    "deepseek_v3": ArchSpec(
+        model_type="deepseek_v3",
+        architecture="DeepseekV3ForCausalLM",
+        head_dims=(64,),
+        kv_heads=(1, 2, 4),  # the head count: num_key_value_heads is left to the config to derive (pinned)
+        gqa_groups=(1,),
+        layers=(2, 3),
+        attention_bias=(False, True),
+        knobs={"q_lora_rank": (None, 32), "qk_nope_head_dim": (32, 64), "v_head_dim": (64, 32),
+               "n_routed_experts": (8, 16), "num_experts_per_tok": (2, 1), "n_group": (2, 4), "topk_group": (1, 2),
+               "routed_scaling_factor": (2.5, 1.0), "norm_topk_prob": (True, False), "n_shared_experts": (1, 2),
+               "first_k_dense_replace": (1, 0), "moe_intermediate_size": _MOE_SIZES["moe_intermediate_size"],
+               "rope_interleave": (True, False)},
+        # transformers' DeepSeek-V3 needs a factor for every scaled RoPE type (yarn_apply_mscale reads it).
+        rope_values={"longrope": {"factor": (2.0,)}},
+        pinned={"kv_lora_rank": _MLA_WIDTHS, "qk_rope_head_dim": _MLA_WIDTHS,
+                "head_dim": "DeepseekV3Config derives head_dim from qk_rope_head_dim (pinned) whatever is stated; the "
+                            "drawn value is written equal to it",
+                "num_key_value_heads": "MLA has a key and a value per query head (kv_b_proj makes num_attention_heads "
+                                       "of each): any other value than the head count fails in transformers' "
+                                       "attention, so it is left unset for the config to derive (released configs "
+                                       "state the head count)",
+                "max_position_embeddings": "changes nothing transformers' DeepSeek-V3 computes on parity's prompts: "
+                                           "dynamic NTK rescales only past it (128 or more; prompts reach 47 "
+                                           "positions), and LongRoPE derives its factor from it only when none is "
+                                           "stated, which this family always states; drawn all the same, for the "
+                                           "engines' rotary tables",
+                **dict.fromkeys(_DEEPSEEK_ROUTING, "read by engine ports only: transformers' DeepSeek-V3 always routes "
+                                                   "with sigmoid scores and the correction bias, which these values "
+                                                   "ask of the engines")},
+        modules=ModuleNames(router="gate", latent_attention=True),
+        ci_examples=_MOE_CI_EXAMPLES,
+        # moe_layer_freq: every layer past the dense ones sparse, as released configs state it; transformers'
+        # DeepSeek-V3 has no such key, SGLang's port fails without it.
+        fixed={**_NO_SPECIAL_TOKENS, **_DEEPSEEK_ROUTING, "kv_lora_rank": 512, "qk_rope_head_dim": 64,
+               "num_key_value_heads": None, "moe_layer_freq": 1},
     ),
 })
 

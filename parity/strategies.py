@@ -75,12 +75,18 @@ ROPE_SCALING: dict[str, dict[str, tuple[Any, ...]]] = {
 }
 
 
+def rope_candidates(spec: ArchSpec, rope_type: str) -> dict[str, tuple[Any, ...]]:
+    """The parameters drawn for ``rope_type`` in the entry's family, each with its candidates (plainest first):
+    ``ROPE_SCALING``'s, with the family's own (``ArchSpec.rope_values``) in their place."""
+    candidates = {**ROPE_SCALING[rope_type], **spec.rope_values.get(rope_type, {})}
+    return {k: values for k, values in candidates.items() if values}
+
+
 @st.composite
 def rope_scaling(draw: st.DrawFn, spec: ArchSpec) -> dict[str, Any]:
     """A ``rope_type`` from the entry's variants and that variant's parameters."""
     rope_type = draw(st.sampled_from(spec.rope_types))
-    candidates = {**ROPE_SCALING[rope_type], **spec.rope_values.get(rope_type, {})}
-    params = {k: draw(st.sampled_from(values)) for k, values in candidates.items() if values}
+    params = {k: draw(st.sampled_from(values)) for k, values in rope_candidates(spec, rope_type).items()}
     return {"rope_type": rope_type, **{k: v for k, v in params.items() if v != OMIT}}
 
 
@@ -226,7 +232,7 @@ class ExecutionSurface:
 def tensor_parallel_fits(config: dict[str, Any], ranks: int) -> bool:
     """Whether the (canonical) config splits over ``ranks``: whole query heads and MLP columns per rank, and
     kv heads split evenly or replicated evenly (engines' rule for GQA under TP)."""
-    kv = config["num_key_value_heads"]
+    kv = registry.kv_heads(config)
     return (config["num_attention_heads"] % ranks == 0 and (config.get("intermediate_size") or 0) % ranks == 0
             and (kv % ranks == 0 or ranks % kv == 0))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.records import BackendInfo, ExampleRecord, Report, Summary
-from parity.registry import ARCHITECTURES, canonical_config, rope_sets
+from parity.registry import ARCHITECTURES, canonical_config, kv_heads, rope_sets
 
 
 def _count(table: dict[str, dict[str, int]], outer: str, inner: str) -> None:
@@ -40,7 +40,8 @@ def _knobs(ex: ExampleRecord) -> dict[str, Any]:
     c = canonical_config(ex.arch, ex.config)
     sets = list(rope_sets(c).values())
     rope = sets[0] if sets else {}  # the first layer type's, for a family with RoPE per layer type
-    heads, kv = c.get("num_attention_heads"), c.get("num_key_value_heads")
+    heads = c.get("num_attention_heads")
+    kv = kv_heads(c) if heads else None
     head_dim = c.get("head_dim") or (c["hidden_size"] // heads if heads and "hidden_size" in c else None)
     spec = ARCHITECTURES.get(ex.arch)
     return {

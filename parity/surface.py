@@ -99,7 +99,7 @@ def drawn_values(drawn: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
 
 def probe_configs(arch: str, seed: int = 0) -> list[dict[str, Any]]:
     """The configs whose reads and effects make up the family's surface: the first draws, and the
-    plainest draw under every RoPE scaling type (``strategies.ROPE_SCALING``)."""
+    plainest draw under every RoPE scaling type with the family's plainest parameters (``strategies.rope_candidates``)."""
     drawn = [e.config for e in strategies.sample(arch, PROBE_DRAWS, seed)]
     drawn.append(_switched_on(arch, drawn))
     if "rope_parameters" not in drawn[0]:
@@ -109,7 +109,7 @@ def probe_configs(arch: str, seed: int = 0) -> list[dict[str, Any]]:
     plain = _every_layer_type(arch, max(drawn, key=_rotated))
     variants = []
     for rope_type, overrides in ROPE_PROBES.items():
-        plainest = {k: v[0] for k, v in strategies.ROPE_SCALING[rope_type].items()}
+        plainest = {k: v[0] for k, v in strategies.rope_candidates(registry.get(arch), rope_type).items()}
         for override in overrides:
             params = {**plainest, **override}
             config = copy.deepcopy(plain)

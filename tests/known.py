@@ -45,3 +45,16 @@ def search_judging(session, arch, profile, seed):
         patch.setattr(session, "known", known)
         minimal = search(session, arch, profile, seed)
     return minimal, [session.records[i] for i in dict.fromkeys(seen) if i in session.records]
+
+
+# Families no example of which any engine computes without a known bug in the way: vLLM's CPU rotary kernel rotates
+# DeepSeek-V3's MLA q/k views wrong on every config, and SGLang's CPU attention has no MLA path (unsupported).
+# Strict: the day an engine computes one, the test passes, fails as XPASS, and the family leaves this list.
+NOTHING_COMPARED = {"deepseek_v3": "every vLLM result is its CPU rotary kernel's known issue (MLA q/k views rotated "
+                                   "wrong); SGLang is unsupported on CPU (no MLA path in its torch_native backend)"}
+
+
+def archs_compared(archs):
+    """``archs`` as pytest parameters, the families of ``NOTHING_COMPARED`` expected to fail (strictly)."""
+    return [pytest.param(a, marks=pytest.mark.xfail(strict=True, reason=NOTHING_COMPARED[a]))
+            if a in NOTHING_COMPARED else a for a in archs]

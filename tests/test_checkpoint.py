@@ -1,4 +1,4 @@
-"""Tiny checkpoints: embeddings are found by module type, whatever a family calls them.
+"""Tiny checkpoints: embeddings are found by module type, whatever a family calls them; saved buffers are drawn too.
 
 Runs ``checkpoint.randomize`` where it runs in a parity run, in the transformers environment."""
 

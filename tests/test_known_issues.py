@@ -1,7 +1,9 @@
+import math
+
 import pytest
 
 from parity import judge
-from parity.known_issues import KNOWN_ISSUES, KnownIssue, applicable, explain, listed, release
+from parity.known_issues import KNOWN_ISSUES, KnownIssue, applicable, explain, listed, matches, release
 from parity.records import Divergence
 
 QWEN3 = {"attention_bias": True}
@@ -110,3 +112,29 @@ def test_rope_entries_of_a_family_with_rope_per_layer_type_judge_the_layer_types
     (table,) = [i for i in listed("vllm", "0.32.0", "gemma3_text") if "YaRNScaling" in i.diagnosis]
     assert table.applies(gemma3(2)) and table.starts(gemma3(2)) == 16  # the sliding layers' 8 x 2 positions
     assert explain([("vllm", "0.32.0")], "gemma3_text", gemma3(2), "q_rot", position=15) is None
+
+
+def _deepseek(**rope):
+    return {"rope_interleave": True, "rope_parameters": {"rope_theta": 10000.0, **rope}}
+
+
+def test_deepseek_yarn_is_matched_where_vllm_computes_otherwise_and_read_as_it_computes():
+    from parity.known_issues import _as_deepseek_yarn
+
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+    # Only this entry's matches: vLLM's CPU rotary kernel rotates every DeepSeek q wrong (its own entry).
+    diverges = lambda c: [m for m in matches([("vllm", "0.32.0")], "deepseek_v3", c, "q_rot")  # noqa: E731
+                          if "deepseek_yarn" in m.issue.diagnosis]
+    assert not diverges(_deepseek(**yarn))  # DeepSeek-YaRN is transformers' YaRN there
+    assert not diverges(_deepseek(**yarn, mscale=0.5, mscale_all_dim=1.0))  # the ratio, in both
+    for misread in ({"attention_factor": 0.8}, {"truncate": False}, {"mscale": 0.5}, {"mscale_all_dim": 1.0},
+                    {"rope_type": "llama3"}):
+        assert diverges(_deepseek(**{**yarn, **misread})), misread
+    linear = _deepseek(rope_type="linear", factor=2.0)
+    assert not diverges(linear)  # refused at load instead
+    assert explain([("vllm", "0.32.0")], "deepseek_v3", linear, "error", "KeyError: 'original_max_position_embeddings'")
+    # Read as the port computes: YaRN, its own scale stated, only the parameters it takes.
+    read = _as_deepseek_yarn(_deepseek(**{**yarn, "rope_type": "llama3"}, mscale=0.5, truncate=False, low_freq_factor=1.0))
+    assert read["rope_parameters"] == {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                       "original_max_position_embeddings": 16, "mscale": 0.5,
+                                       "attention_factor": pytest.approx(0.1 * 0.5 * math.log(4.0) + 1.0)}

@@ -19,7 +19,7 @@ def test_examples_are_valid_by_construction(data):
     # Written under the family's own key names, counted under parity's.
     assert set(spec.config_keys.values()) <= set(ex.config) and not set(spec.config_keys) & set(ex.config)
     c = registry.canonical_config(arch, ex.config)
-    assert c["num_attention_heads"] % c["num_key_value_heads"] == 0
+    assert c["num_attention_heads"] % registry.kv_heads(c) == 0
     head_dim = c["head_dim"] if spec.states_head_dim else c["hidden_size"] // c["num_attention_heads"]
     assert head_dim in (32, 64) and ("head_dim" in c) == spec.states_head_dim
     assert spec.layers[0] <= c["num_hidden_layers"] <= spec.layers[1]

@@ -65,6 +65,15 @@ def test_probes_of_a_family_with_rope_per_layer_type_reach_every_type_under_ever
     assert {c["rope_parameters"][types[1]]["rope_type"] for c in probes} >= set(registry.get("gemma3_text").rope_types[1:])
 
 
+def test_rope_probes_take_the_familys_own_parameters():
+    # transformers' DeepSeek-V3 fails a scaled RoPE without a factor: its entry always states LongRoPE's.
+    probes = [c["rope_parameters"] for c in surface.probe_configs("deepseek_v3")[surface.PROBE_DRAWS + 1:]]
+    longrope = [r for r in probes if r["rope_type"] == "longrope"]
+    assert longrope and all(r["factor"] == 2.0 for r in longrope)
+    assert not any("factor" in r for c in surface.probe_configs("llama")[surface.PROBE_DRAWS + 1:]
+                   for r in [c["rope_parameters"]] if r["rope_type"] == "longrope")  # the plainest omits it
+
+
 def test_nested_config_dicts_are_recorded_and_changed_key_by_key():
     from parity.worker.surface import _RecordingDict, put
 

@@ -14,7 +14,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "patches"
 pytestmark = pytest.mark.parity
 
 
-@pytest.mark.parametrize("arch", list(registry.ARCHITECTURES))
+@pytest.mark.parametrize("arch", known.archs_compared(registry.ARCHITECTURES))
 def test_vllm_agrees_with_transformers(parity_sessions, arch):
     session = parity_sessions(["vllm"])
     minimal, records = known.search_judging(session, arch, get("dev"), seed=1)

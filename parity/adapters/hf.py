@@ -2,7 +2,7 @@
 
 q/k after RoPE are captured where attention takes them in, after any q/k norm and
 with a partially rotated head put back together (engines' rotary modules return
-them the same way): transformers' module-level ``eager_attention_forward`` of the
+them the same way; multi-head latent attention's cut to their rotary parts, see ``latent_rotary``): transformers' module-level ``eager_attention_forward`` of the
 model's own modeling module, or, in families that predate the attention
 interface (GPT-J), the attention module's own ``_attn``. Both are wrapped for the
 duration of a run. Keys arrive concatenated with the cached ones: the last rows
@@ -25,6 +25,19 @@ from parity.worker.contract import RunRequest, SurfaceReply, SurfaceRequest
 
 def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
+
+
+def latent_rotary(query: torch.Tensor, key: torch.Tensor, width: int,
+                  interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-head latent attention's ``[batch, heads, seq, qk_head_dim]`` q and k as parity compares them
+    (``ModuleNames.latent_attention``): each head's rotary part (the last ``width`` dimensions) and the one rotary
+    key every head shares, its pairs in place. transformers' interleaved RoPE returns a rotated part de-interleaved,
+    the even dimensions then the odd ones (``apply_rotary_pos_emb_interleave``), which leaves every q.k unchanged;
+    engines keep the pairs where the checkpoint lays them out."""
+    q, k = query[..., -width:], key[:, :1, :, -width:]
+    if interleaved:
+        q, k = (t.unflatten(-1, (2, width // 2)).transpose(-1, -2).flatten(-2) for t in (q, k))
+    return q, k
 
 
 class Adapter(EngineAdapter[Any]):
@@ -110,7 +123,10 @@ class Adapter(EngineAdapter[Any]):
             original = modeling.eager_attention_forward
 
             def eager_attention_forward(module, query, key, *args, **kwargs):
-                record_qk(query, key)
+                if parts.names.latent_attention:
+                    record_qk(*latent_rotary(query, key, rec.head_dim, module.config.rope_interleave))
+                else:
+                    record_qk(query, key)
                 return original(module, query, key, *args, **kwargs)
 
             hooks.replace(modeling, "eager_attention_forward", eager_attention_forward)

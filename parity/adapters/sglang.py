@@ -97,7 +97,8 @@ class Adapter(EngineAdapter[Any]):
         layer's ``logit_cap`` computes plain softmax attention, so soft-capped models would run,
         but wrongly (it takes any head size); a Qwen2-MoE block that gates its shared expert with
         the Triton kernel ``fused_gate_sigmoid_mul_add`` outside the Intel AMX backend (which
-        parity's CPU stand-in leaves off) fails on CPU, where Triton has no driver."""
+        parity's CPU stand-in leaves off) fails on CPU, where Triton has no driver; a torch_native
+        backend without an MLA path cannot serve DeepSeek's latent KV cache."""
         import inspect
 
         from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
@@ -111,6 +112,12 @@ class Adapter(EngineAdapter[Any]):
             lacking["shared_expert_gate"] = (
                 "its Qwen2-MoE gates the shared expert with a Triton kernel (fused_gate_sigmoid_mul_add) unless "
                 "Intel AMX kernels are loaded; Triton has no CPU driver (\"0 active drivers\")")
+        if self.device == "cpu" and "mla" not in inspect.getsource(TorchNativeAttnBackend).lower():
+            lacking["latent_attention"] = (
+                "its torch_native attention backend (the one that runs on CPU without Intel AMX kernels) has no MLA "
+                "path: DeepSeek's prefill attends with the decompressed 128-wide queries over the layer's cache "
+                "buffer, the 576-wide compressed latent (\"Expected size for first two dimensions of batch2 tensor to "
+                "be: [1, 128] but got: [1, 576]\")")
         return lacking
 
     def unsupported_execution(self) -> dict[str, str]:

@@ -130,10 +130,14 @@ class Adapter(EngineAdapter[Any]):
 
     def _engine(self, request: RunRequest, ranks: int) -> Any:
         # Only whole blocks are reused: the default block (128 tokens on CPU) is longer than any prompt.
-        return runner.load(request.checkpoint, request.dtype, self.device, [list(p) for p in request.prompts],
-                           request.decode_steps, tensor_parallel=ranks,
-                           prefill_chunk=request.execution.prefill_chunk,
-                           prefix_block=PREFIX_BLOCK if request.execution.prefix_cache else None)
+        llm = runner.load(request.checkpoint, request.dtype, self.device, [list(p) for p in request.prompts],
+                          request.decode_steps, tensor_parallel=ranks, prefill_chunk=request.execution.prefill_chunk,
+                          prefix_block=PREFIX_BLOCK if request.execution.prefix_cache else None)
+        dropped = _dropped_modes(llm.llm_engine.vllm_config, request.execution.modes())
+        if dropped:
+            del llm  # unreachable before the teardown's collection
+            raise RuntimeError(f"vLLM turned {' and '.join(dropped)} off for this model (asked for, not run)")
+        return llm
 
     def _one_rank_failure(self, request: RunRequest) -> str:
         """Why the model fails to load at one rank, where the engine's own error reaches this process
@@ -206,6 +210,15 @@ class Adapter(EngineAdapter[Any]):
         del loaded  # unreachable before the cleanup's own gc.collect(), so its memory goes now
         cleanup_dist_env_and_memory()
         rotary_embedding._ROPE_DICT.clear()
+
+
+def _dropped_modes(config: Any, modes: list[str]) -> list[str]:
+    """The execution modes asked for that vLLM's engine config turned off again: its CPU platform does so for
+    chunked prefill and the prefix cache with MLA models (``CpuPlatform.check_and_update_config``), and the prompts
+    would then run whole, compared as if chunked or cached."""
+    kept = {"chunked_prefill": config.scheduler_config.enable_chunked_prefill,
+            "prefix_cache": config.cache_config.enable_prefix_caching}
+    return [mode for mode in modes if kept.get(mode) is False]
 
 
 def _thread_binds(ranks: int) -> str:

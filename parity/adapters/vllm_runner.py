@@ -37,7 +37,20 @@ def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], dec
         # On CPU this is the fraction of RAM reserved; the default 0.92 fails.
         gpu_memory_utilization=0.1 if device == "cpu" else 0.3,
         load_format="safetensors", trust_remote_code=False,
+        attention_config=_cpu_mla_backend(checkpoint, dtype, device),
     )
+
+
+def _cpu_mla_backend(checkpoint: str, dtype: str, device: str) -> dict[str, str] | None:
+    """vLLM's reference MLA backend for a multi-head latent attention model in float32 on CPU. vLLM prefers its
+    AMX MLA backend wherever the CPU has AMX tiles (``CpuPlatform.get_attn_backend_cls``), and that backend packs
+    weights in bf16/fp16 only (``amx_mla.py``: ``convert_weight_packed`` raises "expect weight to be bfloat16,
+    float16, ..." at load); CPU_MLA, which vLLM takes when asked, runs float32. None: vLLM's own choice."""
+    import json
+    from pathlib import Path
+
+    latent = json.loads((Path(checkpoint) / "config.json").read_text()).get("kv_lora_rank") is not None
+    return {"backend": "CPU_MLA"} if device == "cpu" and dtype == "float32" and latent else None
 
 
 def model(llm: Any) -> torch.nn.Module:
