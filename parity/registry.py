@@ -310,8 +310,10 @@ _MOE_CI_EXAMPLES = 4
 # some layers dense (an MLP intermediate_size wide; the config class takes only a list of layers).
 _QWEN_MOE_KNOBS = {"num_experts": (4, 8), **_MOE_SIZES, "decoder_sparse_step": (1, 2), "mlp_only_layers": ([], [0]),
                    "use_sliding_window": (False, True)}
-_QWEN_MOE: dict[str, Any] = {"layers": (1, 3), "sliding_windows": _QWEN_WINDOWS["sliding_windows"],
-                             "modules": _MOE_MODULES, "ci_examples": _MOE_CI_EXAMPLES}
+# Mixtures of experts: up to three layers (each example ~4.5 s on 2 cores), a router named "gate", fewer ci
+# examples.
+_MOE: dict[str, Any] = {"layers": (1, 3), "modules": _MOE_MODULES, "ci_examples": _MOE_CI_EXAMPLES}
+_QWEN_MOE: dict[str, Any] = {**_MOE, "sliding_windows": _QWEN_WINDOWS["sliding_windows"]}
 
 # GLM-4-MoE's grouped routing: (experts, groups, groups kept, experts per token), each valid together (the
 # groups divide the experts, two or more per group, as its group score sums each group's best two; the
@@ -514,13 +516,11 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         explicit_head_dim=False,
         states_head_dim=False,
         rms_norm_eps=(1e-5, 1e-6, 1e-12, 1e-3),  # OLMoE's own first
-        layers=(1, 3),
         attention_bias=(False, True),
         knobs={"num_experts": (4, 8), "num_experts_per_tok": _MOE_SIZES["num_experts_per_tok"],
                "norm_topk_prob": (False, True), "clip_qkv": (None, 0.5)},
-        modules=_MOE_MODULES,
-        ci_examples=_MOE_CI_EXAMPLES,
         fixed=_NO_SPECIAL_TOKENS,
+        **_MOE,
     ),
     # Mistral attention with eight experts, two per token, always renormalised; transformers 5 calls
     # the block ``mlp``, the checkpoint and both engines ``block_sparse_moe``.
@@ -545,14 +545,12 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
         architecture="Glm4MoeForCausalLM",
         partial_rotary_factors=(0.5, 1.0, 0.25, 0.75),
         attention_bias=(False, True),
-        layers=(1, 3),
         knobs={"use_qk_norm": (False, True), "first_k_dense_replace": (0, 1),
                "moe_intermediate_size": _MOE_SIZES["moe_intermediate_size"], "n_shared_experts": (1, 2),
                "routed_scaling_factor": (1.0, 2.5), "norm_topk_prob": (True, False)},
         knob_sets=(_GLM4_MOE_GROUPS,),
-        modules=_MOE_MODULES,
-        ci_examples=_MOE_CI_EXAMPLES,
         fixed=_NO_SPECIAL_TOKENS,
+        **_MOE,
     ),
     # Command R7B / Command A: LayerNorm without bias, attention and MLP in parallel off one norm, logits
     # multiplied by logit_scale, interleaved (rotate-every-two) RoPE on the sliding-window layers only:
