@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from parity import __version__, change, envs, gate, interrupts, pr, profiles, registry, repro, support, surface
+from parity import __version__, change, envs, gate, generic_tier, interrupts, pr, profiles, registry, repro, support, surface
 from parity import report as report_mod
 from parity.backends import BACKENDS, BackendSpec, BackendUsageError, parse, parse_backends
 from parity.example import Example
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="search generated configs for divergences between backends and transformers")
     run.add_argument("--arch", action="append", metavar="NAME",
                      help=f"architecture to test (repeatable). Default: all of {', '.join(registry.ARCHITECTURES)}")
+    run.add_argument("--tier", choices=TIERS, default="full",
+                     help="without --arch, which architectures: the registry's (full), those derived from "
+                          "transformers' config classes (generic, see `parity generic`), or all. Default: %(default)s")
     run.add_argument("--backend", action="append", metavar="NAME[@LABEL][=PYTHON]",
                      help=f"backend to test (repeatable); NAME in {', '.join(b for b in BACKENDS if b != 'transformers')} "
                           "(or transformers, to test a patched reference); =PYTHON uses your own environment. Default: vllm")
@@ -122,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     archs.add_argument("--backend", action="append", metavar="NAME[@LABEL][=PYTHON]",
                        help="also start these backends' workers and ask each engine what it supports (repeatable)")
     _common(archs)
+    gen = sub.add_parser("generic", help="list the architectures transformers and the engines all implement, and "
+                                         "the generic tier's tiny config for those without a registry entry",
+                         description="Starts the reference and the --backend workers (default: vllm and sglang).")
+    gen.add_argument("--backend", action="append", metavar="NAME[@LABEL][=PYTHON]",
+                     help="engines whose registered architectures count (repeatable)")
+    gen.add_argument("--write", action="store_true",
+                     help=f"store the table in {registry.GENERIC_TABLE.relative_to(Path(__file__).parent.parent)} "
+                          "(what runs draw the generic tier from)")
+    _common(gen)
     surf = sub.add_parser("surface", help="measure each family's config surface: what the reference reads, "
                                           "what changes its output, what the strategies vary",
                           description="Exit 0 when every key read is varied, pinned with a reason or measured "
@@ -174,9 +186,14 @@ def _exit_code(report) -> int:
     return EXIT_DIVERGED if report.summary.failing else EXIT_OK
 
 
+TIERS = ("full", "generic", "all")
+
+
 def _archs(args: argparse.Namespace) -> list[str]:
-    """``--arch`` options, each checked (default: every architecture)."""
-    archs = args.arch or list(registry.ARCHITECTURES)
+    """``--arch`` options, each checked (default: every architecture of ``--tier``)."""
+    tier = getattr(args, "tier", "full")
+    archs = args.arch or [*(registry.ARCHITECTURES if tier != "generic" else ()),
+                          *(registry.generic_entries() if tier != "full" else ())]
     for a in archs:
         registry.get(a)
     return archs
@@ -301,6 +318,9 @@ def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"{name:10} {spec.architecture:24} layers {spec.layers[0]}-{spec.layers[1]}, head_dim {spec.head_dims}, "
               f"partial_rotary {spec.partial_rotary_factors}, rope {'/'.join(spec.rope_types)}"
               + (f", features {', '.join(features)}" if features else ""))
+    for name, spec in registry.generic_entries().items():
+        print(f"{name:10} {spec.architecture:24} generic: embed, residual, final norm and logits; "
+              f"sizes {', '.join(spec.sizes)} drawn, other keys at their config class's defaults")
     if not args.backend:
         return EXIT_OK
     with tempfile.TemporaryDirectory(prefix="parity-archs-") as out:
@@ -315,6 +335,25 @@ def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
     if lines is None:
         return EXIT_USAGE
     print("\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_generic(args: argparse.Namespace, argv: list[str]) -> int:
+    with tempfile.TemporaryDirectory(prefix="parity-generic-") as out:
+        cfg = RunConfig(backends=parse_backends(args.backend or ["vllm", "sglang"], []), reference=_reference(args),
+                        device=args.device, dtype=args.dtype, out=Path(out), timeout=args.timeout)
+
+        def derive() -> dict:
+            with Session(cfg) as session:
+                return generic_tier.derive(session.reference, session.engines, args.timeout)
+
+        table = _harness(derive, args)
+    if table is None:
+        return EXIT_USAGE
+    print("\n".join(generic_tier.render(table)))
+    if args.write:
+        generic_tier.write(table)
+        print(f"parity: generic table stored in {registry.GENERIC_TABLE}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -359,5 +398,5 @@ def cmd_env(args: argparse.Namespace, argv: list[str]) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "replay": cmd_replay, "gate": cmd_gate, "repro": cmd_repro, "pr": cmd_pr, "merge": cmd_merge, "archs": cmd_archs, "surface": cmd_surface,
+COMMANDS = {"run": cmd_run, "replay": cmd_replay, "gate": cmd_gate, "repro": cmd_repro, "pr": cmd_pr, "merge": cmd_merge, "archs": cmd_archs, "generic": cmd_generic, "surface": cmd_surface,
             "schema": cmd_schema, "env": cmd_env}

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from parity.registry import ARCHITECTURES, canonical_config, kv_heads, rope_sets
+from parity.registry import canonical_config, kv_heads, lookup, rope_sets
 from parity.worker.contract import Execution
 
 # Part of every checkpoint's cache key: bump when parity/checkpoint.py changes the weights it writes.
@@ -63,7 +63,7 @@ class Example:
                 bits.append(f"partial_rotary_factor={rope['partial_rotary_factor']}")
             if rope.get("rope_type", "default") != "default":
                 bits.append(f"rope={rope['rope_type']}" + (f"@{layer_type}" if layer_type else ""))
-        spec = ARCHITECTURES.get(self.arch)
+        spec = lookup(self.arch)
         plain = {spec.activation_keys[0]: spec.activations[0]} if spec else {}
         bits += [f"{key}={c[key]}" for key in (spec.family_knobs if spec else ())
                  if c.get(key) not in (None, False, plain.get(key))]

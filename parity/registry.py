@@ -12,8 +12,11 @@ Adding an architecture is one entry in ``ARCHITECTURES``; everything else
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
 from difflib import get_close_matches
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
@@ -54,6 +57,11 @@ class ModuleNames:
     router: str | None = None
     """The router linear of a mixture-of-experts block, under ``mlp``; None for a dense family. A layer
     whose block has no such module (a dense layer of a sparse model) records no routing."""
+    coarse: bool = False
+    """The generic tier: nothing is known about the family's modules but that it is a causal LM, so only its
+    embedding, each layer's residual stream, the final norm and the logits are compared; the decoder, its
+    layers and final norm are found on each live model (``parity.worker.capture.Parts``), and the other
+    names are unused."""
     latent_attention: bool = False
     """Multi-head latent attention (DeepSeek's MLA): q/k are compared on their rotary part only, q_rot each
     head's last ``head_dim`` (= ``qk_rope_head_dim``) dimensions and k_rot the one rotary key every head shares.
@@ -165,6 +173,15 @@ class ArchSpec:
     """Config keys of this family that change the output but are held on purpose: key -> the
     reason (``parity surface`` lists them; keys pinned for every family are in ``PINNED``)."""
 
+    sizes: tuple[str, ...] = ()
+    """The generic tier (an entry derived from transformers' config class, not written here): the size keys,
+    under parity's names, that its config class has and the strategies draw; every other key stays at the
+    class's default, but those in ``fixed``. Empty for a registry entry."""
+
+    @property
+    def tier(self) -> str:
+        return "generic" if self.sizes else "full"
+
     @property
     def family_knobs(self) -> tuple[str, ...]:
         """Config keys (parity's names) this family draws beyond the shape every family has:
@@ -221,7 +238,7 @@ def family_config(spec: ArchSpec, drawn: Mapping[str, Any]) -> dict[str, Any]:
 
 def canonical_config(arch: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` under parity's key names again: what coverage counts across families."""
-    spec = ARCHITECTURES.get(arch)
+    spec = lookup(arch)
     if spec is None:  # a report from a build with other entries
         return dict(config)
     renamed = {v: k for k, v in spec.config_keys.items()}
@@ -617,18 +634,60 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({
 })
 
 
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """The hint that ends an unknown-name error: what is known, and the closest match."""
-    known = list(known)
-    close = get_close_matches(name, known, n=1)
-    return f"known: {', '.join(known)}." + (f" Did you mean {close[0]!r}?" if close else "")
+def did_you_mean(name: str, known: Iterable[str], more: Iterable[str] = (), more_text: str = "") -> str:
+    """The hint that ends an unknown-name error: what is known (and ``more_text`` for the ``more`` names too
+    many to list), and the closest match among all of them."""
+    known, more = list(known), list(more)
+    close = get_close_matches(name, known + more, n=1)
+    return (f"known: {', '.join(known)}{more_text}." + (f" Did you mean {close[0]!r}?" if close else ""))
+
+
+GENERIC_TABLE = Path(__file__).with_name("measured") / "generic.json"
+"""The generic tier's derived entries, written by ``parity generic --write``."""
+
+GENERIC_SIZES: Mapping[str, tuple[Any, ...]] = MappingProxyType({
+    "head_dims": (32, 64), "gqa_groups": (1, 2), "layers": (1, 2), "intermediate_sizes": (64, 128),
+    "vocab_sizes": (256,)})
+"""What a generic entry draws: small, and plainest first, like every entry."""
+
+
+@functools.cache
+def generic_table() -> Mapping[str, Any]:
+    """The stored generic table: the engines' versions it was derived for, and per model type its derived
+    entry or why none could be derived. Empty before the first ``parity generic --write``."""
+    return json.loads(GENERIC_TABLE.read_text()) if GENERIC_TABLE.exists() else {"versions": {}, "entries": {}}
+
+
+@functools.cache
+def generic_entries() -> Mapping[str, ArchSpec]:
+    """The generic tier: an entry for every model type in the generic table that parity could derive a tiny
+    model for and that no registry entry covers."""
+    entries = {}
+    for model_type, derived in generic_table()["entries"].items():
+        if "error" in derived or model_type in ARCHITECTURES:
+            continue
+        keys = derived["keys"]
+        # A config class without key/value heads is plain multi-head attention: kv heads are the heads.
+        heads = {} if "num_key_value_heads" in keys else {"kv_heads": (2, 4), "gqa_groups": (1,)}
+        entries[model_type] = ArchSpec(
+            model_type=model_type, architecture=derived["architecture"], **{**GENERIC_SIZES, **heads},
+            explicit_head_dim=False, states_head_dim="head_dim" in keys, fixed=derived["fixed"],
+            config_keys={k: v for k, v in keys.items() if k != v}, modules=ModuleNames(coarse=True),
+            sizes=tuple(keys), ci_examples=1)
+    return MappingProxyType(entries)
+
+
+def lookup(name: str) -> ArchSpec | None:
+    """The entry named ``name``, of either tier; None where there is none (a report from another build)."""
+    return ARCHITECTURES.get(name) or generic_entries().get(name)
 
 
 def get(name: str) -> ArchSpec:
-    try:
-        return ARCHITECTURES[name]
-    except KeyError:
+    spec = lookup(name)
+    if spec is None:
         raise UnknownArchitecture(
-            f"unknown architecture {name!r}; {did_you_mean(name, ARCHITECTURES)} "
+            f"unknown architecture {name!r}; "
+            f"{did_you_mean(name, ARCHITECTURES, generic_entries(), ' and the generic tier (parity archs)')} "
             f"(to add one, add an entry to ARCHITECTURES in parity/registry.py)"
         ) from None
+    return spec

@@ -156,6 +156,18 @@ def model_configs(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) -> 
 
 
 @st.composite
+def generic_configs(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) -> dict[str, Any]:
+    """A generic-tier config (``ArchSpec.sizes``): the sizes its config class has, drawn small, and the
+    derived fixed values; every other key is left to the config class's default."""
+    drawn = {**draw(attention_shapes(spec, head_dims)), "num_hidden_layers": draw(st.integers(*spec.layers)),
+             "intermediate_size": draw(st.sampled_from(spec.intermediate_sizes)),
+             "vocab_size": draw(st.sampled_from(spec.vocab_sizes))}
+    config = {"model_type": spec.model_type, "architectures": [spec.architecture],
+              **{k: v for k, v in drawn.items() if k in spec.sizes}, **spec.fixed}
+    return family_config(spec, config)
+
+
+@st.composite
 def optional_knobs(draw: st.DrawFn, spec: ArchSpec) -> dict[str, Any]:
     """Knobs only some families have: drawn only where the entry offers values."""
     knobs: dict[str, Any] = {}
@@ -253,14 +265,15 @@ def executions(draw: st.DrawFn, config: dict[str, Any], surface: ExecutionSurfac
 @st.composite
 def examples(draw: st.DrawFn, arch: str, spec: ArchSpec, head_dims: Sequence[int], decode_steps: int,
              execution: ExecutionSurface = ExecutionSurface()) -> Example:
-    config = draw(model_configs(spec, head_dims))
+    config = draw((generic_configs if spec.tier == "generic" else model_configs)(spec, head_dims))
     weight_seed = draw(st.integers(0, 2**31 - 1))
-    execution = draw(executions(registry.canonical_config(arch, config), execution))
+    canonical = registry.canonical_config(arch, config)
+    execution = draw(executions(canonical, execution))
     return Example(
         arch=arch,
         config=config,
         weight_seed=weight_seed,
-        prompts=draw(prompt_batches(config["vocab_size"],
+        prompts=draw(prompt_batches(canonical["vocab_size"],
                                     shared_prefix=SHARED_PREFIX if execution.prefix_cache else 0)),
         decode_steps=decode_steps,
         execution=execution,

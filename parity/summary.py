@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.records import BackendInfo, ExampleRecord, Report, Summary
-from parity.registry import ARCHITECTURES, canonical_config, kv_heads, rope_sets
+from parity.registry import canonical_config, kv_heads, lookup, rope_sets
 
 
 def _count(table: dict[str, dict[str, int]], outer: str, inner: str) -> None:
@@ -43,7 +43,7 @@ def _knobs(ex: ExampleRecord) -> dict[str, Any]:
     heads = c.get("num_attention_heads")
     kv = kv_heads(c) if heads else None
     head_dim = c.get("head_dim") or (c["hidden_size"] // heads if heads and "hidden_size" in c else None)
-    spec = ARCHITECTURES.get(ex.arch)
+    spec = lookup(ex.arch)
     return {
         "layers": c.get("num_hidden_layers"), "head_dim": head_dim,
         "gqa_group": heads // kv if heads and kv else None,

@@ -55,7 +55,7 @@ def test_backend_syntax():
 def test_unknown_architecture_lists_the_known_ones_and_where_to_add_one():
     with pytest.raises(UnknownArchitecture) as info:
         get("mistrall")
-    assert str(info.value) == (f"unknown architecture 'mistrall'; known: {', '.join(ARCHITECTURES)}. Did you mean "
+    assert str(info.value) == (f"unknown architecture 'mistrall'; known: {', '.join(ARCHITECTURES)} and the generic tier (parity archs). Did you mean "
                                "'mistral'? (to add one, add an entry to ARCHITECTURES in parity/registry.py)")
 
 

@@ -41,8 +41,6 @@ def test_coverage_counts_the_knob_values_each_family_draws():
 def test_a_knob_added_to_an_entry_is_described_and_covered_without_other_edits(monkeypatch):
     toy = ArchSpec(model_type="llama", architecture="LlamaForCausalLM", knobs={"toy_gate": (False, True)})
     monkeypatch.setattr("parity.registry.ARCHITECTURES", {"toy": toy})
-    monkeypatch.setattr("parity.example.ARCHITECTURES", {"toy": toy})
-    monkeypatch.setattr("parity.summary.ARCHITECTURES", {"toy": toy})
     config = {"num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
               "hidden_size": 64, "toy_gate": True}
     ex = Example("toy", config, 0, ((1, 2),), 0)

@@ -19,8 +19,8 @@ from abc import ABC, abstractmethod
 from typing import ClassVar, Generic, Mapping, TypeVar
 
 from parity.worker.capture import Hooks, NullRecorder, Recorder, config_head_dim, save
-from parity.worker.contract import (EXECUTION_MODES, Capabilities, ContractError, ModulesReply, ModulesRequest,
-                                    RunReply, RunRequest, SurfaceReply, SurfaceRequest)
+from parity.worker.contract import (EXECUTION_MODES, Capabilities, ContractError, GenericReply, GenericRequest,
+                                    ModulesReply, ModulesRequest, RunReply, RunRequest, SurfaceReply, SurfaceRequest)
 
 Loaded = TypeVar("Loaded")
 """What an engine's load returns: the model, or the engine object holding it."""
@@ -135,6 +135,9 @@ class EngineAdapter(ABC, Generic[Loaded]):
 
     def surface(self, request: SurfaceRequest) -> SurfaceReply:
         raise ContractError(f"{self.engine} does not measure config surfaces; the transformers reference does")
+
+    def generic(self, request: GenericRequest) -> GenericReply:
+        raise ContractError(f"{self.engine} does not derive configs; the transformers reference does")
 
     def model_modules(self, architecture: str) -> str | None:
         """The module defining the engine's class for ``architecture``; None where it registers none."""

@@ -19,12 +19,8 @@ import torch
 
 from parity.adapters.base import EngineAdapter
 from parity.checkpoint import REFERENCE_KERNELS
-from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, first, head_dim, hook_common
-from parity.worker.contract import RunRequest, SurfaceReply, SurfaceRequest
-
-
-def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
+from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, first, head_dim, hidden_input, hook_common
+from parity.worker.contract import GenericReply, GenericRequest, RunRequest, SurfaceReply, SurfaceRequest
 
 
 def latent_rotary(query: torch.Tensor, key: torch.Tensor, width: int,
@@ -83,6 +79,17 @@ class Adapter(EngineAdapter[Any]):
     def teardown(self, loaded: Any) -> None:
         pass  # a transformers model holds no process-wide state
 
+    def generic(self, request: GenericRequest) -> GenericReply:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        from parity.worker import generic
+
+        # Text decoders only: a ...ForConditionalGeneration class in the causal-LM table is a multimodal model.
+        wanted = {a for a in request.architectures if not a.endswith("ForConditionalGeneration")}
+        return GenericReply(entries={model_type: {"architecture": cls, **generic.derive(model_type)}
+                                     for model_type, cls in sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items())
+                                     if cls in wanted})
+
     def surface(self, request: SurfaceRequest) -> SurfaceReply:
         """The config keys transformers reads for ``request.config`` and which change its output."""
         from parity.worker import surface
@@ -106,7 +113,7 @@ class Adapter(EngineAdapter[Any]):
 
     @staticmethod
     def _install(parts: Parts, rec: Recorder) -> Hooks:
-        hooks = hook_common(rec, parts, layer_input=_layer_input, residual=lambda layer, out, args: first(out),
+        hooks = hook_common(rec, parts, layer_input=hidden_input, residual=lambda layer, out, args: first(out),
                             tokens=lambda t: t[0])  # batch of one prompt
         for _, block in parts.sparse_blocks():
             # transformers' routers return (logits, top-k weights, top-k experts).
@@ -119,6 +126,8 @@ class Adapter(EngineAdapter[Any]):
             rec.record_layer("k_rot", key[0, :, -query.shape[-2]:].transpose(0, 1))
 
         modeling = sys.modules[type(parts.decoder).__module__]
+        if parts.names.coarse:
+            return hooks
         if hasattr(modeling, "eager_attention_forward"):
             original = modeling.eager_attention_forward
 

@@ -40,7 +40,8 @@ import torch
 
 from parity.adapters import sglang_runner as runner
 from parity.adapters.base import EngineAdapter
-from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, first, forward_inputs, hook_common, hook_qk
+from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, first, forward_inputs, hidden_input, hook_common,
+                                   hook_qk)
 from parity.worker.contract import RunRequest
 
 # Where ``layers.{i}.residual`` comes from, read at every capture. "snapshot": SGLang's
@@ -57,11 +58,6 @@ def _residual(layer: torch.nn.Module, output: Any, args: tuple) -> torch.Tensor:
     if RESIDUAL_FROM != "snapshot":
         raise ValueError(f"RESIDUAL_FROM must be 'snapshot' or 'raw', not {RESIDUAL_FROM!r}")
     return runner.residual_stream(layer, output, args)
-
-
-def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
-    # Decoder layers are called as layer(positions, hidden_states, forward_batch, residual).
-    return args[1] if len(args) > 1 else kwargs["hidden_states"]
 
 
 class Adapter(EngineAdapter[Any]):
@@ -156,12 +152,12 @@ class Adapter(EngineAdapter[Any]):
 
     @staticmethod
     def _install(parts: Parts, rec: Recorder) -> Hooks:
-        hooks = hook_common(rec, parts, layer_input=_layer_input, residual=_residual)
+        hooks = hook_common(rec, parts, layer_input=hidden_input, residual=_residual)
         hooks.pre(parts.decoder, lambda m, a, kw: rec.begin_forward(*forward_inputs(a, kw)), with_kwargs=True)
         hook_qk(hooks, rec, parts)
         # Some ports (Gemma-3) rotate with the module-level function rather than a rotary module.
         modeling = sys.modules[type(parts.model).__module__]
-        if hasattr(modeling, "apply_rotary_pos_emb"):
+        if hasattr(modeling, "apply_rotary_pos_emb") and not parts.names.coarse:
             original = modeling.apply_rotary_pos_emb
 
             def apply_rotary_pos_emb(*args: Any, **kwargs: Any) -> Any:

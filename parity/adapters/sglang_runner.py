@@ -187,8 +187,9 @@ def residual_stream(layer: torch.nn.Module, output: Any, args: tuple) -> torch.T
             return output[0]
         hidden, residual = output
         return hidden + residual
-    # Decoder layers are called as layer(positions, hidden_states, forward_batch, ...).
-    forward_batch = args[2]
+    # Decoder layers are called as layer(positions, hidden_states, forward_batch, ...) (GPT-2's as
+    # layer(hidden_states, forward_batch)).
+    forward_batch = next(a for a in args if hasattr(a, "residual_stream"))
     if forward_batch.residual_stream is None:
         return output
     from sglang.srt.layers.layer_boundary.residual import batch as residual_batch

@@ -40,17 +40,13 @@ import torch
 from parity import schema
 from parity.adapters import vllm_runner as runner  # sets vLLM's environment before vllm is imported
 from parity.adapters.base import EngineAdapter
-from parity.worker.capture import Hooks, NullRecorder, Parts, Recorder, forward_inputs, hook_common, hook_qk
+from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, batch_first, forward_inputs, hidden_input,
+                                   hook_common, hook_qk)
 from parity.worker.contract import RunRequest
 
 PREFIX_BLOCK = 32
 """KV block size in tokens: the smallest vLLM's CPU attention takes (multiples of 32), so a prefix of
 ``parity.strategies.SHARED_PREFIX`` tokens fills a whole block and is reused."""
-
-
-def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
-    # Decoder layers are called as layer(positions, hidden_states, residual).
-    return args[1] if len(args) > 1 else kwargs["hidden_states"]
 
 
 class Adapter(EngineAdapter[Any]):
@@ -180,7 +176,7 @@ class Adapter(EngineAdapter[Any]):
 
     @staticmethod
     def _install(parts: Parts, rec: Recorder) -> Hooks:
-        hooks = hook_common(rec, parts, layer_input=_layer_input, residual=runner.residual_stream)
+        hooks = hook_common(rec, parts, layer_input=hidden_input, residual=runner.residual_stream, tokens=batch_first)
         hooks.before_forward(parts.decoder, lambda *a, **kw: rec.begin_forward(*forward_inputs(a, kw)))
         # Logits are gathered to the first tensor-parallel rank; the others see None.
         hooks.post(parts.model.logits_processor, lambda m, a, o: o is None or rec.record_logits(o))

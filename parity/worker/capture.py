@@ -200,9 +200,11 @@ class Parts:
         if "mlp" in names:  # a list once it has crossed the pipe
             names["mlp"] = tuple(names["mlp"])
         self.names = ModuleNames(**names)
-        self.decoder = resolve(model, self.names.decoder)
-        self.layers: Sequence[torch.nn.Module] = resolve(self.decoder, self.names.layers)
-        self.final_norm: torch.nn.Module = resolve(self.decoder, self.names.final_norm)
+        decoder, layers, final_norm = (discover(model) if self.names.coarse
+                                       else (self.names.decoder, self.names.layers, self.names.final_norm))
+        self.decoder = resolve(model, decoder)
+        self.layers: Sequence[torch.nn.Module] = resolve(self.decoder, layers)
+        self.final_norm: torch.nn.Module = resolve(self.decoder, final_norm)
 
     def attention(self, layer: torch.nn.Module) -> torch.nn.Module:
         return resolve(layer, self.names.attention)
@@ -215,13 +217,45 @@ class Parts:
 
     def router(self, layer: torch.nn.Module) -> torch.nn.Module | None:
         """The layer's router linear; None in a dense family or a dense layer of a sparse model."""
-        if self.names.router is None:
+        if self.names.router is None or self.names.coarse:
             return None
         return getattr(self.mlp(layer), self.names.router, None)
 
     def sparse_blocks(self) -> list[tuple[int, torch.nn.Module]]:
         """``(layer index, MLP block)`` of every layer that routes tokens to experts."""
         return [(i, self.mlp(layer)) for i, layer in enumerate(self.layers) if self.router(layer) is not None]
+
+
+FINAL_NORMS = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f", "final_norm")
+"""What causal LMs call the norm after their last layer, in transformers and in the engines' ports alike."""
+
+
+def discover(model: torch.nn.Module) -> tuple[str, str, str]:
+    """``(decoder, layers, final norm)`` paths of a causal LM whose names nobody wrote down (the generic tier):
+    the layers are the outermost list of as many modules as the config has layers (experts' lists sit deeper;
+    a hybrid model's layers are of several classes), the decoder holds them, and the final norm is the
+    decoder's child named as in :data:`FINAL_NORMS`."""
+    layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    lists = [(name.count("."), name) for name, m in model.named_modules()
+             if isinstance(m, torch.nn.ModuleList) and len(m) == layers]
+    if not lists:
+        raise CaptureError(f"{type(model).__name__} has no list of its {layers} decoder layers")
+    decoder, _, layers = min(lists)[1].rpartition(".")
+    children = dict(resolve(model, decoder).named_children()) if decoder else dict(model.named_children())
+    norms = [n for n in FINAL_NORMS if n in children]
+    if not decoder or not norms:
+        raise CaptureError(f"{type(model).__name__}: no final norm ({' or '.join(FINAL_NORMS)}) beside its layers "
+                           f"{min(lists)[1]!r}")
+    return decoder, layers, norms[0]
+
+
+def hidden_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states a decoder layer is called with: its first floating-point argument (engines' layers take
+    integer positions first, transformers' the hidden states), or its ``hidden_states`` keyword."""
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.is_floating_point():
+            return arg
+    return kwargs["hidden_states"]
 
 
 def hook_common(rec: Recorder, parts: Parts, *, layer_input: Callable[[tuple, dict], torch.Tensor],
@@ -249,6 +283,8 @@ def hook_common(rec: Recorder, parts: Parts, *, layer_input: Callable[[tuple, di
     for i, layer in enumerate(layers):
         hooks.pre(layer, lambda m, a, i=i: rec.enter_layer(i))
         hooks.post(layer, lambda m, a, out: rec.record_layer("residual", tokens(residual(m, out, a))))
+        if parts.names.coarse:
+            continue
         hooks.post(parts.attention(layer), lambda m, a, out: rec.record_layer("attn_out", tokens(first(out))))
         hooks.post(parts.mlp(layer), lambda m, a, out: rec.record_layer("mlp_out", tokens(first(out))))
         router = parts.router(layer)
@@ -265,8 +301,11 @@ def config_head_dim(checkpoint: str) -> int:
 
 
 def head_dim(config: Mapping[str, Any]) -> int:
-    """head_dim as transformers derives it: explicit ``head_dim`` or hidden_size / num_attention_heads."""
-    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    """head_dim as transformers derives it: explicit ``head_dim`` or hidden_size / num_attention_heads; 0 for a
+    config under other names (the generic tier's GPT-2's ``n_embd``), whose heads are never captured."""
+    if config.get("head_dim"):
+        return config["head_dim"]
+    return config["hidden_size"] // config["num_attention_heads"] if "hidden_size" in config else 0
 
 
 def save(tensors: dict[str, torch.Tensor], out: str) -> list[str]:
@@ -283,16 +322,28 @@ def save(tensors: dict[str, torch.Tensor], out: str) -> list[str]:
 
 
 def forward_inputs(args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(positions, input_ids)`` of an engine decoder's ``forward(input_ids, positions, ...)`` call."""
+    """``(positions, input_ids)`` of an engine decoder's ``forward(input_ids, positions, ...)`` call, or of a
+    transformers model's ``forward(input_ids=..., position_ids=...)`` that an engine runs (vLLM's Transformers
+    backend)."""
     names = ("input_ids", "positions")
     values = {**dict(zip(names, args)), **{k: v for k, v in kwargs.items() if k in names}}
+    if "positions" not in values and "position_ids" in kwargs:
+        values["positions"] = kwargs["position_ids"]
     return values["positions"], values["input_ids"]
+
+
+def batch_first(t: torch.Tensor) -> torch.Tensor:
+    """``[tokens, ...]`` of an engine's hidden states, whose own layers keep ``[tokens, hidden]``, but whose
+    Transformers backend (vLLM's) runs a transformers model on a batch of one, ``[1, tokens, hidden]``."""
+    return t[0] if t.dim() == 3 and t.shape[0] == 1 else t
 
 
 def hook_qk(hooks: Hooks, rec: Recorder, parts: Parts) -> None:
     """q/k as attention takes them in, flattened to ``[tokens, heads * head_dim]`` by engines: from the rotary
     module's output, or, in a family whose layers do not all call it, from the attention kernel's input
-    (``ModuleNames.qk_input``)."""
+    (``ModuleNames.qk_input``); nothing in the generic tier (``ModuleNames.coarse``)."""
+    if parts.names.coarse:
+        return
     if parts.names.qk_input is None:
         _hook_rotaries(hooks, rec, parts)
         return

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar, Mapping, TypeVar
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 
 class ContractError(ValueError):
@@ -193,6 +193,22 @@ class ModulesReply:
 
 
 @dataclass(frozen=True)
+class GenericRequest:
+    """Derive the generic tier's config template from transformers' config classes for every model type whose
+    causal LM is one of ``architectures`` (``parity.worker.generic``); the reference worker alone serves it."""
+
+    op: ClassVar[str] = "generic"
+    architectures: list[str]
+
+
+@dataclass(frozen=True)
+class GenericReply:
+    entries: dict[str, dict[str, Any]]
+    """model_type -> architecture, keys (parity's size names -> the family's), fixed (values written with every draw),
+    probe_parameters; or error, why no tiny model could be derived."""
+
+
+@dataclass(frozen=True)
 class ShutdownRequest:
     op: ClassVar[str] = "shutdown"
 
@@ -212,9 +228,9 @@ class ErrorReply:
 
 
 REQUESTS: Mapping[str, type] = {r.op: r for r in (RunRequest, CheckpointRequest, SurfaceRequest, ModulesRequest,
-                                                  ShutdownRequest)}
+                                                  GenericRequest, ShutdownRequest)}
 REPLIES: Mapping[type, type] = {RunRequest: RunReply, CheckpointRequest: CheckpointReply,
-                                SurfaceRequest: SurfaceReply, ModulesRequest: ModulesReply,
+                                SurfaceRequest: SurfaceReply, ModulesRequest: ModulesReply, GenericRequest: GenericReply,
                                 ShutdownRequest: ShutdownReply}
 
 Record = TypeVar("Record")

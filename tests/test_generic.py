@@ -1,0 +1,111 @@
+"""The generic tier: architectures without a registry entry, derived from transformers' config classes and
+compared at embed / per-layer residual / final norm / logits granularity."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parity import envs, generic_tier, registry, strategies
+from parity.backends import BACKENDS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GPT2_LIKE = {"architecture": "GPT2LMHeadModel", "keys": {"hidden_size": "n_embd", "num_hidden_layers": "n_layer",
+                                                          "num_attention_heads": "n_head", "vocab_size": "vocab_size"},
+             "fixed": {"eos_token_id": None}, "probe_parameters": 1}
+
+
+def generic_spec(monkeypatch, entries):
+    monkeypatch.setattr(registry, "generic_table", lambda: {"versions": {}, "entries": entries})
+    registry.generic_entries.cache_clear()
+    return registry.generic_entries()
+
+
+@pytest.fixture(autouse=True)
+def fresh_generic_entries():
+    registry.generic_entries.cache_clear()
+    yield
+    registry.generic_entries.cache_clear()
+
+
+def test_generic_entries_leave_out_registry_families_and_underivable_ones(monkeypatch):
+    entries = generic_spec(monkeypatch, {"gpt2": GPT2_LIKE, "llama": {**GPT2_LIKE, "architecture": "LlamaForCausalLM"},
+                                         "mamba2": {"architecture": "Mamba2ForCausalLM", "error": "no heads"}})
+    assert list(entries) == ["gpt2"]
+    assert registry.get("gpt2").tier == "generic" and registry.get("llama").tier == "full"
+    with pytest.raises(registry.UnknownArchitecture):
+        registry.get("mamba2")
+
+
+def test_generic_configs_draw_only_the_config_class_sizes_under_its_own_names(monkeypatch):
+    spec = generic_spec(monkeypatch, {"gpt2": GPT2_LIKE})["gpt2"]
+
+    @settings(max_examples=30, database=None)
+    @given(st.data())
+    def check(data):
+        config = data.draw(strategies.generic_configs(spec, spec.head_dims))
+        assert set(config) == {"model_type", "architectures", "n_embd", "n_layer", "n_head", "vocab_size",
+                               "eos_token_id"}
+        canonical = registry.canonical_config("gpt2", config)
+        assert canonical["hidden_size"] % canonical["num_attention_heads"] == 0
+        assert canonical["hidden_size"] // canonical["num_attention_heads"] in spec.head_dims
+
+    check()
+
+
+DISCOVER = """
+import json
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+from parity.worker.capture import CaptureError, discover
+
+found = {}
+for model_type, sizes in [("gpt2", {"n_layer": 2, "n_embd": 64, "n_head": 2}),
+                          ("opt", {"num_hidden_layers": 3, "hidden_size": 64, "num_attention_heads": 2}),
+                          ("granitemoe", {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2,
+                                          "num_local_experts": 2, "intermediate_size": 64})]:
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, vocab_size=256, **sizes))
+    found[model_type] = discover(model)
+model.config.num_hidden_layers = 5
+try:
+    discover(model)
+except CaptureError as exc:
+    found["error"] = str(exc)
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.parity
+def test_discover_finds_decoder_layers_and_final_norm_on_transformers_models():
+    python = envs.ensure(BACKENDS["transformers"], "cpu")
+    proc = subprocess.run([str(python), "-c", DISCOVER], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == {
+        "gpt2": ["transformer", "h", "ln_f"],
+        "opt": ["model.decoder", "layers", "final_layer_norm"],
+        "granitemoe": ["model", "layers", "norm"],
+        "error": "GraniteMoeForCausalLM has no list of its 5 decoder layers"}
+
+
+def test_the_table_lists_each_model_type_with_its_tier():
+    table = {"versions": {"vllm": "0.32.0"}, "entries": {"gpt2": GPT2_LIKE, "llama": GPT2_LIKE,
+                                                          "mamba2": {"architecture": "M", "error": "no heads"}}}
+    lines = generic_tier.render(table)
+    assert lines[0].startswith("3 model types")
+    assert [line.split()[-1] for line in lines[1:]] == ["vocab_size", "entry)", "heads"]
+
+
+@pytest.mark.parity
+def test_the_stored_generic_table_is_what_the_pinned_engines_and_transformers_give(parity_sessions):
+    session = parity_sessions(["vllm", "sglang"])
+    derived = generic_tier.derive(session.reference, session.engines)
+    stored = json.loads(registry.GENERIC_TABLE.read_text())
+    assert derived["entries"], "no architecture is shared"
+    assert derived == stored, "run: parity generic --write"
