@@ -313,13 +313,14 @@ def cmd_merge(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_archs(args: argparse.Namespace, argv: list[str]) -> int:
+    width = max(map(len, [*registry.ARCHITECTURES, *registry.generic_entries()]))
     for name, spec in registry.ARCHITECTURES.items():
         features = registry.possible_features(spec)
-        print(f"{name:10} {spec.architecture:24} layers {spec.layers[0]}-{spec.layers[1]}, head_dim {spec.head_dims}, "
+        print(f"{name:{width}} {spec.architecture:28} layers {spec.layers[0]}-{spec.layers[1]}, head_dim {spec.head_dims}, "
               f"partial_rotary {spec.partial_rotary_factors}, rope {'/'.join(spec.rope_types)}"
               + (f", features {', '.join(features)}" if features else ""))
     for name, spec in registry.generic_entries().items():
-        print(f"{name:10} {spec.architecture:24} generic: embed, residual, final norm and logits; "
+        print(f"{name:{width}} {spec.architecture:28} generic: embed, residual, final norm and logits; "
               f"sizes {', '.join(spec.sizes)} drawn, other keys at their config class's defaults")
     if not args.backend:
         return EXIT_OK

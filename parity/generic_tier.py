@@ -35,7 +35,7 @@ def render(table: Mapping[str, Any]) -> list[str]:
     lines = [f"{len(entries)} model types share a causal LM in "
              + ", ".join(f"{e} {v}" for e, v in sorted(table["versions"].items()))]
     for model_type, entry in sorted(entries.items()):
-        if model_type in registry.ARCHITECTURES:
+        if model_type in registry.registry_model_types():
             tier = "full (registry entry)"
         elif "error" in entry:
             tier = f"none: {entry['error']}"

@@ -658,20 +658,28 @@ def generic_table() -> Mapping[str, Any]:
     return json.loads(GENERIC_TABLE.read_text()) if GENERIC_TABLE.exists() else {"versions": {}, "entries": {}}
 
 
+def registry_model_types() -> set[str]:
+    """The model types the registry's entries cover (an entry's name need not be its model type: GPT-J's)."""
+    return {spec.model_type for spec in ARCHITECTURES.values()}
+
+
 @functools.cache
 def generic_entries() -> Mapping[str, ArchSpec]:
     """The generic tier: an entry for every model type in the generic table that parity could derive a tiny
     model for and that no registry entry covers."""
     entries = {}
     for model_type, derived in generic_table()["entries"].items():
-        if "error" in derived or model_type in ARCHITECTURES:
+        if "error" in derived or model_type in registry_model_types():
             continue
         keys = derived["keys"]
-        # A config class without key/value heads is plain multi-head attention: kv heads are the heads.
-        heads = {} if "num_key_value_heads" in keys else {"kv_heads": (2, 4), "gqa_groups": (1,)}
+        # A config class without key/value heads is plain multi-head attention: kv heads are the heads (and
+        # latent attention's, ``multi_head``, as many as the query heads).
+        mha = "num_key_value_heads" not in keys or derived.get("multi_head")
+        heads = {"kv_heads": (2, 4), "gqa_groups": (1,)} if mha else {}
         entries[model_type] = ArchSpec(
             model_type=model_type, architecture=derived["architecture"], **{**GENERIC_SIZES, **heads},
-            explicit_head_dim=False, states_head_dim="head_dim" in keys, fixed=derived["fixed"],
+            explicit_head_dim=False, states_head_dim="head_dim" in keys,
+            **({"layers": (derived["layers"],) * 2} if "layers" in derived else {}), fixed=derived["fixed"],
             config_keys={k: v for k, v in keys.items() if k != v}, modules=ModuleNames(coarse=True),
             sizes=tuple(keys), ci_examples=1)
     return MappingProxyType(entries)

@@ -10,14 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parity import envs, generic_tier, registry, strategies
+import known
+from parity import envs, generic_tier, profiles, registry, strategies
 from parity.backends import BACKENDS
+from parity.search import search
 
 ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures" / "patches"
 
 GPT2_LIKE = {"architecture": "GPT2LMHeadModel", "keys": {"hidden_size": "n_embd", "num_hidden_layers": "n_layer",
                                                           "num_attention_heads": "n_head", "vocab_size": "vocab_size"},
-             "fixed": {"eos_token_id": None}, "probe_parameters": 1}
+             "fixed": {"eos_token_id": None}}
 
 
 def generic_spec(monkeypatch, entries):
@@ -109,3 +112,31 @@ def test_the_stored_generic_table_is_what_the_pinned_engines_and_transformers_gi
     stored = json.loads(registry.GENERIC_TABLE.read_text())
     assert derived["entries"], "no architecture is shared"
     assert derived == stored, "run: parity generic --write"
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("arch", ["gpt2", "olmo2"])  # olmo2: vLLM runs it through its Transformers backend
+def test_generic_families_agree_on_both_engines_layer_by_layer(parity_sessions, arch):
+    session = parity_sessions(["vllm", "sglang"])
+    minimal, records = known.search_judging(session, arch, profiles.get("dev"), seed=1)
+    assert minimal is None, session.records[minimal].results
+    results = [r for ex in records for r in ex.results]
+    assert results and {r.status for r in results} == {"pass"}
+    assert 0 < max(r.max_rel_l2 for r in results) < 1e-5
+    for ex in records:  # the generic granularity, every layer's residual stream included
+        layers = registry.canonical_config(arch, ex.config)["num_hidden_layers"]
+        kinds = {row.tensor for r in ex.results for row in r.rows if row.step == 0}
+        assert kinds == {"embed", "final_norm", "logits", *(f"layers.{i}.residual" for i in range(layers))}
+
+
+@pytest.mark.parity
+def test_a_generic_family_bug_is_caught_at_its_layer_and_shrunk(parity_sessions):
+    patch = FIXTURES / "g1_vllm_gpt2_gelu_exact.py"
+    session = parity_sessions(["vllm"], [f"vllm={patch}"])
+    minimal = search(session, "gpt2", profiles.get("dev"), seed=1)
+    assert minimal is not None
+    record = session.records[minimal]
+    (result,) = [r for r in record.results if r.backend == "vllm"]
+    d = result.first_divergence
+    assert result.status == "diverged" and (d.tensor, d.step) == ("layers.0.residual", 0)
+    assert registry.canonical_config("gpt2", record.config)["num_hidden_layers"] == 1

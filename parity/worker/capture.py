@@ -258,6 +258,29 @@ def hidden_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return kwargs["hidden_states"]
 
 
+def _stream_first_where_input_returned(hooks: Hooks, layers: Sequence[torch.nn.Module],
+                                       layer_input: Callable[[tuple, dict], torch.Tensor],
+                                       residual: Callable[[torch.nn.Module, Any, tuple], torch.Tensor]
+                                       ) -> Callable[[torch.nn.Module, Any, tuple], torch.Tensor]:
+    """``residual`` for a family whose convention nobody wrote down (the generic tier): a layer returning a pair
+    whose second element is the very hidden state it was given is a port returning the stream first
+    (``ModuleNames.stream_first``: Cohere's parallel blocks); any other pair is the fused add+norm convention,
+    whose second element is the stream before the layer's last add. The input is copied as the layer is called:
+    fused norms update the residual they are handed in place."""
+    given: dict[int, torch.Tensor] = {}
+    for layer in layers:
+        hooks.pre(layer, lambda m, a, kw: given.__setitem__(id(m), layer_input(a, kw).clone()), with_kwargs=True)
+
+    def stream(layer: torch.nn.Module, out: Any, args: tuple) -> torch.Tensor:
+        taken = given.pop(id(layer))
+        if (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], torch.Tensor)
+                and out[1].shape == taken.shape and torch.equal(out[1], taken)):
+            return out[0]
+        return residual(layer, out, args)
+
+    return stream
+
+
 def hook_common(rec: Recorder, parts: Parts, *, layer_input: Callable[[tuple, dict], torch.Tensor],
                 residual: Callable[[torch.nn.Module, Any, tuple], torch.Tensor],
                 tokens: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> Hooks:
@@ -278,6 +301,8 @@ def hook_common(rec: Recorder, parts: Parts, *, layer_input: Callable[[tuple, di
     layers = parts.layers
     if parts.names.stream_first:
         residual = lambda layer, out, args: first(out)  # noqa: E731
+    elif parts.names.coarse:
+        residual = _stream_first_where_input_returned(hooks, layers, layer_input, residual)
     hooks.pre(layers[0], lambda m, a, kw: rec.record("embed", tokens(layer_input(a, kw))), with_kwargs=True)
     hooks.post(parts.final_norm, lambda m, a, out: rec.record("final_norm", tokens(first(out))))
     for i, layer in enumerate(layers):

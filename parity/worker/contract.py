@@ -204,8 +204,8 @@ class GenericRequest:
 @dataclass(frozen=True)
 class GenericReply:
     entries: dict[str, dict[str, Any]]
-    """model_type -> architecture, keys (parity's size names -> the family's), fixed (values written with every draw),
-    probe_parameters; or error, why no tiny model could be derived."""
+    """model_type -> architecture, keys (parity's size names -> the family's), fixed (values written with every draw);
+    or error, why no tiny model could be derived."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ An architecture with no registry entry is still checked, coarsely, if transforme
 implement it: parity writes its config class's defaults with every size shrunk to a tiny model. This module
 finds, per config class, the keys that hold those sizes (under the family's own names, through the class's
 ``attribute_map``) and the further values that must shrink with them (experts, special token ids), then
-builds the smallest such model on the meta device to prove the result instantiates.
+runs a forward of the smallest and the largest such model to prove the result works.
 """
 
 from __future__ import annotations
@@ -29,12 +29,18 @@ SHRUNK: dict[str, Any] = {
 }
 """Values written where the config class has the key: sizes that must shrink with the model."""
 
-PROBE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-         "head_dim": 32, "intermediate_size": 64, "vocab_size": 256}
-"""A small draw the derived template is proven on."""
+PROBES = ({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+           "head_dim": 32, "intermediate_size": 64, "vocab_size": 256},
+          {"hidden_size": 256, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "head_dim": 64, "intermediate_size": 128, "vocab_size": 256})
+"""The corners of what ``parity.registry.GENERIC_SIZES`` draws: the derived template must run at both."""
+
+HYBRID_LAYERS = 4
+"""Layers of a model that needs more than the probes have (Qwen3-Next's and Kimi-Linear's first full-attention
+layer is their fourth)."""
 
 TOO_BIG = 20_000_000
-"""Parameters above which some size was not shrunk (the probe model has about 50 thousand of its own)."""
+"""Parameters above which some size was not shrunk (the probe models have under a million of their own)."""
 
 
 def _key(defaults: Any, role: str) -> str | None:
@@ -46,9 +52,8 @@ def _key(defaults: Any, role: str) -> str | None:
 
 
 def derive(model_type: str) -> dict[str, Any]:
-    """The generic-tier entry for ``model_type``: its size keys (``keys``: parity name -> the family's),
-    the values written with every draw (``fixed``), and the probe model's parameter count; or an ``error``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """The generic-tier entry for ``model_type``: its size keys (``keys``: parity name -> the family's) and
+    the values written with every draw (``fixed``); or an ``error``."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     try:
@@ -56,7 +61,7 @@ def derive(model_type: str) -> dict[str, Any]:
         stored = defaults.to_dict()
         keys = {role: key for role in SIZES if (key := _key(defaults, role)) is not None}
         fixed: dict[str, Any] = {k: v for k, v in SHRUNK.items() if k in stored}
-        vocab = PROBE["vocab_size"]
+        vocab = PROBES[0]["vocab_size"]
         for key, value in stored.items():
             # Token ids of the full vocabulary would fall outside the tiny one.
             if key.endswith("token_id") and isinstance(value, int) and value >= vocab:
@@ -67,15 +72,39 @@ def derive(model_type: str) -> dict[str, Any]:
                    if role not in keys]
         if missing:
             return {"model_type": model_type, "error": f"the config class has no key for {', '.join(missing)}"}
-        probe = {keys[role]: value for role, value in PROBE.items() if role in keys}
-        fixed = {k: v for k, v in fixed.items() if k not in probe}  # a size drawn under this name (DeepSeek-V4)
-        config = AutoConfig.for_model(model_type, **fixed, **probe)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-        params = sum(p.numel() for p in model.parameters())
+        if "kv_lora_rank" in stored:
+            # Latent attention (MLA): head sizes of its own (qk_rope_head_dim, ...), and as many key/value heads
+            # as query heads.
+            keys = {role: key for role, key in keys.items() if role != "head_dim"}
+        fixed = {k: v for k, v in fixed.items() if k not in keys.values()}  # drawn under this name (DeepSeek-V4)
+        mha = "kv_lora_rank" in stored
+        try:
+            _probe(model_type, keys, fixed, mha, layers=None)
+            layers = None
+        except Exception:  # noqa: BLE001 - a hybrid model may need a full-attention layer among its first few
+            _probe(model_type, keys, fixed, mha, layers=HYBRID_LAYERS)
+            layers = HYBRID_LAYERS
     except Exception as exc:  # noqa: BLE001 - any failure is this architecture's census entry
         return {"model_type": model_type, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
-    entry = {"model_type": model_type, "keys": keys, "fixed": fixed, "probe_parameters": params}
-    if params > TOO_BIG:
-        entry["error"] = f"the probe model still has {params} parameters: a size key was not shrunk"
-    return entry
+    return {"model_type": model_type, "keys": keys, "fixed": fixed, **({"layers": layers} if layers else {}),
+            **({"multi_head": True} if mha else {})}
+
+
+def _probe(model_type: str, keys: dict[str, str], fixed: dict[str, Any], multi_head: bool, layers: int | None
+           ) -> None:
+    """Build and run the probe models (``layers`` each, where given; as many key/value heads as query heads where
+    ``multi_head``), as the reference will run them: some defaults only fail in a forward (GPT-J's rotary_dim
+    wider than a small head; a hybrid model whose first layers are all linear attention)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    for sizes in PROBES:
+        sizes = {**sizes, **({"num_hidden_layers": layers} if layers else {}),
+                 **({"num_key_value_heads": sizes["num_attention_heads"]} if multi_head else {})}
+        probe = {keys[role]: value for role, value in sizes.items() if role in keys}
+        config = AutoConfig.for_model(model_type, **fixed, **probe)
+        with torch.device("meta"):
+            params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+        if params > TOO_BIG:
+            raise ValueError(f"the probe model still has {params} parameters: a size key was not shrunk")
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+        model(input_ids=torch.tensor([[1, 2, 3]]))
