@@ -675,11 +675,11 @@ def generic_entries() -> Mapping[str, ArchSpec]:
         # A config class without key/value heads is plain multi-head attention: kv heads are the heads (and
         # latent attention's, ``multi_head``, as many as the query heads).
         mha = "num_key_value_heads" not in keys or derived.get("multi_head")
-        heads = {"kv_heads": (2, 4), "gqa_groups": (1,)} if mha else {}
+        drawn = {**GENERIC_SIZES, **({"kv_heads": (2, 4), "gqa_groups": (1,)} if mha else {}),
+                 **({"layers": (derived["layers"],) * 2} if "layers" in derived else {})}
         entries[model_type] = ArchSpec(
-            model_type=model_type, architecture=derived["architecture"], **{**GENERIC_SIZES, **heads},
-            explicit_head_dim=False, states_head_dim="head_dim" in keys,
-            **({"layers": (derived["layers"],) * 2} if "layers" in derived else {}), fixed=derived["fixed"],
+            model_type=model_type, architecture=derived["architecture"], **drawn,
+            explicit_head_dim=False, states_head_dim="head_dim" in keys, fixed=derived["fixed"],
             config_keys={k: v for k, v in keys.items() if k != v}, modules=ModuleNames(coarse=True),
             sizes=tuple(keys), ci_examples=1)
     return MappingProxyType(entries)

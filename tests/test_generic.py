@@ -41,6 +41,17 @@ def test_generic_entries_leave_out_registry_families_and_underivable_ones(monkey
                                          "mamba2": {"architecture": "Mamba2ForCausalLM", "error": "no heads"}})
     assert list(entries) == ["gpt2"]
     assert registry.get("gpt2").tier == "generic" and registry.get("llama").tier == "full"
+    assert (entries["gpt2"].kv_heads, entries["gpt2"].gqa_groups) == ((2, 4), (1,))  # no kv key: multi-head
+
+
+def test_generic_entries_take_the_derived_layers_and_multi_head_attention(monkeypatch):
+    keys = {**GPT2_LIKE["keys"], "num_key_value_heads": "num_key_value_heads"}
+    entries = generic_spec(monkeypatch, {"gqa": {**GPT2_LIKE, "keys": keys},
+                                         "hybrid": {**GPT2_LIKE, "keys": keys, "layers": 4},
+                                         "mla": {**GPT2_LIKE, "keys": keys, "multi_head": True}})
+    assert entries["gqa"].layers == registry.GENERIC_SIZES["layers"] and entries["gqa"].gqa_groups == (1, 2)
+    assert entries["hybrid"].layers == (4, 4)
+    assert entries["mla"].gqa_groups == (1,)
     with pytest.raises(registry.UnknownArchitecture):
         registry.get("mamba2")
 
