@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from parity.worker.capture import discover
+
 SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
          "intermediate_size", "vocab_size")
 """What the generic tier draws, under parity's names (``parity.strategies.generic_configs``)."""
@@ -94,7 +96,8 @@ def _probe(model_type: str, keys: dict[str, str], fixed: dict[str, Any], multi_h
            ) -> None:
     """Build and run the probe models (``layers`` each, where given; as many key/value heads as query heads where
     ``multi_head``), as the reference will run them: some defaults only fail in a forward (GPT-J's rotary_dim
-    wider than a small head; a hybrid model whose first layers are all linear attention)."""
+    wider than a small head; a hybrid model whose first layers are all linear attention), and the layers and final
+    norm the generic tier captures must be found."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     for sizes in PROBES:
@@ -108,3 +111,4 @@ def _probe(model_type: str, keys: dict[str, str], fixed: dict[str, Any], multi_h
             raise ValueError(f"the probe model still has {params} parameters: a size key was not shrunk")
         model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
         model(input_ids=torch.tensor([[1, 2, 3]]))
+        discover(model)  # what the generic tier captures must be there
