@@ -189,8 +189,8 @@ def residual_stream(layer: torch.nn.Module, output: Any, args: tuple) -> torch.T
         return hidden + residual
     # Decoder layers are called as layer(positions, hidden_states, forward_batch, ...) (GPT-2's as
     # layer(hidden_states, forward_batch)).
-    forward_batch = next(a for a in args if hasattr(a, "residual_stream"))
-    if forward_batch.residual_stream is None:
+    forward_batch = next((a for a in args if hasattr(a, "residual_stream")), None)
+    if forward_batch is None or forward_batch.residual_stream is None:
         return output
     from sglang.srt.layers.layer_boundary.residual import batch as residual_batch
 
