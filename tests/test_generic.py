@@ -131,8 +131,9 @@ def test_generic_families_agree_on_both_engines_layer_by_layer(parity_sessions, 
     session = parity_sessions(["vllm", "sglang"])
     minimal, records = known.search_judging(session, arch, profiles.get("dev"), seed=1)
     assert minimal is None, session.records[minimal].results
-    results = [r for ex in records for r in ex.results]
-    assert results and {r.status for r in results} == {"pass"}
+    # SGLang's adapter runs no execution mode (its examples with one are unsupported): each engine compared some.
+    results = [r for ex in records for r in ex.results if r.status != "unsupported"]
+    assert {r.backend for r in results} >= {"vllm", "sglang"} and {r.status for r in results} == {"pass"}
     assert 0 < max(r.max_rel_l2 for r in results) < 1e-5
     for ex in records:  # the generic granularity, every layer's residual stream included
         layers = registry.canonical_config(arch, ex.config)["num_hidden_layers"]
