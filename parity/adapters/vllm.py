@@ -28,6 +28,7 @@ The CUDA path (``--device cuda``) uses the same hooks; it is untested on a GPU.
 from __future__ import annotations
 
 import gc
+import json
 import os
 from functools import partial
 from typing import Any, Mapping
@@ -136,14 +137,16 @@ class Adapter(EngineAdapter[Any]):
                     prefix_block=PREFIX_BLOCK if request.execution.prefix_cache else None)
 
     def structure(self, request: RunRequest) -> Any:
-        """The checkpoint's structure and every other argument the ``LLM`` is built with. None under tensor
-        parallelism, whose ranks' processes parity does not reload into, and for a mixture-of-experts checkpoint:
-        vLLM's in-place reload of a fused-experts layer on CPU leaves expert weights other than a fresh load's
-        (nearly every value of w13/w2 differed, measured on 0.32; ``tests/test_reuse.py``)."""
+        """The checkpoint's structure and every other argument the ``LLM`` is built with. None (never held) under
+        tensor parallelism, whose ranks' processes parity does not reload into; for a mixture-of-experts
+        checkpoint, as vLLM's in-place reload of a fused-experts layer on CPU left expert weights other than a
+        fresh load's (nearly every value of GLM-4-MoE's w13/w2, measured on 0.32 with ``tests/test_reuse.py``);
+        and for latent attention, whose reload no test has compared."""
         if request.execution.tensor_parallel != 1:
             return None
         layout = checkpoint_structure(request.checkpoint)
-        if any(b".experts." in content for name, content in layout if name.endswith(".safetensors")):
+        if any(b".experts." in content for name, content in layout if name.endswith(".safetensors")) or \
+                json.loads(dict(layout)["config.json"]).get("kv_lora_rank") is not None:
             return None
         args = runner.engine_args(**self._load_args(request, 1))
         return layout, repr(sorted(args.items()))
