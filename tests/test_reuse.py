@@ -128,3 +128,8 @@ def reuse_checked(engine: str, cases: list[dict], rebuilt: set[str] = frozenset(
 def test_vllm_reload_equals_a_fresh_load():
     # vLLM 0.32's in-place reload of fused experts on CPU differs from a fresh load (parity.adapters.vllm.structure)
     reuse_checked("vllm", CASES, rebuilt={"glm4_moe"})
+
+
+def test_sglang_reload_equals_a_fresh_load():
+    # parity drives SGLang without its scheduler: no prefix cache to run
+    reuse_checked("sglang", [c for c in CASES if not c["prefix_cache"]])
