@@ -61,9 +61,28 @@ def render(report: Report, html: Path | None = None) -> str:
                                               for knob, vals in knobs.items())
                   for arch, knobs in s.coverage.items()]
         lines += ["", "</details>"]
+    reuse = reuse_line(report)
+    if reuse:
+        lines += ["", reuse]
     lines += ["", "<details><summary>versions and command</summary>", "", versions, "",
               f"`{report.command}`", "", "</details>", ""]
     return "\n".join(lines)
+
+
+def reuse_line(report: Report) -> str | None:
+    """How many of each engine's loads were weights reloaded into the engine held from the previous example;
+    None where no engine reports a load."""
+    loads: dict[str, list[int]] = {}
+    for ex in report.examples:
+        for r in ex.results:
+            if "load" in r.seconds:
+                counts = loads.setdefault(r.backend, [0, 0])
+                counts[0] += r.reused
+                counts[1] += 1
+    if not loads:
+        return None
+    return ("Engines reused (weights reloaded into the engine of the previous example, same structure): "
+            + "; ".join(f"{backend} {n} of {total} loads" for backend, (n, total) in loads.items()))
 
 
 def _counts(shown: dict[str, int]) -> str:

@@ -85,6 +85,9 @@ class BackendResult(Record):
     notes: list[str] = []
     seconds: dict[str, float] = Field({}, description="worker-side load/forward/save/teardown, then "
                                       "orchestrator-side wait (submit to reply), transfer and compare")
+    reused: bool = Field(False, description="the worker served this example with the engine it held from its "
+                                            "previous one (same model structure and engine arguments), the "
+                                            "checkpoint's weights reloaded into it, instead of building one")
     rows: list[TensorRow] = []
 
     @model_validator(mode="after")

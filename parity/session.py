@@ -182,12 +182,15 @@ class Session:
         t_ref = time.monotonic()
         captured: dict[str, Any] = {}
         seconds: dict[str, dict[str, float]] = {}
+        reused: set[str] = set()
         for w in runnable:
             try:
                 reply: RunReply = w.receive(self.cfg.timeout)
                 t1 = time.monotonic()
                 captured[w.label] = load_file(reply.file)
                 seconds[w.label] = {**reply.seconds, "wait": t1 - t_ckpt, "transfer": time.monotonic() - t1}
+                if reply.reused:
+                    reused.add(w.label)
             except (WorkerError, ValueError) as exc:
                 failed[w.label] = BackendResult(backend=w.label, status="error", reason=self._failure(w, exc))
         t_forced = time.monotonic()
@@ -201,7 +204,8 @@ class Session:
         judged = {o.backends: diagnosis.diagnose(o.result, judge.candidates(o, engines, example.arch, example.config,
                                                                             lengths), verdicts)
                   for o in outcomes}
-        results = [judged[(w.label,)].model_copy(update={"seconds": _rounded(seconds.get(w.label, {}))})
+        results = [judged[(w.label,)].model_copy(update={"seconds": _rounded(seconds.get(w.label, {})),
+                                                         "reused": w.label in reused})
                    for w in self.engines] + [r for backends, r in judged.items() if len(backends) == 2]
         record = ExampleRecord(
             id=example.id, arch=example.arch, role=role, description=example.describe(), config=example.config,

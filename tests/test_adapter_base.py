@@ -1,5 +1,6 @@
 """The adapter skeleton inside a real worker environment (torch): teardown follows every
-failure, a failed load included, and only a failing teardown makes the worker unusable."""
+failure, a failed load included, and only a failing teardown makes the worker unusable; an engine
+held between requests of one structure is reloaded, not rebuilt, and never served after a failed reload."""
 
 import json
 import subprocess
@@ -21,9 +22,9 @@ from parity.worker.contract import RunRequest
 class Engine(EngineAdapter):
     engine = "fake"
 
-    def __init__(self, fail_in, stuck=False):
+    def __init__(self, fail_in, stuck=False, held=False):
         super().__init__()
-        self.fail_in, self.stuck, self.calls = fail_in, stuck, []
+        self.fail_in, self.stuck, self.held, self.calls = fail_in, stuck, held, []
 
     def versions(self): return {"fake": "1"}
     def architectures(self): return []
@@ -35,6 +36,8 @@ class Engine(EngineAdapter):
         return value
 
     def load(self, request): return self._step("load", "model")
+    def structure(self, request): return request.dtype if self.held else None
+    def reload(self, loaded, request): self._step("reload")
     def hook(self, loaded, rec, modules): raise AssertionError("capture is off")
     def generate(self, loaded, rec, request): self._step("generate")
 
@@ -56,6 +59,14 @@ for case, engine in {"load": Engine("load"), "generate": Engine("generate"), "no
     except RuntimeError as exc:
         result = f"RuntimeError: {exc}"
     out[case] = [engine.calls, result]
+
+# Held engines: one dtype is one structure here.
+other = RunRequest(checkpoint="/nonexistent", prompts=[[1, 2]], decode_steps=1, dtype="bfloat16", out="",
+                   capture=False)
+for case, engine in {"reuse": Engine(None, held=True), "reload": Engine("reload", held=True)}.items():
+    reused = [engine.run(r).reused for r in (request, request, other)]
+    engine.close()
+    out[case] = [engine.calls, reused]
 print(json.dumps(out))
 '''
 
@@ -71,3 +82,9 @@ def test_teardown_follows_every_failure_and_only_its_own_failure_is_fatal():
     assert out["none"] == [["load", "generate", "teardown(model)"], ["forward", "load", "save", "teardown"]]
     assert out["stuck"][0] == ["load", "teardown(None)"]
     assert out["stuck"][1] == "Unusable: fake could not be torn down after RuntimeError: load refused: OSError: stuck"
+    # same structure: reloaded into the held engine; another: the held one torn down first; the last one at close
+    assert out["reuse"] == [["load", "generate", "reload", "generate", "teardown(model)", "load", "generate",
+                             "teardown(model)"], [False, True, False]]
+    # a failed reload: never served, torn down, and a fresh engine built
+    assert out["reload"] == [["load", "generate", "reload", "teardown(model)", "load", "generate", "teardown(model)",
+                              "load", "generate", "teardown(model)"], [False, False, False]]

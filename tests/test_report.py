@@ -208,3 +208,16 @@ def test_merge_command_writes_the_merged_report_and_refuses_in_one_line(tmp_path
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "different device 'cpu' vs 'cuda'" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_markdown_counts_the_engine_loads_reused_per_backend():
+    def loaded(backend, reused):
+        return result(backend).model_copy(update={"seconds": {"load": 0.1, "forward": 0.01}, "reused": reused})
+
+    rep = report(example("a", loaded("vllm", False), loaded("sglang", False)),
+                 example("b", loaded("vllm", True), loaded("sglang", False)),
+                 example("c", loaded("vllm", True), error("sglang")))
+    line = ("Engines reused (weights reloaded into the engine of the previous example, same structure): "
+            "vllm 2 of 3 loads; sglang 0 of 2 loads")
+    assert line in markdown.render(rep).splitlines()
+    assert "Engines reused" not in markdown.render(report(example("d", result("vllm"))))  # no load reported

@@ -1,6 +1,12 @@
 """The skeleton every engine adapter shares: one run of one model, timed, captured or
 bare, hooks removed and the engine torn down whatever happened, a failed load included.
 
+An engine that ran its request cleanly is held for the next one when the adapter names
+its structure (:meth:`EngineAdapter.structure`): a request of the same structure (Hypothesis
+shrinking retries one config with other weights and prompts) reloads only the weights into
+it, and any other request tears it down first. A failed reload falls back to teardown and a
+fresh load; a failure after the load tears the engine down as before.
+
 An adapter subclasses :class:`EngineAdapter` and supplies only its engine's
 conventions: what it reports about itself, how it loads a checkpoint, where the
 capture hooks go, how it serves prompts, and how it undoes a model's
@@ -16,7 +22,7 @@ import sys
 import time
 import traceback
 from abc import ABC, abstractmethod
-from typing import ClassVar, Generic, Mapping, TypeVar
+from typing import ClassVar, Generic, Hashable, Mapping, TypeVar
 
 from parity.worker.capture import Hooks, NullRecorder, Recorder, config_head_dim, save
 from parity.worker.contract import (EXECUTION_MODES, Capabilities, ContractError, GenericReply, GenericRequest,
@@ -24,6 +30,28 @@ from parity.worker.contract import (EXECUTION_MODES, Capabilities, ContractError
 
 Loaded = TypeVar("Loaded")
 """What an engine's load returns: the model, or the engine object holding it."""
+
+
+def checkpoint_structure(checkpoint: str) -> tuple[tuple[str, bytes], ...]:
+    """What a checkpoint directory holds but its weights' values: every file's content, save parity's own
+    record (which names the weight seed) and the safetensors files', of which only the header (tensor names,
+    dtypes and shapes) is taken. Two checkpoints with equal structure build the same model."""
+    import json
+    import struct
+    from pathlib import Path
+
+    out = []
+    for path in sorted(Path(checkpoint).iterdir()):
+        if path.name == "parity.json":
+            continue
+        if path.suffix == ".safetensors":
+            with path.open("rb") as f:
+                header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+            header.pop("__metadata__", None)
+            out.append((path.name, json.dumps(header, sort_keys=True).encode()))
+        else:
+            out.append((path.name, path.read_bytes()))
+    return tuple(out)
 
 
 class Unusable(RuntimeError):
@@ -42,6 +70,8 @@ class EngineAdapter(ABC, Generic[Loaded]):
 
     def __init__(self, device: str = "cpu"):
         self.device = device
+        self._held: tuple[Hashable, Loaded] | None = None
+        """The engine of the last clean run, with its structure, kept for a request of the same."""
 
     # -- what the engine says about itself --------------------------------
 
@@ -97,17 +127,30 @@ class EngineAdapter(ABC, Generic[Loaded]):
         """Undo the model's process-wide state so the next model can be built; ``loaded`` is
         None after a failed load, whose half-built state must go just the same."""
 
+    def structure(self, request: RunRequest) -> Hashable | None:
+        """Everything that decides how the engine for ``request`` is built, weights aside: two requests of
+        equal structure may share one engine, weights reloaded in between. None (the default) never shares;
+        an adapter that returns a key must implement :meth:`reload`."""
+        return None
+
+    def reload(self, loaded: Loaded, request: RunRequest) -> None:
+        """Load ``request.checkpoint``'s weights into ``loaded`` (built for a request of the same structure) and
+        drop every state an earlier request left in it (cached KV), so it serves as a fresh load would."""
+        raise NotImplementedError(f"{self.engine} does not reload weights")
+
     # -- the skeleton -------------------------------------------------------
 
     def run(self, request: RunRequest) -> RunReply:
-        # The model lives only in ``held`` between calls, so teardown is handed the last
+        # The model lives only in ``held`` during a run, so teardown is handed the last
         # reference and can free the model before it collects garbage.
         if request.forced and not self.teacher_forcing:
             raise ContractError(f"{self.engine} serves greedy decoding only; teacher forcing is the reference's")
-        held: list[Loaded] = []
         t0 = time.perf_counter()
+        key = self.structure(request)
+        held, reused, torn = self._ready(key, request)
         try:
-            held.append(self.load(request))
+            if not held:
+                held.append(self.load(request))
             t1 = time.perf_counter()
             if request.capture:
                 rec: Recorder | NullRecorder = Recorder(request.prompts, request.decode_steps,
@@ -128,10 +171,47 @@ class EngineAdapter(ABC, Generic[Loaded]):
             traceback.clear_frames(exc.__traceback__)
             self._teardown(held, failure=exc)
             raise
-        self._teardown(held)
-        return RunReply(file=request.out if request.capture else None, non_finite=non_finite,
-                        seconds={"load": t1 - t0, "forward": t2 - t1, "save": t3 - t2,
-                                 "teardown": time.perf_counter() - t3})
+        if key is None:
+            self._teardown(held)
+            torn += time.perf_counter() - t3
+        else:
+            self._held = (key, held.pop())
+        # "teardown": the engine's own, or the one held from an earlier request that this one could not use.
+        return RunReply(file=request.out if request.capture else None, non_finite=non_finite, reused=reused,
+                        seconds={"load": t1 - t0 - torn, "forward": t2 - t1, "save": t3 - t2, "teardown": torn})
+
+    def _ready(self, key: Hashable | None, request: RunRequest) -> tuple[list[Loaded], bool, float]:
+        """The held engine with ``request``'s weights reloaded when its structure is ``key`` (``[engine], True``),
+        else nothing, the held engine torn down (``[], False``); then the seconds that teardown took."""
+        if self._held is None:
+            return [], False, 0.0
+        held_key, engine = self._held
+        self._held = None
+        held = [engine]
+        del engine
+        failure: BaseException | None = None
+        if key is not None and key == held_key:
+            try:
+                self.reload(held[0], request)
+                return held, True, 0.0
+            except BaseException as exc:
+                # Never serve a half-reloaded model: it goes, and the request builds a fresh one.
+                traceback.clear_frames(exc.__traceback__)
+                print(f"parity: {self.engine} could not reload weights, rebuilding: {type(exc).__name__}: {exc}",
+                      file=sys.stderr)
+                failure = exc
+        t0 = time.perf_counter()
+        self._teardown(held, failure=failure)
+        if failure is not None and not isinstance(failure, Exception):
+            raise failure  # an interrupt stops the run, once the engine is gone
+        return [], False, time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Tear down the engine held for a next request, if any: the worker is stopping."""
+        held = [self._held[1]] if self._held else []
+        self._held = None
+        if held:
+            self._teardown(held)
 
     def surface(self, request: SurfaceRequest) -> SurfaceReply:
         raise ContractError(f"{self.engine} does not measure config surfaces; the transformers reference does")

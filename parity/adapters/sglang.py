@@ -39,7 +39,7 @@ from typing import Any, Mapping
 import torch
 
 from parity.adapters import sglang_runner as runner
-from parity.adapters.base import EngineAdapter
+from parity.adapters.base import EngineAdapter, checkpoint_structure
 from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, first, forward_inputs, hidden_input, hook_common,
                                    hook_qk)
 from parity.worker.contract import RunRequest
@@ -127,6 +127,15 @@ class Adapter(EngineAdapter[Any]):
     def load(self, request: RunRequest) -> Any:
         return runner.load(request.checkpoint, request.dtype, self.device, [list(p) for p in request.prompts],
                            request.decode_steps)
+
+    def structure(self, request: RunRequest) -> Any:
+        """The checkpoint's structure and every other argument the ``ModelRunner`` is built with."""
+        args = runner.engine_args(request.dtype, self.device, [list(p) for p in request.prompts],
+                                  request.decode_steps)
+        return checkpoint_structure(request.checkpoint), repr(sorted(args.items()))
+
+    def reload(self, loaded: Any, request: RunRequest) -> None:
+        runner.reload(loaded, request.checkpoint)
 
     def hook(self, loaded: Any, rec: Recorder, modules: Mapping[str, str]) -> Hooks:
         return self._install(Parts(runner.model(loaded), modules), rec)

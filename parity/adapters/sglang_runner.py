@@ -79,7 +79,6 @@ def prepare_cpu() -> None:
 
 def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int) -> Any:
     """The model-runner set-up of ``sglang.benchmark.one_batch.load_model``, minus the tokenizer."""
-    tokens = sum(len(p) + decode_steps + 1 for p in prompts)
     from sglang.benchmark.one_batch import _init_process_global_configs
     from sglang.srt.configs.model_config import ModelConfig
     from sglang.srt.distributed import bootstrap
@@ -87,17 +86,7 @@ def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], dec
     from sglang.srt.runtime_context import SpawnRanks, get_device, get_model, publish, spawn_world_rank
     from sglang.srt.server_args import PortArgs, ServerArgs
 
-    server_args = ServerArgs(
-        model_path=checkpoint, device=device, dtype=dtype, skip_tokenizer_init=True, random_seed=0,
-        # Reference attention on every device: it takes any dtype and head size, and
-        # parity tests the port's layer math, not attention kernels.
-        attention_backend="torch_native", sampling_backend="pytorch",
-        disable_cuda_graph=True,  # hooks do not fire during graph replay
-        # On CPU SGLang budgets the KV cache from host free memory measured before and after
-        # loading: another engine starting meanwhile (vLLM, in the next worker) can eat a small
-        # budget and fail the load. A wide budget is harmless: max_total_tokens caps the pool.
-        disable_radix_cache=True, mem_fraction_static=0.25, max_total_tokens=max(1024, tokens),
-    )
+    server_args = ServerArgs(model_path=checkpoint, **engine_args(dtype, device, prompts, decode_steps))
     server_args.resolve_once()
     port_args = PortArgs.init_new(server_args)
     publish(server_args, role="scheduler",
@@ -117,6 +106,32 @@ def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], dec
     if get_model().is_startup_weight_load_overlap:
         runner.finalize_startup_weight_load()
     return runner
+
+
+def engine_args(dtype: str, device: str, prompts: list[list[int]], decode_steps: int) -> dict[str, Any]:
+    """The ``ServerArgs`` of :func:`load` but the checkpoint's path."""
+    return dict(
+        device=device, dtype=dtype, skip_tokenizer_init=True, random_seed=0,
+        # Reference attention on every device: it takes any dtype and head size, and
+        # parity tests the port's layer math, not attention kernels.
+        attention_backend="torch_native", sampling_backend="pytorch",
+        disable_cuda_graph=True,  # hooks do not fire during graph replay
+        # On CPU SGLang budgets the KV cache from host free memory measured before and after
+        # loading: another engine starting meanwhile (vLLM, in the next worker) can eat a small
+        # budget and fail the load. A wide budget is harmless: max_total_tokens caps the pool.
+        disable_radix_cache=True, mem_fraction_static=0.25,
+        max_total_tokens=max(1024, sum(len(p) + decode_steps + 1 for p in prompts)),
+    )
+
+
+def reload(runner: Any, checkpoint: str) -> None:
+    """Load ``checkpoint``'s weights into ``runner``, built for a checkpoint of the same config (SGLang's own
+    in-place update: the model's ``load_weights``, then its post-load processing), and free every KV slot."""
+    ok, message = runner.weight_updater.update_weights_from_disk(checkpoint, "auto")
+    if not ok:
+        raise RuntimeError(f"SGLang could not update the weights: {message}")
+    runner.req_to_token_pool.clear()
+    runner.token_to_kv_pool_allocator.clear()
 
 
 def model(runner: Any) -> torch.nn.Module:

@@ -28,6 +28,7 @@ The CUDA path (``--device cuda``) uses the same hooks; it is untested on a GPU.
 from __future__ import annotations
 
 import gc
+import json
 import os
 from functools import partial
 from typing import Any, Mapping
@@ -39,7 +40,7 @@ import torch
 
 from parity import schema
 from parity.adapters import vllm_runner as runner  # sets vLLM's environment before vllm is imported
-from parity.adapters.base import EngineAdapter
+from parity.adapters.base import EngineAdapter, checkpoint_structure
 from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, batch_first, forward_inputs, hidden_input,
                                    hook_common, hook_qk)
 from parity.worker.contract import RunRequest
@@ -124,11 +125,33 @@ class Adapter(EngineAdapter[Any]):
         raise RuntimeError(f"{failure} (its ranks' errors stay in their own processes; the same load at one "
                            f"rank says: {self._one_rank_failure(request)})")
 
-    def _engine(self, request: RunRequest, ranks: int) -> Any:
+    def _load_args(self, request: RunRequest, ranks: int) -> dict[str, Any]:
         # Only whole blocks are reused: the default block (128 tokens on CPU) is longer than any prompt.
-        llm = runner.load(request.checkpoint, request.dtype, self.device, [list(p) for p in request.prompts],
-                          request.decode_steps, tensor_parallel=ranks, prefill_chunk=request.execution.prefill_chunk,
-                          prefix_block=PREFIX_BLOCK if request.execution.prefix_cache else None)
+        return dict(checkpoint=request.checkpoint, dtype=request.dtype, device=self.device,
+                    prompts=[list(p) for p in request.prompts], decode_steps=request.decode_steps,
+                    tensor_parallel=ranks, prefill_chunk=request.execution.prefill_chunk,
+                    prefix_block=PREFIX_BLOCK if request.execution.prefix_cache else None)
+
+    def structure(self, request: RunRequest) -> Any:
+        """The checkpoint's structure and every other argument the ``LLM`` is built with. None (never held) under
+        tensor parallelism, whose ranks' processes parity does not reload into; for a mixture-of-experts
+        checkpoint, as vLLM's in-place reload of a fused-experts layer on CPU left expert weights other than a
+        fresh load's (nearly every value of GLM-4-MoE's w13/w2, measured on 0.32 with ``tests/test_reuse.py``);
+        and for latent attention, whose reload no test has compared."""
+        if request.execution.tensor_parallel != 1:
+            return None
+        layout = checkpoint_structure(request.checkpoint)
+        if any(b".experts." in content for name, content in layout if name.endswith(".safetensors")) or \
+                json.loads(dict(layout)["config.json"]).get("kv_lora_rank") is not None:
+            return None
+        args = runner.engine_args(**self._load_args(request, 1))
+        return layout, repr(sorted(args.items()))
+
+    def reload(self, loaded: Any, request: RunRequest) -> None:
+        runner.reload(loaded, request.checkpoint)
+
+    def _engine(self, request: RunRequest, ranks: int) -> Any:
+        llm = runner.load(**self._load_args(request, ranks))
         dropped = _dropped_modes(llm.llm_engine.vllm_config, request.execution.modes())
         if dropped:
             del llm  # unreachable before the teardown's collection

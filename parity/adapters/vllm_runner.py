@@ -25,10 +25,18 @@ def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], dec
     prefix cache on with KV blocks of ``prefix_block`` tokens."""
     from vllm import LLM
 
+    return LLM(model=checkpoint, **engine_args(checkpoint, dtype, device, prompts, decode_steps, tensor_parallel,
+                                               prefill_chunk, prefix_block))
+
+
+def engine_args(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int,
+                tensor_parallel: int = 1, prefill_chunk: int | None = None,
+                prefix_block: int | None = None) -> dict[str, Any]:
+    """The ``LLM`` arguments of :func:`load` but the checkpoint's path."""
     longest = max(len(p) for p in prompts) + decode_steps + 1
-    return LLM(
+    return dict(
         tensor_parallel_size=tensor_parallel, distributed_executor_backend="mp" if tensor_parallel > 1 else None,
-        model=checkpoint, skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, seed=0,
+        skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, seed=0,
         max_model_len=max(longest, 64), max_num_seqs=max(len(prompts), 1),
         # A budget below a prompt's length splits its prefill over several forwards.
         enable_chunked_prefill=prefill_chunk is not None,
@@ -39,6 +47,40 @@ def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], dec
         load_format="safetensors", trust_remote_code=False,
         attention_config=_cpu_mla_backend(checkpoint, dtype, device),
     )
+
+
+def reload(llm: Any, checkpoint: str) -> None:
+    """Load ``checkpoint``'s weights into ``llm``, built for a checkpoint of the same config, and forget the KV
+    cached for the old weights. vLLM's in-place reload runs the model's own ``load_weights`` over the checkpoint,
+    then each layer's post-load processing, as the first load did."""
+    llm.collective_rpc("reload_weights", kwargs={"weights_path": checkpoint})
+    llm.apply_model(_reprocess_shared)
+    if not llm.reset_prefix_cache():
+        raise RuntimeError("vLLM did not reset its prefix cache (requests still running)")
+
+
+def _reprocess_shared(model: torch.nn.Module) -> None:
+    """Process again every layer whose weight is another layer's (a tied LM head holds the embedding's): vLLM's
+    in-place reload processes only the layers it loaded weights into, and the tied head, whose weight the
+    checkpoint does not name, would keep what its processing derived from the old weight (on CPU its GEMM's
+    packed copy: the old logits, measured on 0.32). Other shared parameters (GLM-4-MoE's router bias, which
+    the experts' router also holds) are read as they are at every forward and reloaded in place. Only the
+    embedding's processing is known to be safe to repeat; any other layer fails the reload."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    holders: dict[int, int] = {}
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            holders[id(param)] = holders.get(id(param), 0) + 1
+    for module in model.modules():
+        weight = module._parameters.get("weight")
+        if weight is None or holders[id(weight)] == 1:
+            continue
+        method = getattr(module, "quant_method", None)
+        if not isinstance(method, UnquantizedEmbeddingMethod):
+            raise RuntimeError(f"{type(module).__name__} shares its weight and is not an unquantized embedding: "
+                               f"its processing after a reload is not known to be safe")
+        method.process_weights_after_loading(module)
 
 
 def _cpu_mla_backend(checkpoint: str, dtype: str, device: str) -> dict[str, str] | None:

@@ -2,7 +2,8 @@
 
 Runs inside a backend's own environment: imports the engine once, applies the
 user's patch files, says hello (its :class:`~parity.worker.contract.Capabilities`),
-then serves requests from stdin until ``shutdown`` or EOF.
+then serves requests from stdin until ``shutdown`` or EOF, and tears down the engine it
+still holds.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         protocol.write(replies, _error(exc))
         return 3
 
+    code = _serve(adapter, replies)
+    try:
+        adapter.close()  # the engine held for a next request
+    except Unusable as exc:
+        print(f"parity.worker: {exc}", file=sys.stderr)
+        return code or 4
+    return code
+
+
+def _serve(adapter: EngineAdapter, replies: Any) -> int:
     handlers = operations(adapter)
     for line in sys.stdin.buffer:
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar, Mapping, TypeVar
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 
 class ContractError(ValueError):
@@ -122,7 +122,12 @@ class RunRequest:
 @dataclass(frozen=True)
 class RunReply:
     seconds: dict[str, float]
-    """Worker-side load, forward, save and teardown."""
+    """Worker-side load, forward, save and teardown ("load" is the reload when ``reused``; "teardown" includes that
+    of an engine held from an earlier request of another structure)."""
+
+    reused: bool = False
+    """The engine held from the previous request (same structure) served this one with the checkpoint's weights
+    reloaded into it, instead of a new engine being built."""
 
     file: str | None = None
     """The safetensors file of canonical tensors; None without capture."""
