@@ -56,9 +56,11 @@ def main() -> None:
     print("| model type | tier | " + " | ".join(engines) + " |")
     print("|---|---|" + "---|" * len(engines))
     for model_type, entry in sorted(registry.generic_table()["entries"].items()):
-        spec = registry.lookup(model_type)
-        tier = spec.tier if spec else "none"
-        if spec is None:
+        tier = ("full" if model_type in registry.registry_model_types()
+                else "generic" if model_type in registry.generic_entries() else "none")
+        if tier == "full":  # the registry's name for it (GPT-J's gpt_j)
+            model_type = next(n for n, s in registry.ARCHITECTURES.items() if s.model_type == model_type)
+        if tier == "none":
             cells = [f"no tiny config: {entry.get('error', '?')[:100]}"] * len(engines)
         else:
             cells = [cell(results[(model_type, e)]) for e in engines]
