@@ -355,6 +355,27 @@ _SGLANG_ALL_SPARSE = ("SGLang's Qwen3-MoE makes every layer sparse (Qwen3MoeDeco
                       "sparse\"), reading neither mlp_only_layers nor decoder_sparse_step: a dense layer's MLP weights "
                       "are dropped at load and its experts keep uninitialised memory")
 
+def _granite_swa_slides(config: Mapping[str, Any]) -> bool:
+    """Whether some layer of a Granite-SWA config slides a window (stated layer_types, or the config class's
+    default: every layer but each fourth, counting from layer 0)."""
+    types = config.get("layer_types") or ["full_attention" if i % 4 == 0 else "sliding_attention"
+                                          for i in range(config["num_hidden_layers"])]
+    return "sliding_attention" in types
+
+
+def _always(config: Mapping[str, Any]) -> bool:
+    return True
+
+
+_XIELU = ("{name}'s Apertus builds its MLP activation as XIELU() without a dtype ({file} XIELU.__init__), whose "
+          "alpha_p/alpha_n parameters and beta/eps buffers default to torch.bfloat16; transformers passes "
+          "dtype=config.dtype: an fp32 model's xIELU runs with bf16-rounded parameters (layer 0's residual off by "
+          "~1e-3 relative)")
+_TRANSFORMERS5_CONFIG = ("refuses at load: {name}'s {port} reads {attr} from the config, which transformers "
+                         "5.19's {cls} no longer defines ({why}): a checkpoint written by that config class fails to "
+                         "load")
+
+
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     # Refusals: the engine says at load that it does not implement the config; nothing runs wrong.
     *_each("vllm", VLLM_NEW, _LLAMA_MLP, ("error",), _not("hidden_act", "silu"), _SILU_ONLY, "Unsupported activation"),
@@ -692,6 +713,62 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "vLLM's DeepseekV2MLAAttention builds its rotary with is_neox_style=False whatever rope_interleave "
                "says (deepseek_v2.py): rotate-half checkpoints (rope_interleave False) are rotated in interleaved "
                "pairs", reads_as=_read_as(rope_interleave=True)),
+    # The generic tier: compared at embed / residual / final norm / logits only, so a bug is known by the first
+    # residual it reaches.
+    *(KnownIssue(engine, verified, "apertus", ("residual",), lambda c: c.get("hidden_act", "xielu") == "xielu",
+                 _XIELU.format(name=name, file=file))
+      for engine, verified, name, file in (("vllm", VLLM_NEW, "vLLM", "vllm/model_executor/layers/activation.py"),
+                                           ("sglang", SGLANG, "SGLang", "sglang/srt/layers/activation.py"))),
+    KnownIssue("vllm", VLLM_NEW, "afmoe", ("error",), _always,
+               _TRANSFORMERS5_CONFIG.format(name="vLLM", port="AfmoeForCausalLM (afmoe.py)", attr="n_group",
+                                            cls="AfmoeConfig", why="it has no expert groups"),
+               "has no attribute 'n_group'"),
+    *(KnownIssue(engine, verified, "glm4_moe_lite", ("error",), _always,
+                 _TRANSFORMERS5_CONFIG.format(name=name, port="GLM-4-MoE-Lite (glm4_moe_lite.py)",
+                                              attr="first_k_dense_replace", cls="Glm4MoeLiteConfig",
+                                              why="it states mlp_layer_types instead"),
+                 "has no attribute 'first_k_dense_replace'")
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    KnownIssue("vllm", VLLM_NEW, "deepseek_v4", ("error",), _always,
+               "refuses at load: vLLM parses DeepSeek-V4 configs with its own DeepseekV4Config "
+               "(vllm/transformers_utils/configs/deepseek_v4.py), whose mlp_layer_types may hold only sparse or "
+               "dense; transformers 5.19's DeepseekV4Config writes its first num_hash_layers layers as hash_moe",
+               "mlp_layer_types"),
+    KnownIssue("sglang", SGLANG, "deepseek_v4", ("error",), _always,
+               _TRANSFORMERS5_CONFIG.format(name="SGLang", port="ModelConfig._derive_model_shapes (model_config.py)",
+                                            attr="compress_ratios", cls="DeepseekV4Config",
+                                            why="it takes compress_ratios only as a legacy input and states "
+                                                "layer_types"),
+               "has no attribute 'compress_ratios'"),
+    *(KnownIssue("vllm", VLLM_NEW, arch, ("error",), _always,
+                 "refuses at load: DeepSeek sparse attention (DSA, the indexer) has no CPU backend "
+                 "(CpuPlatform.get_attn_backend_cls: \"Sparse Attention is not supported on CPU.\")",
+                 "Sparse Attention is not supported on CPU")
+      for arch in ("deepseek_v32", "glm_moe_dsa")),
+    *(KnownIssue("sglang", SGLANG, arch, ("error",), _always,
+                 "refuses at load on CPU: SGLang's server-argument hook for DeepSeek sparse attention "
+                 "(arg_groups/model_hook.py handle_model_specific_adjustments) asks "
+                 "torch.cuda.get_device_capability(), which a CPU torch cannot answer",
+                 "Torch not compiled with CUDA enabled")
+      for arch in ("deepseek_v32", "glm_moe_dsa")),
+    KnownIssue("sglang", SGLANG, "deepseek_v2", ("error",), lambda c: not _scaled(c),
+               "refuses at load on CPU: SGLang's DeepseekV2AttentionMLA takes its rotary from get_rope_cpu "
+               "(layers/rotary_embedding/factory.py), which asserts a deepseek_yarn rope_scaling: plain RoPE, "
+               "transformers' default, has no CPU rotary", "get_rope_cpu"),
+    *(KnownIssue("sglang", SGLANG, arch, ("error",), _always,
+                 "refuses at load on CPU: SGLang requires a GPU attention backend for this model "
+                 "(arg_groups/model_hook.py: fa3, triton or trtllm_mha) and its CPU backend is torch_native",
+                 "attention backend")
+      for arch in ("exaone4", "exaone_moe", "gpt_oss")),
+    KnownIssue("sglang", SGLANG, "falcon_h1", ("error",), _always,
+               "refuses at load on CPU: SGLang's Mamba-2 mixer imports sgl_kernel.mamba, which its CPU build of "
+               "sgl_kernel does not ship", "sgl_kernel.mamba"),
+    *(KnownIssue("sglang", SGLANG, arch, ("error",), lambda c: not _granite_swa_slides(c),
+                 "refuses at load a Granite-SWA model with no sliding layer (fewer than 2 layers under the default "
+                 "layer_types): SGLang treats the architecture as hybrid SWA (model_config.py SWA_SINK_ARCHS) and "
+                 "HybridSWAPoolConfigurator asserts \"Hybrid SWA model must have at least one SWA layer\"; "
+                 "transformers runs it", "at least one SWA layer")
+      for arch in ("granite_swa", "granitemoe_swa")),
 )
 
 

@@ -95,17 +95,32 @@ print(json.dumps(found))
 """
 
 
-@pytest.mark.parity
-def test_discover_finds_decoder_layers_and_final_norm_on_transformers_models():
+def in_transformers(script: str):
+    """What ``script``, run in the reference's environment, prints last (as JSON)."""
     python = envs.ensure(BACKENDS["transformers"], "cpu")
-    proc = subprocess.run([str(python), "-c", DISCOVER], capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.splitlines()[-1]) == {
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.parity
+def test_discover_finds_decoder_layers_and_final_norm_on_transformers_models():
+    assert in_transformers(DISCOVER) == {
         "gpt2": ["transformer", "h", "ln_f"],
         "opt": ["model.decoder", "layers", "final_layer_norm"],
         "granitemoe": ["model", "layers", "norm"],
         "error": "GraniteMoeForCausalLM has no list of its 5 decoder layers"}
+
+
+@pytest.mark.parity
+def test_derived_sizes_are_fields_the_config_class_takes():
+    # GPT-BigCode derives num_key_value_heads from multi_query after init: written as drawn, it contradicted the
+    # one key/value head transformers builds, and vLLM, reading it, sized its attention for more.
+    keys = in_transformers("import json; from parity.worker.generic import derive; "
+                           "print(json.dumps({t: derive(t)['keys'] for t in ('gpt_bigcode', 'llama')}))")
+    assert "num_key_value_heads" not in keys["gpt_bigcode"] and keys["gpt_bigcode"]["num_attention_heads"] == "n_head"
+    assert keys["llama"]["num_key_value_heads"] == "num_key_value_heads"
 
 
 def test_the_table_lists_each_model_type_with_its_tier():
