@@ -621,12 +621,12 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "a norm the checkpoint does not have (left at its initial values), instead of the shared input norm; "
         "silently wrong from layer 0",
     ),
-    KnownIssue(
-        "sglang", SGLANG, "gpt_j", ("logits",), lambda c: True,
-        "SGLang's GPTJForCausalLM builds and loads lm_head with a bias, but LogitsProcessor.forward has no "
-        "bias argument and the model never adds it: logits lack lm_head.bias",
+    *(KnownIssue(
+        "sglang", SGLANG, arch, ("logits",), lambda c: True,
+        f"SGLang's {name} builds and loads lm_head with a bias, but calls its LogitsProcessor without one "
+        "(embedding_bias None) and never adds it: logits lack lm_head.bias",
         ignores=(r"^lm_head\.bias$",),
-    ),
+    ) for arch, name in (("gpt_j", "GPTJForCausalLM"), ("phi", "PhiForCausalLM (phi.py)"))),
     *(KnownIssue(
         "vllm", VLLM if arch == "phi3" else VLLM_NEW, arch, ("q_rot", "k_rot"), _longrope_outgrown,
         "by design: vLLM applies LongRoPE's long factors to every token whenever max_model_len exceeds "
@@ -745,12 +745,16 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                  "(CpuPlatform.get_attn_backend_cls: \"Sparse Attention is not supported on CPU.\")",
                  "Sparse Attention is not supported on CPU")
       for arch in ("deepseek_v32", "glm_moe_dsa")),
+    KnownIssue("vllm", VLLM_NEW, "hy_v4", ("error",), _always,
+               "refuses at load: HY-V4's sparse MLA attention has no CPU backend (models/hy_v4/nvidia/attention.py: "
+               "\"no valid sparse MLA backend ... Refusing to fall back to dense attention\")",
+               "no valid sparse MLA backend"),
     *(KnownIssue("sglang", SGLANG, arch, ("error",), _always,
                  "refuses at load on CPU: SGLang's server-argument hook for DeepSeek sparse attention "
                  "(arg_groups/model_hook.py handle_model_specific_adjustments) asks "
                  "torch.cuda.get_device_capability(), which a CPU torch cannot answer",
                  "Torch not compiled with CUDA enabled")
-      for arch in ("deepseek_v32", "glm_moe_dsa")),
+      for arch in ("deepseek_v32", "glm_moe_dsa", "hy_v4")),
     KnownIssue("sglang", SGLANG, "deepseek_v2", ("error",), lambda c: not _scaled(c),
                "refuses at load on CPU: SGLang's DeepseekV2AttentionMLA takes its rotary from get_rope_cpu "
                "(layers/rotary_embedding/factory.py), which asserts a deepseek_yarn rope_scaling: plain RoPE, "
@@ -769,6 +773,52 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                  "HybridSWAPoolConfigurator asserts \"Hybrid SWA model must have at least one SWA layer\"; "
                  "transformers runs it", "at least one SWA layer")
       for arch in ("granite_swa", "granitemoe_swa")),
+    KnownIssue("sglang", SGLANG, "mellum", ("error",), lambda c: "sliding_attention" not in (c.get("layer_types") or []),
+               "refuses at load a Mellum model with no sliding layer (its config class's default layer_types is all "
+               "full attention): SGLang treats the architecture as hybrid SWA and HybridSWAPoolConfigurator asserts "
+               "\"Hybrid SWA model must have at least one SWA layer\"; transformers runs it", "at least one SWA layer"),
+    *(KnownIssue(engine, verified, arch, ("error",), _always,
+                 _TRANSFORMERS5_CONFIG.format(name=name, port=port, attr=attr, cls=cls, why=why), message)
+      for engine, verified, name, arch, port, attr, cls, why, message in (
+          ("sglang", SGLANG, "SGLang", "hunyuan_v1_moe", "HunYuan MoE (hunyuan.py)", "moe_intermediate_size",
+           "HunYuanMoEV1Config", "it sizes the experts by intermediate_size", "'moe_intermediate_size'"),
+          ("vllm", VLLM_NEW, "vLLM", "hy_v3", "HY-V3 decoder layer (hy_v3.py)", "first_k_dense_replace",
+           "HYV3Config", "it states mlp_layer_types", "first_k_dense_replace not exist"),
+          ("sglang", SGLANG, "SGLang", "hy_v3", "HY-V3 MoE (hunyuan_v3.py)", "route_norm", "HYV3Config",
+           "it has no such key", "'route_norm'"),
+          ("vllm", VLLM_NEW, "vLLM", "mimo_v2_flash", "MiMo-V2 (mimo_v2.py)", "hybrid_layer_pattern",
+           "MiMoV2FlashConfig", "it states layer_types", "'hybrid_layer_pattern'"),
+          ("sglang", SGLANG, "SGLang", "mimo_v2_flash", "get_hybrid_layer_ids (model_config.py: None when absent, "
+           "then indexed)", "hybrid_layer_pattern", "MiMoV2FlashConfig", "it states layer_types",
+           "'NoneType' object is not subscriptable"),
+          ("vllm", VLLM_NEW, "vLLM", "minimax_m2", "MiniMaxM2Attention (minimax_m2.py)", "rotary_dim",
+           "MiniMaxM2Config", "it takes rotary_dim only as a legacy input, stored as rope_parameters' "
+           "partial_rotary_factor", "'rotary_dim'"),
+          ("sglang", SGLANG, "SGLang", "minimax_m2", "MiniMax-M2 MoE (minimax_m2.py)", "scoring_func",
+           "MiniMaxM2Config", "transformers always routes with sigmoid scores", "'scoring_func'"))),
+    KnownIssue("sglang", SGLANG, "hunyuan_v1_dense", ("error",), _always,
+               "refuses at load: SGLang's HunYuan attention builds query/key layernorms only where the config says "
+               "use_qk_norm (hunyuan.py, default False), which transformers 5.19's HunYuanDenseV1Config does not "
+               "define (its model always has them): the loader finds no key_layernorm.weight parameter (KeyError)",
+               "key_layernorm"),
+    KnownIssue("vllm", VLLM_NEW, "laguna", ("error",), lambda c: c["num_hidden_layers"] > 1,
+               "fails at the first forward of a sparse layer (every layer after the first by default): Laguna routes "
+               "with sigmoid scores, ungrouped (laguna.py), and vLLM's CPU router handles that only with grouped "
+               "top-k or a custom routing function (fused_moe/router/cpu_router.py _compute_routing asserts "
+               "scoring_func == \"softmax\")", "cpu_router"),
+    KnownIssue("vllm", VLLM_NEW, "llama4_text", ("error",), lambda c: c.get("num_experts_per_tok", 1) > 1,
+               "refuses at the first forward: Llama-4 applies the router weight to the expert's input, which vLLM's "
+               "fused MoE implements only for top-1 routing (prepare_finalize/no_dp_ep.py: "
+               "\"apply_router_weight_on_input is only implemented for topk=1\"); transformers runs any top-k",
+               "only implemented for topk=1"),
+    KnownIssue("sglang", SGLANG, "llama4_text", ("error",), lambda c: c.get("use_qk_norm", True),
+               "fails at the first forward of an fp32 model: off CUDA, SGLang's Llama4Attention casts q and k to "
+               "bfloat16 around its qk_norm (llama4.py: .bfloat16(), .to(torch.bfloat16)), so the attention output "
+               "reaching o_proj is bf16 against fp32 weights", "expected m1 and m2 to have the same dtype"),
+    KnownIssue("vllm", VLLM_NEW, "qwen3_next", ("error",), _always,
+               "refuses at the first forward of an fp32 model: vLLM's CPU Gated DeltaNet kernel "
+               "(layers/mamba/ops/cpu/gdn_attention.py) takes only bfloat16 (\"CPU GDN attention requires BF16.\")",
+               "CPU GDN attention requires BF16"),
 )
 
 

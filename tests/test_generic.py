@@ -141,7 +141,9 @@ def test_the_stored_generic_table_is_what_the_pinned_engines_and_transformers_gi
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("arch", ["gpt2", "olmo2"])  # olmo2: vLLM runs it through its Transformers backend
+# olmo2: vLLM runs it through its Transformers backend; opt: SGLang passes its layers forward_batch by keyword;
+# minicpm3: SGLang's layers take the residual yet return (stream, None)
+@pytest.mark.parametrize("arch", ["gpt2", "olmo2", "opt", "minicpm3"])
 def test_generic_families_agree_on_both_engines_layer_by_layer(parity_sessions, arch):
     session = parity_sessions(["vllm", "sglang"])
     minimal, records = known.search_judging(session, arch, profiles.get("dev"), seed=1)

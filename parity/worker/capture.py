@@ -290,7 +290,7 @@ def hook_common(rec: Recorder, parts: Parts, *, layer_input: Callable[[tuple, di
     ``layer_input(args, kwargs)`` of that layer's call: the token embedding with any
     scale a family applies outside the embedding module (Gemma's sqrt(hidden), which
     transformers folds into its embedding module and engines apply in place after it).
-    ``residual`` maps a decoder layer, its raw output and positional arguments to the
+    ``residual`` maps a decoder layer, its raw output and arguments (positional, then keyword) to the
     full residual stream: this is where each engine's layer-output convention is
     normalised (SGLang's needs the layer's ``forward_batch`` argument), unless the family's ports return the
     stream first whatever their signature says (``ModuleNames.stream_first``).
@@ -307,7 +307,10 @@ def hook_common(rec: Recorder, parts: Parts, *, layer_input: Callable[[tuple, di
     hooks.post(parts.final_norm, lambda m, a, out: rec.record("final_norm", tokens(first(out))))
     for i, layer in enumerate(layers):
         hooks.pre(layer, lambda m, a, i=i: rec.enter_layer(i))
-        hooks.post(layer, lambda m, a, out: rec.record_layer("residual", tokens(residual(m, out, a))))
+        # The layer's arguments, keyword ones after the positional: SGLang's OPT and Phi pass forward_batch by name.
+        hooks.post(layer, lambda m, a, kw, out: rec.record_layer("residual",
+                                                                 tokens(residual(m, out, (*a, *kw.values())))),
+                   with_kwargs=True)
         if parts.names.coarse:
             continue
         hooks.post(parts.attention(layer), lambda m, a, out: rec.record_layer("attn_out", tokens(first(out))))
