@@ -720,9 +720,15 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
       for engine, verified, name, file in (("vllm", VLLM_NEW, "vLLM", "vllm/model_executor/layers/activation.py"),
                                            ("sglang", SGLANG, "SGLang", "sglang/srt/layers/activation.py"))),
     KnownIssue("vllm", VLLM_NEW, "afmoe", ("error",), _always,
-               _TRANSFORMERS5_CONFIG.format(name="vLLM", port="AfmoeForCausalLM (afmoe.py)", attr="n_group",
-                                            cls="AfmoeConfig", why="it has no expert groups"),
-               "has no attribute 'n_group'"),
+               _TRANSFORMERS5_CONFIG.format(name="vLLM", port="AfMoE (afmoe.py: AfmoeForCausalLM, and AfmoeMoE "
+                                            "where a layer is sparse)", attr="n_group and score_func",
+                                            cls="AfmoeConfig", why="it has no expert groups and always scores "
+                                            "with sigmoid"),
+               "'AfmoeConfig' object has no attribute"),
+    KnownIssue("sglang", SGLANG, "afmoe", ("error",), lambda c: c["num_hidden_layers"] > c.get("num_dense_layers", 1),
+               "fails at the first forward of a sparse layer (those after num_dense_layers): SGLang's AfMoE experts "
+               "run through its Triton MoE runner (moe_runner/triton_utils/fused_moe.py), whose "
+               "sglang::inplace_fused_experts op has no CPU kernel", "inplace_fused_experts"),
     *(KnownIssue(engine, verified, "glm4_moe_lite", ("error",), _always,
                  _TRANSFORMERS5_CONFIG.format(name=name, port="GLM-4-MoE-Lite (glm4_moe_lite.py)",
                                               attr="first_k_dense_replace", cls="Glm4MoeLiteConfig",
@@ -806,6 +812,13 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "with sigmoid scores, ungrouped (laguna.py), and vLLM's CPU router handles that only with grouped "
                "top-k or a custom routing function (fused_moe/router/cpu_router.py _compute_routing asserts "
                "scoring_func == \"softmax\")", "cpu_router"),
+    KnownIssue("vllm", VLLM_NEW, "ernie4_5_moe", ("residual",),
+               lambda c: c["num_hidden_layers"] > c.get("moe_layer_start_index", 1),
+               "vLLM's CPU router drops ERNIE-4.5's expert-score correction bias: Ernie4_5_MoeMoE hands FusedMoE "
+               "e_score_correction_bias with softmax scoring, ungrouped, and cpu_router.py _compute_routing then "
+               "takes _softmax_topk(router_logits, top_k, renormalize), which never reads it; transformers picks "
+               "the top-k of softmax + bias (moe_statics): other experts wherever the bias changes the choice",
+               ignores=(r"\.moe_statics\.e_score_correction_bias$",)),
     KnownIssue("vllm", VLLM_NEW, "llama4_text", ("error",), lambda c: c.get("num_experts_per_tok", 1) > 1,
                "refuses at the first forward: Llama-4 applies the router weight to the expert's input, which vLLM's "
                "fused MoE implements only for top-1 routing (prepare_finalize/no_dp_ep.py: "
