@@ -680,11 +680,11 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     *_each("vllm", VLLM_NEW, ("deepseek_v3",), ("error",), _not("hidden_act", "silu"),
            "refuses at load: its DeepseekV2MLP and DeepseekV2MoE implement only SiLU (\"Only silu is supported for "
            "now\")", "Unsupported activation"),
-    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("error",), lambda c: True,
-               "refuses chunked prefill and the prefix cache: vLLM's CPU platform turns both off for every MLA model "
-               "(CpuPlatform.check_and_update_config: \"MLA is enabled on a non-GPU platform; forcing chunked "
-               "prefill and prefix caching to be disabled\"), and parity's adapter says so rather than compare "
-               "whole prompts as chunked or cached ones", "off for this model (asked for, not run)"),
+    *_each("vllm", VLLM_NEW, ("deepseek_v3", "deepseek_v2"), ("error",), _always,
+           "refuses chunked prefill and the prefix cache: vLLM's CPU platform turns both off for every MLA model "
+           "(CpuPlatform.check_and_update_config: \"MLA is enabled on a non-GPU platform; forcing chunked "
+           "prefill and prefix caching to be disabled\"), and parity's adapter says so rather than compare "
+           "whole prompts as chunked or cached ones", "off for this model (asked for, not run)"),
     KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("error",), lambda c: _scaled(c) and not _states_original(c),
                "refuses at load: vLLM's DeepSeek attention renames every scaled RoPE type to \"deepseek_yarn\" "
                "(deepseek_v2.py), whose rotary needs original_max_position_embeddings, which linear and dynamic "
