@@ -152,8 +152,9 @@ def test_generic_families_agree_with_the_engines_layer_by_layer(parity_sessions,
     minimal, records = known.search_judging(session, arch, profiles.get("dev"), seed=1)
     assert minimal is None, session.records[minimal].results
     results = [r for ex in records for r in ex.results]
-    assert results and {r.status for r in results} == {"pass"}
-    assert 0 < max(r.max_rel_l2 for r in results) < 1e-5
+    statuses = {r.status for r in results}  # SGLang leaves out what it cannot run here (a prefix cache, chunks)
+    assert "pass" in statuses and statuses <= {"pass", "unsupported"}
+    assert 0 < max(r.max_rel_l2 for r in results if r.status == "pass") < 1e-5
     for ex in records:  # the generic granularity, every layer's residual stream included
         layers = registry.canonical_config(arch, ex.config)["num_hidden_layers"]
         kinds = {row.tensor for r in ex.results for row in r.rows if row.step == 0}
