@@ -355,6 +355,27 @@ _SGLANG_ALL_SPARSE = ("SGLang's Qwen3-MoE makes every layer sparse (Qwen3MoeDeco
                       "sparse\"), reading neither mlp_only_layers nor decoder_sparse_step: a dense layer's MLP weights "
                       "are dropped at load and its experts keep uninitialised memory")
 
+def _granite_swa_slides(config: Mapping[str, Any]) -> bool:
+    """Whether some layer of a Granite-SWA config slides a window (stated layer_types, or the config class's
+    default: every layer but each fourth, counting from layer 0)."""
+    types = config.get("layer_types") or ["full_attention" if i % 4 == 0 else "sliding_attention"
+                                          for i in range(config["num_hidden_layers"])]
+    return "sliding_attention" in types
+
+
+def _always(config: Mapping[str, Any]) -> bool:
+    return True
+
+
+_XIELU = ("{name}'s Apertus builds its MLP activation as XIELU() without a dtype ({file} XIELU.__init__), whose "
+          "alpha_p/alpha_n parameters and beta/eps buffers default to torch.bfloat16; transformers passes "
+          "dtype=config.dtype: an fp32 model's xIELU runs with bf16-rounded parameters (layer 0's residual off by "
+          "~1e-3 relative)")
+_TRANSFORMERS5_CONFIG = ("refuses at load: {name}'s {port} reads {attr} from the config, which transformers "
+                         "5.19's {cls} no longer defines ({why}): a checkpoint written by that config class fails to "
+                         "load")
+
+
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     # Refusals: the engine says at load that it does not implement the config; nothing runs wrong.
     *_each("vllm", VLLM_NEW, _LLAMA_MLP, ("error",), _not("hidden_act", "silu"), _SILU_ONLY, "Unsupported activation"),
@@ -600,12 +621,12 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "a norm the checkpoint does not have (left at its initial values), instead of the shared input norm; "
         "silently wrong from layer 0",
     ),
-    KnownIssue(
-        "sglang", SGLANG, "gpt_j", ("logits",), lambda c: True,
-        "SGLang's GPTJForCausalLM builds and loads lm_head with a bias, but LogitsProcessor.forward has no "
-        "bias argument and the model never adds it: logits lack lm_head.bias",
+    *(KnownIssue(
+        "sglang", SGLANG, arch, ("logits",), lambda c: True,
+        f"SGLang's {name} builds and loads lm_head with a bias, but calls its LogitsProcessor without one "
+        "(embedding_bias None) and never adds it: logits lack lm_head.bias",
         ignores=(r"^lm_head\.bias$",),
-    ),
+    ) for arch, name in (("gpt_j", "GPTJForCausalLM"), ("phi", "PhiForCausalLM (phi.py)"))),
     *(KnownIssue(
         "vllm", VLLM if arch == "phi3" else VLLM_NEW, arch, ("q_rot", "k_rot"), _longrope_outgrown,
         "by design: vLLM applies LongRoPE's long factors to every token whenever max_model_len exceeds "
@@ -659,11 +680,11 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     *_each("vllm", VLLM_NEW, ("deepseek_v3",), ("error",), _not("hidden_act", "silu"),
            "refuses at load: its DeepseekV2MLP and DeepseekV2MoE implement only SiLU (\"Only silu is supported for "
            "now\")", "Unsupported activation"),
-    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("error",), lambda c: True,
-               "refuses chunked prefill and the prefix cache: vLLM's CPU platform turns both off for every MLA model "
-               "(CpuPlatform.check_and_update_config: \"MLA is enabled on a non-GPU platform; forcing chunked "
-               "prefill and prefix caching to be disabled\"), and parity's adapter says so rather than compare "
-               "whole prompts as chunked or cached ones", "off for this model (asked for, not run)"),
+    *_each("vllm", VLLM_NEW, ("deepseek_v3", "deepseek_v2"), ("error",), _always,
+           "refuses chunked prefill and the prefix cache: vLLM's CPU platform turns both off for every MLA model "
+           "(CpuPlatform.check_and_update_config: \"MLA is enabled on a non-GPU platform; forcing chunked "
+           "prefill and prefix caching to be disabled\"), and parity's adapter says so rather than compare "
+           "whole prompts as chunked or cached ones", "off for this model (asked for, not run)"),
     KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("error",), lambda c: _scaled(c) and not _states_original(c),
                "refuses at load: vLLM's DeepSeek attention renames every scaled RoPE type to \"deepseek_yarn\" "
                "(deepseek_v2.py), whose rotary needs original_max_position_embeddings, which linear and dynamic "
@@ -692,6 +713,132 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "vLLM's DeepseekV2MLAAttention builds its rotary with is_neox_style=False whatever rope_interleave "
                "says (deepseek_v2.py): rotate-half checkpoints (rope_interleave False) are rotated in interleaved "
                "pairs", reads_as=_read_as(rope_interleave=True)),
+    # The generic tier: compared at embed / residual / final norm / logits only, so a bug is known by the first
+    # residual it reaches.
+    *(KnownIssue(engine, verified, "apertus", ("residual",), lambda c: c.get("hidden_act", "xielu") == "xielu",
+                 _XIELU.format(name=name, file=file))
+      for engine, verified, name, file in (("vllm", VLLM_NEW, "vLLM", "vllm/model_executor/layers/activation.py"),
+                                           ("sglang", SGLANG, "SGLang", "sglang/srt/layers/activation.py"))),
+    KnownIssue("vllm", VLLM_NEW, "afmoe", ("error",), _always,
+               _TRANSFORMERS5_CONFIG.format(name="vLLM", port="AfMoE (afmoe.py: AfmoeForCausalLM, and AfmoeMoE "
+                                            "where a layer is sparse)", attr="n_group and score_func",
+                                            cls="AfmoeConfig", why="it has no expert groups and always scores "
+                                            "with sigmoid"),
+               "'AfmoeConfig' object has no attribute"),
+    KnownIssue("sglang", SGLANG, "afmoe", ("error",), lambda c: c["num_hidden_layers"] > c.get("num_dense_layers", 1),
+               "fails at the first forward of a sparse layer (those after num_dense_layers): SGLang's AfMoE experts "
+               "run through its Triton MoE runner (moe_runner/triton_utils/fused_moe.py), whose "
+               "sglang::inplace_fused_experts op has no CPU kernel", "inplace_fused_experts"),
+    *(KnownIssue(engine, verified, "glm4_moe_lite", ("error",), _always,
+                 _TRANSFORMERS5_CONFIG.format(name=name, port="GLM-4-MoE-Lite (glm4_moe_lite.py)",
+                                              attr="first_k_dense_replace", cls="Glm4MoeLiteConfig",
+                                              why="it states mlp_layer_types instead"),
+                 "has no attribute 'first_k_dense_replace'")
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    KnownIssue("vllm", VLLM_NEW, "deepseek_v4", ("error",), _always,
+               "refuses at load: vLLM parses DeepSeek-V4 configs with its own DeepseekV4Config "
+               "(vllm/transformers_utils/configs/deepseek_v4.py), whose mlp_layer_types may hold only sparse or "
+               "dense; transformers 5.19's DeepseekV4Config writes its first num_hash_layers layers as hash_moe",
+               "mlp_layer_types"),
+    KnownIssue("sglang", SGLANG, "deepseek_v4", ("error",), _always,
+               _TRANSFORMERS5_CONFIG.format(name="SGLang", port="ModelConfig._derive_model_shapes (model_config.py)",
+                                            attr="compress_ratios", cls="DeepseekV4Config",
+                                            why="it takes compress_ratios only as a legacy input and states "
+                                                "layer_types"),
+               "has no attribute 'compress_ratios'"),
+    *(KnownIssue("vllm", VLLM_NEW, arch, ("error",), _always,
+                 "refuses at load: DeepSeek sparse attention (DSA, the indexer) has no CPU backend "
+                 "(CpuPlatform.get_attn_backend_cls: \"Sparse Attention is not supported on CPU.\")",
+                 "Sparse Attention is not supported on CPU")
+      for arch in ("deepseek_v32", "glm_moe_dsa")),
+    KnownIssue("vllm", VLLM_NEW, "hy_v4", ("error",), _always,
+               "refuses at load: HY-V4's sparse MLA attention has no CPU backend (models/hy_v4/nvidia/attention.py: "
+               "\"no valid sparse MLA backend ... Refusing to fall back to dense attention\")",
+               "no valid sparse MLA backend"),
+    *(KnownIssue("sglang", SGLANG, arch, ("error",), _always,
+                 "refuses at load on CPU: SGLang's server-argument hook for DeepSeek sparse attention "
+                 "(arg_groups/model_hook.py handle_model_specific_adjustments) asks "
+                 "torch.cuda.get_device_capability(), which a CPU torch cannot answer",
+                 "Torch not compiled with CUDA enabled")
+      for arch in ("deepseek_v32", "glm_moe_dsa", "hy_v4")),
+    KnownIssue("sglang", SGLANG, "deepseek_v2", ("error",), lambda c: not _scaled(c),
+               "refuses at load on CPU: SGLang's DeepseekV2AttentionMLA takes its rotary from get_rope_cpu "
+               "(layers/rotary_embedding/factory.py), which asserts a deepseek_yarn rope_scaling: plain RoPE, "
+               "transformers' default, has no CPU rotary", "get_rope_cpu"),
+    *(KnownIssue("sglang", SGLANG, arch, ("error",), _always,
+                 "refuses at load on CPU: SGLang requires a GPU attention backend for this model "
+                 "(arg_groups/model_hook.py: fa3, triton or trtllm_mha) and its CPU backend is torch_native",
+                 "attention backend")
+      for arch in ("exaone4", "exaone_moe", "gpt_oss")),
+    KnownIssue("sglang", SGLANG, "falcon_h1", ("error",), _always,
+               "refuses at load on CPU: SGLang's Mamba-2 mixer imports sgl_kernel.mamba, which its CPU build of "
+               "sgl_kernel does not ship", "sgl_kernel.mamba"),
+    *(KnownIssue("sglang", SGLANG, arch, ("error",), lambda c: not _granite_swa_slides(c),
+                 "refuses at load a Granite-SWA model with no sliding layer (fewer than 2 layers under the default "
+                 "layer_types): SGLang treats the architecture as hybrid SWA (model_config.py SWA_SINK_ARCHS) and "
+                 "HybridSWAPoolConfigurator asserts \"Hybrid SWA model must have at least one SWA layer\"; "
+                 "transformers runs it", "at least one SWA layer")
+      for arch in ("granite_swa", "granitemoe_swa")),
+    KnownIssue("sglang", SGLANG, "mellum", ("error",), lambda c: "sliding_attention" not in (c.get("layer_types") or []),
+               "refuses at load a Mellum model with no sliding layer (its config class's default layer_types is all "
+               "full attention): SGLang treats the architecture as hybrid SWA and HybridSWAPoolConfigurator asserts "
+               "\"Hybrid SWA model must have at least one SWA layer\"; transformers runs it", "at least one SWA layer"),
+    *(KnownIssue(engine, verified, arch, ("error",), _always,
+                 _TRANSFORMERS5_CONFIG.format(name=name, port=port, attr=attr, cls=cls, why=why), message)
+      for engine, verified, name, arch, port, attr, cls, why, message in (
+          ("sglang", SGLANG, "SGLang", "hunyuan_v1_moe", "HunYuan MoE (hunyuan.py)", "moe_intermediate_size",
+           "HunYuanMoEV1Config", "it sizes the experts by intermediate_size", "'moe_intermediate_size'"),
+          ("vllm", VLLM_NEW, "vLLM", "hy_v3", "HY-V3 decoder layer (hy_v3.py)", "first_k_dense_replace",
+           "HYV3Config", "it states mlp_layer_types", "first_k_dense_replace not exist"),
+          ("sglang", SGLANG, "SGLang", "hy_v3", "HY-V3 MoE (hunyuan_v3.py)", "route_norm", "HYV3Config",
+           "it has no such key", "'route_norm'"),
+          ("vllm", VLLM_NEW, "vLLM", "mimo_v2_flash", "MiMo-V2 (mimo_v2.py)", "hybrid_layer_pattern",
+           "MiMoV2FlashConfig", "it states layer_types", "'hybrid_layer_pattern'"),
+          ("sglang", SGLANG, "SGLang", "mimo_v2_flash", "get_hybrid_layer_ids (model_config.py: None when absent, "
+           "then indexed)", "hybrid_layer_pattern", "MiMoV2FlashConfig", "it states layer_types",
+           "'NoneType' object is not subscriptable"),
+          ("vllm", VLLM_NEW, "vLLM", "minimax_m2", "MiniMaxM2Attention (minimax_m2.py)", "rotary_dim",
+           "MiniMaxM2Config", "it takes rotary_dim only as a legacy input, stored as rope_parameters' "
+           "partial_rotary_factor", "'rotary_dim'"),
+          ("sglang", SGLANG, "SGLang", "minimax_m2", "MiniMax-M2 MoE (minimax_m2.py)", "scoring_func",
+           "MiniMaxM2Config", "transformers always routes with sigmoid scores", "'scoring_func'"))),
+    KnownIssue("sglang", SGLANG, "hunyuan_v1_dense", ("error",), _always,
+               "refuses at load: SGLang's HunYuan attention builds query/key layernorms only where the config says "
+               "use_qk_norm (hunyuan.py, default False), which transformers 5.19's HunYuanDenseV1Config does not "
+               "define (its model always has them): the loader finds no key_layernorm.weight parameter (KeyError)",
+               "key_layernorm"),
+    KnownIssue("vllm", VLLM_NEW, "laguna", ("error",), lambda c: c["num_hidden_layers"] > 1,
+               "fails at the first forward of a sparse layer (every layer after the first by default): Laguna routes "
+               "with sigmoid scores, ungrouped (laguna.py), and vLLM's CPU router handles that only with grouped "
+               "top-k or a custom routing function (fused_moe/router/cpu_router.py _compute_routing asserts "
+               "scoring_func == \"softmax\")", "cpu_router"),
+    KnownIssue("vllm", VLLM_NEW, "ernie4_5_moe", ("residual",),
+               lambda c: c["num_hidden_layers"] > c.get("moe_layer_start_index", 1),
+               "vLLM's CPU router drops ERNIE-4.5's expert-score correction bias: Ernie4_5_MoeMoE hands FusedMoE "
+               "e_score_correction_bias with softmax scoring, ungrouped, and cpu_router.py _compute_routing then "
+               "takes _softmax_topk(router_logits, top_k, renormalize), which never reads it; transformers picks "
+               "the top-k of softmax + bias (moe_statics): other experts wherever the bias changes the choice",
+               ignores=(r"\.moe_statics\.e_score_correction_bias$",)),
+    KnownIssue("vllm", VLLM_NEW, "deepseek_v2", ("residual",), _always,
+               "vLLM serves DeepSeek-V2 with DeepSeek-V3's MLA (layers/mla.py): its CPU rotary kernel rotates q's "
+               "rotary part and k_pe in place as views (k_pe inside kv_a_proj_with_mqa's output, rows "
+               "kv_lora_rank + qk_rope_head_dim apart) where it expects packed rows (see the deepseek_v3 entry, "
+               "measured on the kernel): a single 2-token prompt's prefill still agrees (logits 2.4e-7) but its "
+               "decode steps, attending to prompt keys left unrotated in the KV cache, are off from layer 0 "
+               "(1.4e-1), and a batch of prompts is off already in its prefill (5e-3..5e-2)"),
+    KnownIssue("vllm", VLLM_NEW, "llama4_text", ("error",), lambda c: c.get("num_experts_per_tok", 1) > 1,
+               "refuses at the first forward: Llama-4 applies the router weight to the expert's input, which vLLM's "
+               "fused MoE implements only for top-1 routing (prepare_finalize/no_dp_ep.py: "
+               "\"apply_router_weight_on_input is only implemented for topk=1\"); transformers runs any top-k",
+               "only implemented for topk=1"),
+    KnownIssue("sglang", SGLANG, "llama4_text", ("error",), lambda c: c.get("use_qk_norm", True),
+               "fails at the first forward of an fp32 model: off CUDA, SGLang's Llama4Attention casts q and k to "
+               "bfloat16 around its qk_norm (llama4.py: .bfloat16(), .to(torch.bfloat16)), so the attention output "
+               "reaching o_proj is bf16 against fp32 weights", "expected m1 and m2 to have the same dtype"),
+    KnownIssue("vllm", VLLM_NEW, "qwen3_next", ("error",), _always,
+               "refuses at the first forward of an fp32 model: vLLM's CPU Gated DeltaNet kernel "
+               "(layers/mamba/ops/cpu/gdn_attention.py) takes only bfloat16 (\"CPU GDN attention requires BF16.\")",
+               "CPU GDN attention requires BF16"),
 )
 
 

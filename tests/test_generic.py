@@ -95,17 +95,32 @@ print(json.dumps(found))
 """
 
 
-@pytest.mark.parity
-def test_discover_finds_decoder_layers_and_final_norm_on_transformers_models():
+def in_transformers(script: str):
+    """What ``script``, run in the reference's environment, prints last (as JSON)."""
     python = envs.ensure(BACKENDS["transformers"], "cpu")
-    proc = subprocess.run([str(python), "-c", DISCOVER], capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.splitlines()[-1]) == {
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.parity
+def test_discover_finds_decoder_layers_and_final_norm_on_transformers_models():
+    assert in_transformers(DISCOVER) == {
         "gpt2": ["transformer", "h", "ln_f"],
         "opt": ["model.decoder", "layers", "final_layer_norm"],
         "granitemoe": ["model", "layers", "norm"],
         "error": "GraniteMoeForCausalLM has no list of its 5 decoder layers"}
+
+
+@pytest.mark.parity
+def test_derived_sizes_are_fields_the_config_class_takes():
+    # GPT-BigCode derives num_key_value_heads from multi_query after init: written as drawn, it contradicted the
+    # one key/value head transformers builds, and vLLM, reading it, sized its attention for more.
+    keys = in_transformers("import json; from parity.worker.generic import derive; "
+                           "print(json.dumps({t: derive(t)['keys'] for t in ('gpt_bigcode', 'llama')}))")
+    assert "num_key_value_heads" not in keys["gpt_bigcode"] and keys["gpt_bigcode"]["num_attention_heads"] == "n_head"
+    assert keys["llama"]["num_key_value_heads"] == "num_key_value_heads"
 
 
 def test_the_table_lists_each_model_type_with_its_tier():
@@ -126,14 +141,19 @@ def test_the_stored_generic_table_is_what_the_pinned_engines_and_transformers_gi
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("arch", ["gpt2", "olmo2"])  # olmo2: vLLM runs it through its Transformers backend
-def test_generic_families_agree_on_both_engines_layer_by_layer(parity_sessions, arch):
-    session = parity_sessions(["vllm", "sglang"])
+# olmo2: vLLM runs it through its Transformers backend; opt: SGLang passes its layers forward_batch by keyword;
+# minicpm3: SGLang's layers take the residual yet return (stream, None); exaone4: vLLM's post-norm layers take the
+# residual yet return (stream, mid-layer stream), as only the final norm's call shows (SGLang refuses it on CPU)
+@pytest.mark.parametrize("arch, engines", [("gpt2", ["vllm", "sglang"]), ("olmo2", ["vllm", "sglang"]),
+                                           ("opt", ["vllm", "sglang"]), ("minicpm3", ["vllm", "sglang"]),
+                                           ("exaone4", ["vllm"])])
+def test_generic_families_agree_with_the_engines_layer_by_layer(parity_sessions, arch, engines):
+    session = parity_sessions(engines)
     minimal, records = known.search_judging(session, arch, profiles.get("dev"), seed=1)
     assert minimal is None, session.records[minimal].results
     # SGLang's adapter runs no execution mode (its examples with one are unsupported): each engine compared some.
     results = [r for ex in records for r in ex.results if r.status != "unsupported"]
-    assert {r.backend for r in results} >= {"vllm", "sglang"} and {r.status for r in results} == {"pass"}
+    assert {r.backend for r in results} >= set(engines) and {r.status for r in results} == {"pass"}
     assert 0 < max(r.max_rel_l2 for r in results) < 1e-5
     for ex in records:  # the generic granularity, every layer's residual stream included
         layers = registry.canonical_config(arch, ex.config)["num_hidden_layers"]

@@ -201,9 +201,9 @@ def residual_stream(layer: torch.nn.Module, output: Any, args: tuple) -> torch.T
         if not takes_residual(layer):
             return output[0]
         hidden, residual = output
-        return hidden + residual
+        return hidden if residual is None else hidden + residual  # MiniCPM3 adds its own residual
     # Decoder layers are called as layer(positions, hidden_states, forward_batch, ...) (GPT-2's as
-    # layer(hidden_states, forward_batch)).
+    # layer(hidden_states, forward_batch); OPT's and Phi's by keyword, which the arguments hold last).
     forward_batch = next((a for a in args if hasattr(a, "residual_stream")), None)
     if forward_batch is None or forward_batch.residual_stream is None:
         return output

@@ -258,27 +258,40 @@ def hidden_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return kwargs["hidden_states"]
 
 
-def _stream_first_where_input_returned(hooks: Hooks, layers: Sequence[torch.nn.Module],
-                                       layer_input: Callable[[tuple, dict], torch.Tensor],
-                                       residual: Callable[[torch.nn.Module, Any, tuple], torch.Tensor]
-                                       ) -> Callable[[torch.nn.Module, Any, tuple], torch.Tensor]:
-    """``residual`` for a family whose convention nobody wrote down (the generic tier): a layer returning a pair
-    whose second element is the very hidden state it was given is a port returning the stream first
-    (``ModuleNames.stream_first``: Cohere's parallel blocks); any other pair is the fused add+norm convention,
-    whose second element is the stream before the layer's last add. The input is copied as the layer is called:
-    fused norms update the residual they are handed in place."""
+def _coarse_residuals(hooks: Hooks, rec: Recorder, parts: Parts, layer_input: Callable[[tuple, dict], torch.Tensor],
+                      residual: Callable[[torch.nn.Module, Any, tuple], torch.Tensor],
+                      tokens: Callable[[torch.Tensor], torch.Tensor]
+                      ) -> Callable[[int, torch.nn.Module, Any, tuple], None]:
+    """Records ``layers.{i}.residual`` for a family whose convention nobody wrote down (the generic tier). A layer
+    returning a pair returns the stream first (``ModuleNames.stream_first``) where its second element is the very
+    hidden state it was given (Cohere's parallel blocks), or where the final norm is then handed one tensor, the
+    stream, with no residual left to add (vLLM's Exaone-4: post-norm layers that take the residual argument yet
+    return (stream, mid-layer stream)); any other pair is the fused add+norm convention, whose second element is
+    the stream before the layer's last add. So each layer's readings wait for the final norm's call. Inputs and
+    outputs are copied as the layers run: fused norms update the residual they are handed in place."""
     given: dict[int, torch.Tensor] = {}
-    for layer in layers:
+    waiting: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # layer, as fused, as stream first
+    for layer in parts.layers:
         hooks.pre(layer, lambda m, a, kw: given.__setitem__(id(m), layer_input(a, kw).clone()), with_kwargs=True)
+    hooks.pre(parts.layers[0], lambda m, a: waiting.clear())  # what a forward that never reached the norm left
 
-    def stream(layer: torch.nn.Module, out: Any, args: tuple) -> torch.Tensor:
+    def take(index: int, layer: torch.nn.Module, out: Any, args: tuple) -> None:
         taken = given.pop(id(layer))
-        if (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], torch.Tensor)
-                and out[1].shape == taken.shape and torch.equal(out[1], taken)):
-            return out[0]
-        return residual(layer, out, args)
+        pair = isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], torch.Tensor)
+        if pair and out[1].shape == taken.shape and torch.equal(out[1], taken):
+            waiting.append((index, out[0].clone(), None))
+        else:
+            waiting.append((index, residual(layer, out, args).clone(), out[0].clone() if pair else None))
 
-    return stream
+    def flush(norm: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        alone = sum(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values())) == 1
+        for index, fused, stream_first in waiting:
+            rec.enter_layer(index)
+            rec.record_layer("residual", tokens(stream_first if alone and stream_first is not None else fused))
+        waiting.clear()
+
+    hooks.pre(parts.final_norm, flush, with_kwargs=True)
+    return take
 
 
 def hook_common(rec: Recorder, parts: Parts, *, layer_input: Callable[[tuple, dict], torch.Tensor],
@@ -290,7 +303,7 @@ def hook_common(rec: Recorder, parts: Parts, *, layer_input: Callable[[tuple, di
     ``layer_input(args, kwargs)`` of that layer's call: the token embedding with any
     scale a family applies outside the embedding module (Gemma's sqrt(hidden), which
     transformers folds into its embedding module and engines apply in place after it).
-    ``residual`` maps a decoder layer, its raw output and arguments (positional, then keywords' values) to the
+    ``residual`` maps a decoder layer, its raw output and arguments (positional, then keyword) to the
     full residual stream: this is where each engine's layer-output convention is
     normalised (SGLang's needs the layer's ``forward_batch`` argument), unless the family's ports return the
     stream first whatever their signature says (``ModuleNames.stream_first``).
@@ -301,15 +314,16 @@ def hook_common(rec: Recorder, parts: Parts, *, layer_input: Callable[[tuple, di
     layers = parts.layers
     if parts.names.stream_first:
         residual = lambda layer, out, args: first(out)  # noqa: E731
-    elif parts.names.coarse:
-        residual = _stream_first_where_input_returned(hooks, layers, layer_input, residual)
+    if parts.names.coarse:
+        take = _coarse_residuals(hooks, rec, parts, layer_input, residual, tokens)
+    else:
+        take = lambda i, layer, out, args: rec.record_layer("residual", tokens(residual(layer, out, args)))  # noqa: E731
     hooks.pre(layers[0], lambda m, a, kw: rec.record("embed", tokens(layer_input(a, kw))), with_kwargs=True)
     hooks.post(parts.final_norm, lambda m, a, out: rec.record("final_norm", tokens(first(out))))
     for i, layer in enumerate(layers):
         hooks.pre(layer, lambda m, a, i=i: rec.enter_layer(i))
-        # Keyword arguments too: SGLang's OPT passes forward_batch by name.
-        hooks.post(layer, lambda m, a, kw, out: rec.record_layer(
-            "residual", tokens(residual(m, out, (*a, *kw.values())))), with_kwargs=True)
+        # The layer's arguments, keyword ones after the positional: SGLang's OPT and Phi pass forward_batch by name.
+        hooks.post(layer, lambda m, a, kw, out, i=i: take(i, m, out, (*a, *kw.values())), with_kwargs=True)
         if parts.names.coarse:
             continue
         hooks.post(parts.attention(layer), lambda m, a, out: rec.record_layer("attn_out", tokens(first(out))))

@@ -9,6 +9,7 @@ runs a forward of the smallest and the largest such model to prove the result wo
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -50,7 +51,9 @@ def _key(defaults: Any, role: str) -> str | None:
     mapped = type(defaults).attribute_map.get(role)
     if mapped is not None:
         return mapped
-    return role if role in defaults.to_dict() else None
+    # Only a field the class takes: one it derives after init (GPT-BigCode's num_key_value_heads, from multi_query)
+    # would be stored as written yet contradict the model built from the rest (an engine reading it then disagrees).
+    return role if role in {field.name for field in dataclasses.fields(defaults)} else None
 
 
 def derive(model_type: str) -> dict[str, Any]:
