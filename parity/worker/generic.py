@@ -4,7 +4,7 @@ An architecture with no registry entry is still checked, coarsely, if transforme
 implement it: parity writes its config class's defaults with every size shrunk to a tiny model. This module
 finds, per config class, the keys that hold those sizes (under the family's own names, through the class's
 ``attribute_map``) and the further values that must shrink with them (experts, special token ids), then
-runs a forward of the smallest and the largest such model to prove the result works.
+runs a forward at each corner of what is drawn to prove the result works.
 """
 
 from __future__ import annotations
@@ -35,8 +35,12 @@ SHRUNK: dict[str, Any] = {
 PROBES = ({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
            "head_dim": 32, "intermediate_size": 64, "vocab_size": 256},
           {"hidden_size": 256, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
-           "head_dim": 64, "intermediate_size": 128, "vocab_size": 256})
-"""The corners of what ``parity.registry.GENERIC_SIZES`` draws: the derived template must run at both."""
+           "head_dim": 64, "intermediate_size": 128, "vocab_size": 256},
+          {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+           "head_dim": 32, "intermediate_size": 64, "vocab_size": 256})
+"""The corners of what ``parity.registry.GENERIC_SIZES`` draws (grouped and plain multi-head attention): the derived
+template must run at each (MiMo-V2-Flash's sliding layers double the key/value heads, past the query heads
+where they were equal)."""
 
 HYBRID_LAYERS = 4
 """Layers of a model that needs more than the probes have (Qwen3-Next's and Kimi-Linear's first full-attention
