@@ -667,9 +667,9 @@ def registry_model_types() -> set[str]:
 def generic_entries() -> Mapping[str, ArchSpec]:
     """The generic tier: an entry for every model type in the generic table that parity could derive a tiny
     model for and that no registry entry covers."""
-    entries = {}
+    entries, covered = {}, registry_model_types()
     for model_type, derived in generic_table()["entries"].items():
-        if "error" in derived or model_type in registry_model_types():
+        if "error" in derived or model_type in covered:
             continue
         keys = derived["keys"]
         # A config class without key/value heads is plain multi-head attention: kv heads are the heads (and

@@ -73,20 +73,19 @@ def derive(model_type: str) -> dict[str, Any]:
         vocab = PROBES[0]["vocab_size"]
         for key, value in stored.items():
             # Token ids of the full vocabulary would fall outside the tiny one.
-            if key.endswith("token_id") and isinstance(value, int) and value >= vocab:
-                fixed[key] = None
-            if key.endswith("token_id") and isinstance(value, list) and any(v >= vocab for v in value):
+            ids = value if isinstance(value, list) else [value] if isinstance(value, int) else []
+            if key.endswith("token_id") and any(v >= vocab for v in ids):
                 fixed[key] = None
         missing = [role for role in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
                    if role not in keys]
         if missing:
             return {"model_type": model_type, "error": f"the config class has no key for {', '.join(missing)}"}
-        if "kv_lora_rank" in stored:
-            # Latent attention (MLA): head sizes of its own (qk_rope_head_dim, ...), and as many key/value heads
-            # as query heads.
+        # Latent attention (MLA): head sizes of its own (qk_rope_head_dim, ...), and as many key/value heads as
+        # query heads.
+        mha = "kv_lora_rank" in stored
+        if mha:
             keys = {role: key for role, key in keys.items() if role != "head_dim"}
         fixed = {k: v for k, v in fixed.items() if k not in keys.values()}  # drawn under this name (DeepSeek-V4)
-        mha = "kv_lora_rank" in stored
         try:
             _probe(model_type, keys, fixed, mha, layers=None)
             layers = None
