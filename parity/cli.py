@@ -51,9 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="search generated configs for divergences between backends and transformers")
     run.add_argument("--arch", action="append", metavar="NAME",
                      help=f"architecture to test (repeatable). Default: all of {', '.join(registry.ARCHITECTURES)}")
-    run.add_argument("--tier", choices=TIERS, default="full",
-                     help="without --arch, which architectures: the registry's (full), those derived from "
-                          "transformers' config classes (generic, see `parity generic`), or all. Default: %(default)s")
+    _tier(run)
     run.add_argument("--backend", action="append", metavar="NAME[@LABEL][=PYTHON]",
                      help=f"backend to test (repeatable); NAME in {', '.join(b for b in BACKENDS if b != 'transformers')} "
                           "(or transformers, to test a patched reference); =PYTHON uses your own environment. Default: vllm")
@@ -139,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Exit 0 when every key read is varied, pinned with a reason or measured "
                                       "neutral; 1 when some key is none of these (a blind spot).")
     surf.add_argument("--arch", action="append", metavar="NAME",
-                      help="architecture (repeatable). Default: every registry entry")
+                      help="architecture (repeatable). Default: every architecture of --tier")
+    _tier(surf)
     surf.add_argument("--seed", type=int, default=0, help="seed of the probe draws. Default: %(default)r")
     surf.add_argument("--json", type=Path, metavar="FILE", help="also write the measured surfaces as JSON")
     surf.add_argument("--write", action="store_true",
@@ -187,6 +186,13 @@ def _exit_code(report) -> int:
 
 
 TIERS = ("full", "generic", "all")
+
+
+def _tier(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tier", choices=TIERS, default="full",
+                        help="without --arch, which architectures: the registry's (full), those derived from "
+                             "transformers' config classes (generic, see `parity generic`), or all. "
+                             "Default: %(default)s")
 
 
 def _archs(args: argparse.Namespace) -> list[str]:

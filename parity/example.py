@@ -64,9 +64,12 @@ class Example:
             if rope.get("rope_type", "default") != "default":
                 bits.append(f"rope={rope['rope_type']}" + (f"@{layer_type}" if layer_type else ""))
         spec = lookup(self.arch)
-        plain = {spec.activation_keys[0]: spec.activations[0]} if spec else {}
-        bits += [f"{key}={c[key]}" for key in (spec.family_knobs if spec else ())
-                 if c.get(key) not in (None, False, plain.get(key))]
+        if spec and spec.tier == "generic":  # dozens of knobs, each written: those moved off the class's default
+            bits += [f"{key}={c.get(key)}" for key, values in spec.knobs.items() if c.get(key) != values[0]]
+        else:
+            plain = {spec.activation_keys[0]: spec.activations[0]} if spec else {}
+            bits += [f"{key}={c[key]}" for key in (spec.family_knobs if spec else ())
+                     if c.get(key) not in (None, False, plain.get(key))]
         bits.append("prompt_lens=" + ",".join(str(len(p)) for p in self.prompts))
         bits.append(self.execution.describe())
         return f"{self.arch}(" + " ".join(filter(None, bits)) + ")"

@@ -642,13 +642,43 @@ def did_you_mean(name: str, known: Iterable[str], more: Iterable[str] = (), more
     return (f"known: {', '.join(known)}{more_text}." + (f" Did you mean {close[0]!r}?" if close else ""))
 
 
-GENERIC_TABLE = Path(__file__).with_name("measured") / "generic.json"
+MEASURED = Path(__file__).with_name("measured")
+"""What parity measured of transformers and the engines: the generic table and the config surfaces."""
+
+GENERIC_TABLE = MEASURED / "generic.json"
 """The generic tier's derived entries, written by ``parity generic --write``."""
 
 GENERIC_SIZES: Mapping[str, tuple[Any, ...]] = MappingProxyType({
     "head_dims": (32, 64), "gqa_groups": (1, 2), "layers": (1, 2), "intermediate_sizes": (64, 128),
-    "vocab_sizes": (256,)})
+    "vocab_sizes": (256, 1000)})
 """What a generic entry draws: small, and plainest first, like every entry."""
+
+GENERIC_SHRUNK = ("shrunk with the model by the generic tier (parity.worker.generic.SHRUNK): released values "
+                  "would make the tiny model large")
+GENERIC_UNSET = "a token id of the released vocabulary, past the tiny one: unset by the generic tier"
+GENERIC_PINNED: Mapping[str, str] = MappingProxyType({
+    "layer_types": "a list with one entry per layer, sized to the probe's layer count: the generic tier draws the "
+                   "layer count, so it leaves the list to the config class, which derives it from that count",
+    **{key: "latent attention's latent is 576 wide (kv_lora_rank 512 + qk_rope_head_dim 64) in every released "
+            "MLA model, the only width vLLM's CPU MLA decode kernel takes" for key in ("kv_lora_rank", "qk_rope_head_dim")},
+})
+"""Keys the generic tier measures to change the output yet does not draw, each with why."""
+
+
+def surface_path(transformers_version: str) -> Path:
+    """The measured config surfaces for a transformers version (``parity surface --write``)."""
+    return MEASURED / f"surface-transformers-{transformers_version}.json"
+
+
+@functools.cache
+def generic_knobs() -> Mapping[str, Mapping[str, Any]]:
+    """Per generic model type, the keys its entry draws beyond the sizes, each with its class default first and
+    then values measured to change the reference's output (``parity surface --write``, for the transformers
+    version the generic table was derived with)."""
+    version = generic_table()["versions"].get("transformers")
+    path = surface_path(version) if version else None
+    stored = json.loads(path.read_text()) if path and path.exists() else {}
+    return {arch: measured["knobs"] for arch, measured in stored.items() if measured.get("knobs")}
 
 
 @functools.cache
@@ -681,7 +711,10 @@ def generic_entries() -> Mapping[str, ArchSpec]:
             model_type=model_type, architecture=derived["architecture"], **drawn,
             explicit_head_dim=False, states_head_dim="head_dim" in keys, fixed=derived["fixed"],
             config_keys={k: v for k, v in keys.items() if k != v}, modules=ModuleNames(coarse=True),
-            sizes=tuple(keys), ci_examples=1)
+            sizes=tuple(keys), ci_examples=1,
+            knobs={k: tuple(v) for k, v in generic_knobs().get(model_type, {}).items()},
+            pinned={**{k: GENERIC_UNSET if k.endswith("token_id") else GENERIC_SHRUNK for k in derived["fixed"]},
+                    **GENERIC_PINNED})
     return MappingProxyType(entries)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from hypothesis import Phase, given, settings
 from hypothesis import seed as hypothesis_seed
@@ -157,14 +157,33 @@ def model_configs(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) -> 
 
 @st.composite
 def generic_configs(draw: st.DrawFn, spec: ArchSpec, head_dims: Sequence[int]) -> dict[str, Any]:
-    """A generic-tier config (``ArchSpec.sizes``): the sizes its config class has, drawn small, and the
-    derived fixed values; every other key is left to the config class's default."""
+    """A generic-tier config (``ArchSpec.sizes``): the sizes its config class has, drawn small, the derived
+    fixed values, and its measured knobs (``registry.generic_knobs``): each written at its class default,
+    and up to ``GENERIC_KNOBS_OFF`` of them moved to a value measured to act; every other key is left to the
+    config class's default."""
     drawn = {**draw(attention_shapes(spec, head_dims)), "num_hidden_layers": draw(st.integers(*spec.layers)),
              "intermediate_size": draw(st.sampled_from(spec.intermediate_sizes)),
              "vocab_size": draw(st.sampled_from(spec.vocab_sizes))}
     config = {"model_type": spec.model_type, "architectures": [spec.architecture],
-              **{k: v for k, v in drawn.items() if k in spec.sizes}, **spec.fixed}
+              **{k: v for k, v in drawn.items() if k in spec.sizes},
+              **{k: values[0] for k, values in spec.knobs.items()}, **spec.fixed}
+    config.update(draw(knobs_off_default(spec.knobs)))
     return family_config(spec, config)
+
+
+GENERIC_KNOBS_OFF = 2
+"""Knobs a generic-tier config moves off their defaults at most: a generic family has dozens, and a failure
+that needs one shrinks to it faster from two than from all of them at once."""
+
+
+@st.composite
+def knobs_off_default(draw: st.DrawFn, knobs: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    """A few of ``knobs`` (each: its default, then other values) at another value than their default;
+    shrinks towards none."""
+    if not knobs:
+        return {}
+    chosen = draw(st.lists(st.sampled_from(sorted(knobs)), max_size=GENERIC_KNOBS_OFF, unique=True))
+    return {k: draw(st.sampled_from(knobs[k][1:])) for k in chosen}
 
 
 @st.composite

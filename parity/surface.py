@@ -33,9 +33,7 @@ from parity import registry, strategies
 from parity.pool import WorkerError, WorkerHandle
 from parity.records import SurfaceCoverage
 from parity.worker.contract import SurfaceRequest
-
-MEASURED = Path(__file__).resolve().parent / "measured"
-"""Measured effects per transformers version (``parity surface --write``), read by every report."""
+from parity.worker.surface import put
 
 ABSENT = "<absent>"  # as parity.worker.surface writes it
 
@@ -100,7 +98,11 @@ def drawn_values(drawn: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
 def probe_configs(arch: str, seed: int = 0) -> list[dict[str, Any]]:
     """The configs whose reads and effects make up the family's surface: the first draws, and the
     plainest draw under every RoPE scaling type with the family's plainest parameters (``strategies.rope_candidates``)."""
+    spec = registry.get(arch)
     drawn = [e.config for e in strategies.sample(arch, PROBE_DRAWS, seed)]
+    if spec.tier == "generic":
+        # Its knobs are what this measures: at their defaults, so each is measured from the class's own value.
+        return [{**c, **{k: values[0] for k, values in spec.knobs.items()}} for c in drawn]
     drawn.append(_switched_on(arch, drawn))
     if "rope_parameters" not in drawn[0]:
         return drawn
@@ -172,6 +174,10 @@ class KeySurface:
     """Values the strategies drew (varied keys)."""
     drawn_act: bool | None = None
     """Varied keys: whether changing the key alone to a drawn value changed an activation."""
+    default: Any = None
+    """The value read in the probe config (keys that change the output)."""
+    acting: Any = None
+    """The value that, alone, changed an activation (keys that change the output)."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,8 @@ class FamilySurface:
     """Probe configs transformers refused to build (e.g. a RoPE type the family rejects), with why."""
     aliases: dict[str, str] = field(default_factory=dict)
     """The config class's other names for the keys (alias -> the stored name keys are listed under)."""
+    knobs: dict[str, list[Any]] = field(default_factory=dict)
+    """A generic-tier family's draws beyond its sizes (``generic_knobs``); empty for a registry entry."""
 
     @property
     def changing(self) -> list[KeySurface]:
@@ -226,22 +234,47 @@ def classify(arch: str, effects: Mapping[str, Mapping[str, Any]], drawn: Mapping
         if e["effect"] == "skipped":  # a dict: its own keys are measured one by one
             continue
         values = drawn.get(key, [])
+        seen = {"default": e.get("value"), "acting": e["tried"][-1]} if e["effect"] == "changes" and e.get("tried") else {}
         if key in spec.pinned:  # a family's own pin says why drawing it shows nothing here
-            keys.append(KeySurface(key, e["effect"], "pinned", spec.pinned[key], drawn=values))
+            keys.append(KeySurface(key, e["effect"], "pinned", spec.pinned[key], drawn=values, **seen))
         elif len(values) >= 2:
             acts = bool(e.get("drawn_act")) if e["effect"] != "undefined" else None
-            keys.append(KeySurface(key, e["effect"], "varied", drawn=values, drawn_act=acts))
+            keys.append(KeySurface(key, e["effect"], "varied", drawn=values, drawn_act=acts, **seen))
         elif key in pins:
-            keys.append(KeySurface(key, e["effect"], "pinned", pins[key]))
+            keys.append(KeySurface(key, e["effect"], "pinned", pins[key], **seen))
         elif e["effect"] == "undefined":
             keys.append(KeySurface(key, e["effect"], "pinned",
                                    "not a key of the family's config class: read with a default, "
                                    "released checkpoints of the family do not carry it"))
         elif e["effect"] == "neutral":
             keys.append(KeySurface(key, e["effect"], "neutral", f"no activation moved with {e.get('tried')}"))
+        elif e["effect"] == "rejected" and spec.tier == "generic":  # nothing to draw: the reason is measured
+            keys.append(KeySurface(key, e["effect"], "pinned", "the reference refused every other value of its "
+                                   f"type tried: {e.get('error') or 'no other value is known for this string'}"))
         else:
-            keys.append(KeySurface(key, e["effect"], "unclassified", e.get("error", "")))
-    return FamilySurface(arch, keys, list(rejected_configs), aliases)
+            keys.append(KeySurface(key, e["effect"], "unclassified", e.get("error", ""), **seen))
+    knobs = generic_knobs(spec, effects, keys) if spec.tier == "generic" else {}
+    return FamilySurface(arch, keys, list(rejected_configs), aliases, knobs)
+
+
+def generic_knobs(spec: registry.ArchSpec, effects: Mapping[str, Mapping[str, Any]], keys: Sequence[KeySurface]
+                  ) -> dict[str, list[Any]]:
+    """What a generic-tier family draws beyond its sizes: each key measured to change the output, but the sizes
+    and the pinned keys (the values written with every draw among them), as its default (first) and the value
+    that changed the output. A key inside a dict (``rope_parameters.rope_theta``) is drawn as the whole dict: the
+    default dict, then that dict with one key changed (another ``rope_type`` with the parameters it needs)."""
+    held = {*(spec.config_keys.get(k, k) for k in (*spec.sizes, "head_dim")), *registry.PINNED, *spec.pinned}
+    knobs: dict[str, list[Any]] = {}
+    for k in keys:
+        top = k.key.split(".")[0]
+        if k.effect != "changes" or k.acting is None or top in held or k.key in held:
+            continue
+        default = effects.get(top, {}).get("value") if top != k.key else k.default
+        value = put({top: default}, k.key, k.acting)[top] if top != k.key else k.acting
+        values = knobs.setdefault(top, [default])
+        if value not in values:
+            values.append(value)
+    return {k: v for k, v in knobs.items() if len(v) > 1}
 
 
 def _short(value: Any) -> str:
@@ -306,18 +339,21 @@ def measure(worker: WorkerHandle, arch: str, seed: int = 0, timeout: float = 600
 
 
 def measured_path(transformers_version: str) -> Path:
-    return MEASURED / f"surface-transformers-{transformers_version}.json"
+    return registry.surface_path(transformers_version)
 
 
 def write_measured(surfaces: Sequence[FamilySurface], transformers_version: str) -> Path:
     """Store each family's measured effects (not the classes: those follow the strategies and pins)."""
     path = measured_path(transformers_version)
     known = dict(_stored(transformers_version))
-    known.update({s.arch: {"effects": {k.key: k.effect for k in s.keys}, "aliases": s.aliases} for s in surfaces})
+    known.update({s.arch: {"effects": {k.key: k.effect for k in s.keys}, "aliases": s.aliases,
+                           **({"knobs": s.knobs} if s.knobs else {})} for s in surfaces})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(sorted(known.items())), indent=1, sort_keys=True) + "\n")
     _stored.cache_clear()
     _coverage.cache_clear()
+    registry.generic_knobs.cache_clear()
+    registry.generic_entries.cache_clear()
     return path
 
 
@@ -329,7 +365,7 @@ def coverage(archs: Iterable[str], transformers_version: str,
     stored = _stored(transformers_version)
     out = {}
     for arch in archs:
-        if arch not in stored or arch not in registry.ARCHITECTURES:
+        if arch not in stored or registry.lookup(arch) is None:
             continue
         c = _coverage(arch, transformers_version)
         if configs and configs.get(arch):

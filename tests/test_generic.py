@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
 import known
@@ -31,8 +31,11 @@ def generic_spec(monkeypatch, entries):
 
 @pytest.fixture(autouse=True)
 def fresh_generic_entries():
+    """Entries and knobs derived from the stored tables, before and after a test that replaces them."""
+    registry.generic_knobs.cache_clear()
     registry.generic_entries.cache_clear()
     yield
+    registry.generic_knobs.cache_clear()
     registry.generic_entries.cache_clear()
 
 
@@ -70,6 +73,30 @@ def test_generic_configs_draw_only_the_config_class_sizes_under_its_own_names(mo
         assert canonical["hidden_size"] // canonical["num_attention_heads"] in spec.head_dims
 
     check()
+
+
+def test_generic_configs_move_at_most_two_measured_knobs_off_their_defaults(monkeypatch):
+    knobs = {"attention_bias": [False, True], "hidden_act": ["silu", "gelu", "relu"], "rms_norm_eps": [1e-5, 2e-5]}
+    monkeypatch.setattr(registry, "generic_knobs", lambda: {"gpt2": knobs})
+    spec = generic_spec(monkeypatch, {"gpt2": GPT2_LIKE})["gpt2"]
+    moved = set()
+
+    @settings(max_examples=60, database=None)
+    @given(st.data())
+    def check(data):
+        config = data.draw(strategies.generic_configs(spec, spec.head_dims))
+        off = {k for k, values in knobs.items() if config[k] != values[0]}
+        assert len(off) <= strategies.GENERIC_KNOBS_OFF
+        assert all(config[k] in knobs[k] for k in knobs)
+        moved.update(off)
+
+    check()
+    assert moved == set(knobs)
+    plainest = find(strategies.generic_configs(spec, spec.head_dims), lambda c: True)
+    assert {k: plainest[k] for k in knobs} == {k: v[0] for k, v in knobs.items()}
+    # A failure that needs one knob shrinks to that knob alone.
+    needs_relu = find(strategies.generic_configs(spec, spec.head_dims), lambda c: c["hidden_act"] == "relu")
+    assert {k for k, values in knobs.items() if needs_relu[k] != values[0]} == {"hidden_act"}
 
 
 DISCOVER = """
@@ -151,8 +178,12 @@ def test_generic_families_agree_with_the_engines_layer_by_layer(parity_sessions,
     session = parity_sessions(engines)
     minimal, records = known.search_judging(session, arch, profiles.get("dev"), seed=1)
     assert minimal is None, session.records[minimal].results
+    versions = [(w.capabilities.engine, w.capabilities.engine_version) for w in session.engines]
+    for ex in records:  # a knob an engine port gets wrong is a known issue, and only then
+        for r in ex.results:
+            known.check(r, versions, arch, ex)
     # SGLang's adapter runs no execution mode (its examples with one are unsupported): each engine compared some.
-    results = [r for ex in records for r in ex.results if r.status != "unsupported"]
+    results = [r for ex in records for r in ex.results if r.status != "unsupported" and not r.known_issue]
     assert {r.backend for r in results} >= set(engines) and {r.status for r in results} == {"pass"}
     assert 0 < max(r.max_rel_l2 for r in results) < 1e-5
     for ex in records:  # the generic granularity, every layer's residual stream included

@@ -235,7 +235,7 @@ def test_an_interrupt_swallowed_by_a_gc_callback_still_stops_the_run(tmp_path, m
 
 def test_reports_written_during_a_search_carry_the_surface_coverage(tmp_path):
     # The coverage samples the strategies; Hypothesis refuses that inside the search's own test.
-    version = sorted(surface.MEASURED.glob("surface-transformers-*.json"))[-1].stem.split("-")[-1]
+    version = sorted(registry.MEASURED.glob("surface-transformers-*.json"))[-1].stem.split("-")[-1]
     launch = launcher(reference={"engine": "transformers", "version": version})
     with Session(config(tmp_path, "vllm@e"), log=lambda m: None, launch=launch) as session:
         assert search(session, "llama", replace(PROFILE, max_examples=2), seed=0) is None

@@ -34,6 +34,38 @@ def test_classes_pins_first_then_varied_then_measured():
     assert {k.key: k.drawn_act for k in s.of("varied")} == {"hidden_size": True, "beta_fast": False}
 
 
+def test_generic_knobs_are_the_measured_keys_but_sizes_fixed_and_pinned_ones(monkeypatch):
+    monkeypatch.setattr(registry, "generic_table", lambda: {"versions": {}, "entries": {"gpt2": {
+        "architecture": "GPT2LMHeadModel", "keys": {"hidden_size": "n_embd", "num_hidden_layers": "n_layer",
+                                                    "num_attention_heads": "n_head", "vocab_size": "vocab_size"},
+        "fixed": {"eos_token_id": None}}}})
+    registry.generic_knobs.cache_clear()
+    registry.generic_entries.cache_clear()
+    try:
+        effects = surface.merge_effects([
+            effect("n_embd", "changes", value=64, tried=[128]),  # a size, under the family's name
+            effect("eos_token_id", "changes", value=None, tried=[4]),  # fixed
+            effect("layer_types", "changes", value=["full_attention"], tried=[["sliding_attention"]]),  # pinned
+            effect("activation_function", "changes", value="gelu_new", tried=["silu", "gelu"]),
+            effect("scale_attn_weights", "neutral", value=True, tried=[False]),
+            effect("rope_parameters", "skipped", value={"rope_type": "default", "rope_theta": 1e4}),
+            effect("rope_parameters.rope_theta", "changes", value=1e4, tried=[2e4]),
+            effect("rope_parameters.rope_type", "changes", value="default", tried=["linear"]),
+            effect("summary_type", "rejected"),  # no value to draw: pinned by the measurement
+        ])
+        s = surface.classify("gpt2", effects, {})
+    finally:
+        registry.generic_knobs.cache_clear()
+        registry.generic_entries.cache_clear()
+    assert s.knobs == {"activation_function": ["gelu_new", "gelu"],
+                       "rope_parameters": [{"rope_type": "default", "rope_theta": 1e4},
+                                           {"rope_type": "default", "rope_theta": 2e4},
+                                           {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}]}
+    cls = {k.key: k.cls for k in s.keys}
+    assert (cls["eos_token_id"], cls["summary_type"]) == ("pinned", "pinned")
+    assert surface.classify("llama", {"summary_type": effect("summary_type", "rejected")}, {}).of("unclassified")
+
+
 def test_drawn_values_count_absence_as_a_value():
     values = surface.drawn_values([{"a": 1, "r": {"t": "yarn"}}, {"a": 1, "r": {"t": "yarn", "f": 2.0}}])
     assert values == {"a": [1], "r.t": ["yarn"], "r.f": [surface.ABSENT, 2.0]}
@@ -89,8 +121,12 @@ def test_nested_config_dicts_are_recorded_and_changed_key_by_key():
     assert config["rope_parameters"]["full_attention"]["rope_type"] == "default"  # a copy
 
 
+# The generic tier too: a dense family, GPT-2's own key names, a mixture of experts with latent attention.
+GENERIC_MEASURED = ("olmo2", "gpt2", "deepseek_v2")
+
+
 @pytest.mark.parity
-@pytest.mark.parametrize("arch", list(registry.ARCHITECTURES))
+@pytest.mark.parametrize("arch", [*registry.ARCHITECTURES, *GENERIC_MEASURED])
 def test_every_key_read_is_varied_pinned_or_neutral_and_drawn_values_act(parity_sessions, arch):
     session = parity_sessions(["transformers@surface"])
     measured = surface.measure(session.reference, arch)
@@ -103,12 +139,12 @@ def test_every_key_read_is_varied_pinned_or_neutral_and_drawn_values_act(parity_
     # Reports compute their coverage from the stored measurement: it must be today's.
     version = session.reference.capabilities.versions["transformers"]
     stored = json.loads(surface.measured_path(version).read_text())[arch]
-    assert stored == {"effects": {k.key: k.effect for k in measured.keys}, "aliases": measured.aliases}, \
-        "run: parity surface --write"
+    assert stored == {"effects": {k.key: k.effect for k in measured.keys}, "aliases": measured.aliases,
+                      **({"knobs": measured.knobs} if measured.knobs else {})}, "run: parity surface --write"
 
 
 def test_reports_carry_the_stored_coverage():
-    stored = sorted(surface.MEASURED.glob("surface-transformers-*.json"))
+    stored = sorted(registry.MEASURED.glob("surface-transformers-*.json"))
     assert stored, "no measured surface is stored (parity surface --write)"
     version = stored[-1].name.removeprefix("surface-transformers-").removesuffix(".json")
     got = surface.coverage(["llama", "gpt_j", "not-an-arch"], version)

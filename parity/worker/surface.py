@@ -35,6 +35,10 @@ ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu", "gelu_new", "relu")
 STRING_ALTERNATIVES: Mapping[str, tuple[str, ...]] = {
     "hidden_act": ACTIVATIONS, "hidden_activation": ACTIVATIONS, "activation_function": ACTIVATIONS,
     "rope_parameters.rope_type": ("default", "linear", "dynamic", "yarn"),
+    "rope_parameters.type": ("default", "linear", "dynamic", "yarn"),  # rope_type's legacy name
+    # Mixture-of-experts routing, as the families' modeling code names the choices.
+    "scoring_func": ("softmax", "sigmoid", "sqrtsoftplus"), "topk_method": ("greedy", "group_limited_greedy"),
+    "expert_selection_fn": ("softmax", "sigmoid"), "shared_expert_combination_strategy": ("average", "sum"),
 }
 # What another rope_type needs besides its name to be built at all.
 ROPE_TYPE_PARAMETERS: Mapping[str, Mapping[str, Any]] = {
@@ -154,6 +158,8 @@ def alternatives(key: str, value: Any) -> list[Any]:
         return [v for v in STRING_ALTERNATIVES[_generic(key)] if v != value]
     if isinstance(value, bool):
         return [not value]
+    if "window" in key and (isinstance(value, int) or value is None):
+        return [v for v in (4, value * 2 if value else None) if v not in (None, value)]  # shorter than the probe prompt
     if isinstance(value, int):
         return [value * 2, value + 1] if value else [1, 4]
     if isinstance(value, float):
@@ -211,13 +217,18 @@ def measure(config: Mapping[str, Any], seed: int, capture: Capture, skip: Sequen
     ``candidates``: values to try first per key (the strategies' own draws, so that
     "changes" also says the drawn values act).
     """
+    from parity import checkpoint as ckpt
+
     names = aliases(config)
     config = {names.get(k, k): v for k, v in config.items()}
     candidates = {names.get(k, k): v for k, v in (candidates or {}).items()}
     reads: dict[str, tuple[str, Any]] = {}
     baseline = run_config(config, seed, capture, reads)
+    # A dict the config class fills in after it is first read (rope_parameters from its defaults) is a dict.
+    stored = ckpt.build_config(dict(config)).to_dict()
     entries = []
     for key, (how, value) in sorted(reads.items()):
+        value = stored[key] if isinstance(stored.get(key), dict) else value
         entry: dict[str, Any] = {"key": key, "read": how, "value": _plain(value)}
         if key in skip or isinstance(value, dict):  # a dict's own keys are measured one by one
             entries.append({**entry, "effect": "skipped"})
