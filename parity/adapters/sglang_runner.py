@@ -179,11 +179,12 @@ def generate(runner: Any, prompts: list[list[int]], decode_steps: int,
             batch = _batch(runner, [req], tree)
             batch.prepare_for_extend()
             logits = _forward(runner, batch, on_logits)
+            # The scheduler's after every prefill forward (process_batch_result_prefill, stash_chunked_request):
+            # the tree keeps what is computed, for the prompts after this one; the next chunk resumes after it.
+            checkpoint_kv_cache(req, tree)
             if req.extend_end == len(ids):
                 break
-            checkpoint_kv_cache(req, tree)  # Scheduler.stash_chunked_request: the next round resumes here
             req.init_next_round_input()
-        tree.checkpoint(req, up_to=len(ids))  # the prefilled prompt, cached for the prompts after it
         _decode(runner, batch, logits, decode_steps, on_logits)
 
 
