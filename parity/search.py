@@ -46,7 +46,7 @@ def search(session: Session, arch: str, profile: Profile, seed: int | None) -> s
     if not head_dims:
         raise HarnessError(f"{arch}: none of its head sizes {spec.head_dims} is supported by "
                            + ", ".join(f"{w.label} ({w.capabilities.head_sizes})" for w in runnable))
-    # No example is spent on a way of running that no selected backend can run (SGLang's adapter runs none).
+    # No example is spent on a way of running that no selected backend can run (SGLang's adapter runs one rank only).
     modes = tuple(m for m in profile.execution.modes
                   if any(m not in w.capabilities.unsupported_execution for w in runnable))
     strategy = example_strategy(arch, spec, head_dims, profile.decode_steps, replace(profile.execution, modes=modes))

@@ -1,5 +1,5 @@
-"""Execution modes on the real vLLM: tensor parallelism, chunked prefill and the prefix cache give the
-plain run's activations."""
+"""Execution modes on the real engines: tensor parallelism (vLLM), chunked prefill and the prefix cache (vLLM and
+SGLang) give the plain run's activations."""
 
 from dataclasses import replace
 
@@ -24,17 +24,18 @@ def same(plain, ran):
         assert np.linalg.norm(ran[key] - tensor) <= 1e-5 * np.linalg.norm(tensor), key
 
 
-def activations(session, example):
+def activations(session, example, engine="vllm"):
     (result,) = session.evaluate(example).results
     assert result.status == "pass" and result.max_rel_l2 < 1e-5, (example.describe(), result.reason)
-    return load_file(session.cfg.out / "activations" / example.id / "vllm.safetensors")
+    return load_file(session.cfg.out / "activations" / example.id / f"{engine}.safetensors")
 
 
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
 @pytest.mark.parametrize("execution", [Execution(prefill_chunk=4), Execution(prefix_cache=True),
                                        Execution(prefill_chunk=8, prefix_cache=True)], ids=Execution.describe)
-def test_vllm_gives_the_plain_runs_activations_under(parity_sessions, execution):
-    session = parity_sessions(["vllm"])
-    same(activations(session, PLAIN), activations(session, replace(PLAIN, execution=execution)))
+def test_the_plain_runs_activations_under(parity_sessions, execution, engine):
+    session = parity_sessions([engine])
+    same(activations(session, PLAIN, engine), activations(session, replace(PLAIN, execution=execution), engine))
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 2), (2, 1)], ids=["kv-heads-sharded", "kv-heads-replicated"])
@@ -46,12 +47,13 @@ def test_vllm_at_two_ranks_gives_the_one_rank_activations(parity_sessions, heads
     same(activations(session, one), activations(session, replace(one, execution=Execution(tensor_parallel=2))))
 
 
-def test_a_prefix_cache_that_is_not_hit_is_an_error_not_a_silent_plain_run(parity_sessions):
-    session = parity_sessions(["vllm"])
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_a_prefix_cache_that_is_not_hit_is_an_error_not_a_silent_plain_run(parity_sessions, engine):
+    session = parity_sessions([engine])
     unshared = replace(PLAIN, prompts=tuple((i,) + p[1:] for i, p in enumerate(PLAIN.prompts)),
                        execution=Execution(prefix_cache=True))
     (result,) = session.evaluate(unshared).results
-    assert result.status == "error" and "prefix cache was not hit" in result.reason
+    assert result.status == "error" and "cache was not hit" in result.reason, result.reason
 
 
 def test_a_refusal_at_two_ranks_names_the_engines_reason_and_leaves_the_worker_serving(parity_sessions):

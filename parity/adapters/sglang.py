@@ -117,12 +117,9 @@ class Adapter(EngineAdapter[Any]):
         return lacking
 
     def unsupported_execution(self) -> dict[str, str]:
-        scheduler = "parity drives SGLang's ModelRunner without its scheduler, where {} lives"
-        # SGLang's own Engine does run these on CPU (two ranks measured: same greedy tokens as one);
-        # capturing through its scheduler processes is what parity's adapter lacks.
-        return {"tensor_parallel": "parity's SGLang adapter runs one in-process ModelRunner, a single rank",
-                "chunked_prefill": scheduler.format("chunked prefill (chunked_prefill_size)"),
-                "prefix_cache": scheduler.format("the radix cache")}
+        # SGLang's own Engine does run two ranks on CPU (measured: the same greedy tokens as one);
+        # capturing through its scheduler's rank processes is what parity's adapter lacks.
+        return {"tensor_parallel": "parity's SGLang adapter runs one in-process ModelRunner, a single rank"}
 
     def load(self, request: RunRequest) -> Any:
         return runner.load(request.checkpoint, request.dtype, self.device, [list(p) for p in request.prompts],
@@ -141,7 +138,8 @@ class Adapter(EngineAdapter[Any]):
         return self._install(Parts(runner.model(loaded), modules), rec)
 
     def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:
-        runner.generate(loaded, [list(p) for p in request.prompts], request.decode_steps, rec.record_logits)
+        runner.generate(loaded, [list(p) for p in request.prompts], request.decode_steps, rec.record_logits,
+                        prefill_chunk=request.execution.prefill_chunk, prefix_cache=request.execution.prefix_cache)
 
     def teardown(self, loaded: Any) -> None:
         import gc

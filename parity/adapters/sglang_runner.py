@@ -1,5 +1,6 @@
 """SGLang (0.5.x) driven in-process with nothing but SGLang and torch: a bare ``ModelRunner``
-(no server, scheduler, ports or tokenizer), its prefill and greedy decode, and how to read
+(no server, scheduler, ports or tokenizer), its prefill and greedy decode (the prefill whole, or
+chunked and from a radix-cached prefix as SGLang's scheduler serves a request), and how to read
 the residual stream off a decoder layer.
 
 This half of the SGLang adapter imports nothing from parity: ``parity repro`` copies it
@@ -140,48 +141,102 @@ def model(runner: Any) -> torch.nn.Module:
 
 @torch.no_grad()
 def generate(runner: Any, prompts: list[list[int]], decode_steps: int,
-             on_logits: Callable[[torch.Tensor], None] | None = None) -> None:
-    """One batched prefill (extend) of all prompts, then greedy decode steps with the KV cache;
-    ``on_logits`` sees each forward's logits, computed only for each request's last token."""
-    from sglang.benchmark.one_batch import TreeCacheNamespace
-    from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
-    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+             on_logits: Callable[[torch.Tensor], None] | None = None, prefill_chunk: int | None = None,
+             prefix_cache: bool = False) -> None:
+    """Greedy prefill (extend) and ``decode_steps`` decode steps with the KV cache; ``on_logits`` sees each
+    forward's logits, computed only for each request's last token.
+
+    Plainly, all prompts in one batched prefill, then batched decode steps. With ``prefill_chunk`` or
+    ``prefix_cache``, the prompts one after another, each served as SGLang's scheduler serves a request:
+    a prefill of at most ``prefill_chunk`` tokens per forward, every later chunk extending the request's own
+    KV (its row of ``req_to_token``), and under ``prefix_cache`` a radix cache that holds each prompt once
+    prefilled, so a later prompt starts from the KV slots of the prefix it shares. Raises if a prompt after
+    the first finds no cached prefix under ``prefix_cache``."""
+    if prefill_chunk is None and not prefix_cache:
+        batch = _batch(runner, [_request(i, ids, decode_steps) for i, ids in enumerate(prompts)])
+        batch.prepare_for_extend()
+        _decode(runner, batch, _forward(runner, batch, on_logits), decode_steps, on_logits)
+        return
+    from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+    from sglang.srt.mem_cache.common import checkpoint_kv_cache
+    from sglang.srt.mem_cache.radix_cache import RadixCache
     from sglang.srt.runtime_context import get_schedule
+
+    # The scheduler's tree cache; disabled, it only hands a chunked request its own row back.
+    tree = RadixCache(CacheInitParams(disable=not prefix_cache, req_to_token_pool=runner.req_to_token_pool,
+                                      token_to_kv_pool_allocator=runner.token_to_kv_pool_allocator,
+                                      page_size=get_schedule().page_size))
+    for i, ids in enumerate(prompts):
+        req = _request(i, ids, decode_steps)
+        req.init_next_round_input(tree)  # the prefix match (Scheduler.get_new_batch_prefill)
+        if prefix_cache and i and not req.prefix_len:
+            raise RuntimeError(f"SGLang's radix cache was not hit: prompt {i} shares a prefix with prompt 0 "
+                               f"and matched no cached token")
+        req.lock = tree.lock(req.last_node)
+        while True:
+            # PrefillAdder.add_one_req / add_chunked_req: this round extends [prefix_len, extend_end).
+            req.extend_end = min(len(ids), req.prefix_len + (prefill_chunk or len(ids)))
+            batch = _batch(runner, [req], tree)
+            batch.prepare_for_extend()
+            logits = _forward(runner, batch, on_logits)
+            # The scheduler's after every prefill forward (process_batch_result_prefill, stash_chunked_request):
+            # the tree keeps what is computed, for the prompts after this one; the next chunk resumes after it.
+            checkpoint_kv_cache(req, tree)
+            if req.extend_end == len(ids):
+                break
+            req.init_next_round_input()
+        _decode(runner, batch, logits, decode_steps, on_logits)
+
+
+def _request(i: int, ids: list[int], decode_steps: int) -> Any:
+    from sglang.srt.managers.schedule_batch import Req
     from sglang.srt.sampling.sampling_params import SamplingParams
+
+    req = Req(rid=str(i), origin_input_text="", origin_input_ids=array("q", ids),
+              sampling_params=SamplingParams(temperature=0, max_new_tokens=decode_steps + 1))
+    req.full_untruncated_fill_ids = req.origin_input_ids
+    req.logprob_start_len = -1  # no prompt logprobs
+    req.extend_end = len(req.origin_input_ids)
+    return req
+
+
+def _batch(runner: Any, reqs: list[Any], tree_cache: Any = None) -> Any:
+    """A batch of ``reqs``; without a tree cache, one that only allocates (no prefix reuse)."""
+    from sglang.benchmark.one_batch import TreeCacheNamespace
+    from sglang.srt.managers.schedule_batch import ScheduleBatch
+    from sglang.srt.runtime_context import get_schedule
     from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
-    reqs = []
-    for i, ids in enumerate(prompts):
-        req = Req(rid=str(i), origin_input_text="", origin_input_ids=array("q", ids),
-                  sampling_params=SamplingParams(temperature=0, max_new_tokens=decode_steps + 1))
-        req.full_untruncated_fill_ids = req.origin_input_ids
-        req.logprob_start_len = -1  # no prompt logprobs
-        req.extend_end = len(req.origin_input_ids)
-        reqs.append(req)
-    batch = ScheduleBatch.init_new(
+    if tree_cache is None:
+        tree_cache = TreeCacheNamespace(page_size=get_schedule().page_size, device=runner.device,
+                                        token_to_kv_pool_allocator=runner.token_to_kv_pool_allocator)
+    return ScheduleBatch.init_new(
         reqs=reqs, req_to_token_pool=runner.req_to_token_pool,
-        token_to_kv_pool_allocator=runner.token_to_kv_pool_allocator,
-        tree_cache=TreeCacheNamespace(page_size=get_schedule().page_size, device=runner.device,
-                                      token_to_kv_pool_allocator=runner.token_to_kv_pool_allocator),
+        token_to_kv_pool_allocator=runner.token_to_kv_pool_allocator, tree_cache=tree_cache,
         model_config=runner.model_config, enable_overlap=False, spec_algorithm=SpeculativeAlgorithm.NONE,
     )
-    batch.prepare_for_extend()
+
+
+def _forward(runner: Any, batch: Any, on_logits: Callable[[torch.Tensor], None] | None) -> torch.Tensor:
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+
     if batch.input_ids is None:  # staged on the host for the scheduler, which is not running
         batch.input_ids = batch.prefill_input_ids_cpu.to(batch.device)
         batch.prefill_input_ids_cpu = None
+    forward_batch = ForwardBatch.init_new(batch, runner, return_hidden_states_before_norm=False)
+    logits = runner.forward(forward_batch).logits_output.next_token_logits
+    if on_logits is not None:
+        on_logits(logits)
+    return logits
 
-    def forward() -> torch.Tensor:
-        forward_batch = ForwardBatch.init_new(batch, runner, return_hidden_states_before_norm=False)
-        logits = runner.forward(forward_batch).logits_output.next_token_logits
-        if on_logits is not None:
-            on_logits(logits)
-        return logits
 
-    logits = forward()  # prefill
+def _decode(runner: Any, batch: Any, logits: torch.Tensor, decode_steps: int,
+            on_logits: Callable[[torch.Tensor], None] | None) -> None:
+    """Greedy decode steps of a prefilled ``batch``, from its prefill's ``logits``."""
     for _ in range(decode_steps):
         batch.input_ids = logits.argmax(-1).to(torch.int64)
         batch.prepare_for_decode()
-        logits = forward()
+        logits = _forward(runner, batch, on_logits)
 
 
 def takes_residual(layer: torch.nn.Module) -> bool:
