@@ -305,6 +305,9 @@ def _not(key: str, value: Any) -> Callable[[Mapping[str, Any]], bool]:
     return lambda c: c.get(key) != value
 
 
+_GPT2 = ("gpt2", "gpt-sw3")  # one GPT2LMHeadModel in each engine
+
+
 def _each(engine: str, verified: tuple[str, ...], archs: Iterable[str], kinds: tuple[str, ...],
           applies: Callable[[Mapping[str, Any]], bool], diagnosis: str, message: str = "",
           reads_as: Rewrite | None = None, ignores: tuple[str, ...] = (),
@@ -719,6 +722,39 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                  _XIELU.format(name=name, file=file))
       for engine, verified, name, file in (("vllm", VLLM_NEW, "vLLM", "vllm/model_executor/layers/activation.py"),
                                            ("sglang", SGLANG, "SGLang", "sglang/srt/layers/activation.py"))),
+    *_each("sglang", SGLANG, _GPT2, ("residual",), _not("activation_function", "gelu_new"),
+           "SGLang's GPT2MLP is built with NewGELU (gpt2.py: act_layer=NewGELU) and never reads activation_function: "
+           "any other activation is silently replaced by the tanh GELU", reads_as=_read_as(activation_function="gelu_new")),
+    *_each("sglang", SGLANG, _GPT2, ("logits",), _not("tie_word_embeddings", True),
+           "SGLang's GPT2LMHeadModel always takes lm_head from transformer.wte and its loader skips the checkpoint's "
+           "lm_head.weight: an untied head is silently replaced by the embeddings",
+           reads_as=_read_as(tie_word_embeddings=True), ignores=(r"^lm_head\.weight$",)),
+    *(KnownIssue(engine, verified, arch, ("residual",), _not("scale_attn_weights", True),
+                 f"{name}'s GPT2Attention always scales the scores by head_dim ** -0.5 (gpt2.py: self.scale) and never "
+                 f"reads scale_attn_weights; transformers leaves them unscaled when it is False",
+                 reads_as=_read_as(scale_attn_weights=True))
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang")) for arch in _GPT2),
+    *(KnownIssue(engine, verified, arch, ("error",), lambda c: bool(c.get("scale_attn_by_inverse_layer_idx")),
+                 f"refuses at load: {name}'s GPT2Model asserts not config.scale_attn_by_inverse_layer_idx (gpt2.py); "
+                 f"transformers divides each layer's scores by its index + 1", "AssertionError")
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang")) for arch in _GPT2),
+    *(KnownIssue(engine, verified, "minicpm3", ("residual",), lambda c, key=key: bool(c.get(key)),
+                 f"{name}'s MiniCPM3 builds its {what} with bias=False whatever {key} says (minicpm3.py), and its loader "
+                 f"drops the checkpoint's biases (as a GPTQ model's extra ones)", reads_as=_read_as(**{key: False}))
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))
+      for key, what in (("attention_bias", "attention projections"), ("mlp_bias", "MLP"))),
+    *(KnownIssue(engine, verified, arch, ("error",), _not("hidden_act", "silu"),
+                 f"refuses at load: {name}'s {port} implements only SiLU (\"Unsupported activation: ... Only silu is "
+                 f"supported for now\")", "Unsupported activation")
+      for engine, verified, name, arch, port in (
+          ("vllm", VLLM_NEW, "vLLM", "minicpm3", "MiniCPMMLP (minicpm.py; silu or fatrelu)"),
+          ("sglang", SGLANG, "SGLang", "minicpm3", "MiniCPM3MLP (minicpm3.py)"),
+          ("vllm", VLLM_NEW, "vLLM", "exaone4", "Exaone4GatedMLP (exaone4.py)"))),
+    KnownIssue("sglang", SGLANG, "minicpm3", ("residual", "error"),
+               lambda c: c["v_head_dim"] != c["hidden_size"] // c["num_attention_heads"],
+               "SGLang's MiniCPM3DecoderLayer builds its attention with v_head_dim = hidden_size // "
+               "num_attention_heads (minicpm3.py) and never reads the config's v_head_dim: equal in the released "
+               "MiniCPM3-4B (64), any other value splits kv_b_proj's output wrong"),
     KnownIssue("vllm", VLLM_NEW, "afmoe", ("error",), _always,
                _TRANSFORMERS5_CONFIG.format(name="vLLM", port="AfMoE (afmoe.py: AfmoeForCausalLM, and AfmoeMoE "
                                             "where a layer is sparse)", attr="n_group and score_func",

@@ -659,6 +659,8 @@ GENERIC_UNSET = "a token id of the released vocabulary, past the tiny one: unset
 GENERIC_PINNED: Mapping[str, str] = MappingProxyType({
     "layer_types": "a list with one entry per layer, sized to the probe's layer count: the generic tier draws the "
                    "layer count, so it leaves the list to the config class, which derives it from that count",
+    "add_cross_attention": "GPT-2 as the decoder of an encoder-decoder model (cross-attention weights, fed encoder "
+                           "states): not the causal LM the engines serve (both assert it off)",
     **{key: "latent attention's latent is 576 wide (kv_lora_rank 512 + qk_rope_head_dim 64) in every released "
             "MLA model, the only width vLLM's CPU MLA decode kernel takes" for key in ("kv_lora_rank", "qk_rope_head_dim")},
 })

@@ -393,7 +393,13 @@ def _stored(transformers_version: str) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def _drawn(arch: str, seed: int) -> dict[str, list[Any]]:
-    return drawn_values(e.config for e in strategies.sample(arch, VARIED_DRAWS, seed))
+    spec = registry.get(arch)
+    configs = [e.config for e in strategies.sample(arch, VARIED_DRAWS, seed)]
+    if spec.tier == "generic":
+        # Its knobs are drawn by construction, any one at any of its values (strategies.knobs_off_default), but
+        # dozens of them share two moves per draw: a sample misses some, which count all the same.
+        configs += [{**configs[0], key: v} for key, values in spec.knobs.items() for v in values]
+    return drawn_values(configs)
 
 
 @functools.lru_cache(maxsize=None)

@@ -188,8 +188,10 @@ def test_generic_families_agree_with_the_engines_layer_by_layer(parity_sessions,
     assert 0 < max(r.max_rel_l2 for r in results) < 1e-5
     for ex in records:  # the generic granularity, every layer's residual stream included
         layers = registry.canonical_config(arch, ex.config)["num_hidden_layers"]
-        kinds = {row.tensor for r in ex.results for row in r.rows if row.step == 0}
-        assert kinds == {"embed", "final_norm", "logits", *(f"layers.{i}.residual" for i in range(layers))}
+        for r in ex.results:
+            if r.status == "pass":
+                assert {row.tensor for row in r.rows if row.step == 0} == {
+                    "embed", "final_norm", "logits", *(f"layers.{i}.residual" for i in range(layers))}
 
 
 @pytest.mark.parity
