@@ -318,10 +318,11 @@ def seed_only() -> Iterator[None]:
         _providers.CONSTANTS_CACHE.cache.clear()
 
 
-def sample(arch: str, count: int, seed: int, decode_steps: int = 2) -> list[Example]:
-    """The first ``count`` examples the strategies generate for ``arch`` under ``seed``, outside any search
-    (the first is the plainest: Hypothesis starts from every piece's first choice)."""
-    spec = registry.get(arch)
+def sample(arch: str, count: int, seed: int, decode_steps: int = 2, spec: ArchSpec | None = None) -> list[Example]:
+    """The first ``count`` examples the strategies generate for ``arch`` (as ``spec``, by default its entry)
+    under ``seed``, outside any search (the first is the plainest: Hypothesis starts from every piece's first
+    choice)."""
+    spec = spec or registry.get(arch)
     drawn: list[Example] = []
 
     # Every setting that shapes the draws is stated, so a loaded profile (derandomize in CI) cannot change them.

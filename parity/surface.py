@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -99,10 +99,12 @@ def probe_configs(arch: str, seed: int = 0) -> list[dict[str, Any]]:
     """The configs whose reads and effects make up the family's surface: the first draws, and the
     plainest draw under every RoPE scaling type with the family's plainest parameters (``strategies.rope_candidates``)."""
     spec = registry.get(arch)
-    drawn = [e.config for e in strategies.sample(arch, PROBE_DRAWS, seed)]
     if spec.tier == "generic":
-        # Its knobs are what this measures: at their defaults, so each is measured from the class's own value.
+        # Its knobs are what this measures: drawn as if it had none (the same probes whatever was measured before),
+        # then written at their defaults, so each is measured from the class's own value.
+        drawn = [e.config for e in strategies.sample(arch, PROBE_DRAWS, seed, spec=replace(spec, knobs={}))]
         return [{**c, **{k: values[0] for k, values in spec.knobs.items()}} for c in drawn]
+    drawn = [e.config for e in strategies.sample(arch, PROBE_DRAWS, seed)]
     drawn.append(_switched_on(arch, drawn))
     if "rope_parameters" not in drawn[0]:
         return drawn

@@ -135,7 +135,8 @@ def test_every_key_read_is_varied_pinned_or_neutral_and_drawn_values_act(parity_
     assert not blind, f"{arch}: keys read but neither varied, pinned nor neutral: {blind}"
     idle = [(k.key, k.effect) for k in measured.of("varied") if not (k.effect == "changes" and k.drawn_act)]
     assert not idle, f"{arch}: varied keys whose drawn values never change an activation: {idle}"
-    assert measured.coverage >= 0.95, surface.render([measured])
+    # A registry entry draws what it pins; the generic tier pins what it shrinks, so only the above holds there.
+    assert measured.coverage >= 0.95 or registry.get(arch).tier == "generic", surface.render([measured])
     # Reports compute their coverage from the stored measurement: it must be today's.
     version = session.reference.capabilities.versions["transformers"]
     stored = json.loads(surface.measured_path(version).read_text())[arch]
