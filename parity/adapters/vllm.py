@@ -243,14 +243,15 @@ class Adapter(EngineAdapter[Any]):
 
 @contextlib.contextmanager
 def _own_freezing_off() -> Iterator[None]:
-    """vLLM's garbage-collector freezing off while it builds or destroys an engine. It freezes the whole heap once
-    an engine is built and unfreezes it all at shutdown, then collects three times: unfreezing the worker's frozen
-    engine import too (some 700,000 objects), so each of those collections, and the next build's, scanned it all
-    (0.33 s each on 0.32: 1.0 s of the 1.2 s teardown, 1.0 s of the 1.4 s build). Off, the engine's own objects
-    are never frozen, and go at a collection like any garbage; only serving skips its heap freeze, which spares
-    its collections a scan. The first engine a worker builds outlives its teardown, frozen after it with what its
-    build imported: a module imported during that build keeps a ModuleNotFoundError (torchcodec, missing here)
-    whose traceback's frames reach back to the build's, holding the ``LLM`` (measured on 0.32; later engines go)."""
+    """vLLM's garbage-collector freezing off while it builds or destroys an engine. It freezes the whole heap once an
+    engine is built and unfreezes it all at shutdown, then collects three times: unfreezing the worker's frozen
+    engine import too (with what the first build imported, some 700,000 objects), so each of those collections, and
+    the next build's, scanned it all (0.33 s each on 0.32: 1.0 s of the 1.2 s teardown, 1.0 s of the 1.4 s build).
+    Off, the engine's own objects are never frozen, and go at a collection like any garbage; only serving skips its
+    heap freeze, which spares its collections a scan. The first engine a worker builds outlives its teardown, frozen
+    after it with what its build imported: a module imported during that build keeps a ModuleNotFoundError
+    (torchcodec, missing here) whose traceback's frames reach back to the build's, holding the ``LLM`` (measured on
+    0.32; later engines go)."""
     freeze, unfreeze = gc.freeze, gc.unfreeze
     gc.freeze = gc.unfreeze = _unchanged
     try:
