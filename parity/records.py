@@ -83,8 +83,9 @@ class BackendResult(Record):
                           "whose backends' tokens differ: steps after they part are not compared here, each backend "
                           "is compared with the reference along its own); null where nothing was compared")
     notes: list[str] = []
-    seconds: dict[str, float] = Field({}, description="worker-side load/forward/save/teardown, then "
-                                      "orchestrator-side wait (submit to reply), transfer and compare")
+    seconds: dict[str, float] = Field({}, description="worker-side load/forward/save/teardown and released (the "
+                                      "teardown, first, of the engine held from an earlier example of another "
+                                      "structure), then orchestrator-side wait (submit to reply), transfer and compare")
     reused: bool = Field(False, description="the worker served this example with the engine it held from its "
                                             "previous one (same model structure and engine arguments), the "
                                             "checkpoint's weights reloaded into it, instead of building one")

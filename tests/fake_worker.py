@@ -150,7 +150,7 @@ class FakeWorker:
             if bug and kind == bug[0] and layer is not None and layer >= bug[1] and step >= (bug[2:] or (0,))[0]:
                 tensors[key] = value + noise
         save_file(tensors, request.out)
-        return RunReply(file=request.out, seconds={"load": 0.0, "forward": 0.0, "save": 0.0, "teardown": 0.0})
+        return RunReply(file=request.out, seconds={"load": 0.0, "forward": 0.0, "save": 0.0, "teardown": 0.0, "released": 0.0})
 
 
 def launcher(**backends: dict[str, Any]) -> Callable[[BackendSpec], FakeWorker]:

@@ -64,7 +64,7 @@ for case in cases:
     adapter.close()
     fresh, fresh_weights, fresh_acts = run(case, 2, "B-fresh")
     out.append({"name": case["name"], "reused": [first.reused, reused.reused, fresh.reused],
-                "held_torn_down": first.seconds["teardown"] > 0, "tensors": len(weights),
+                "held_torn_down": first.seconds["released"] > 0, "tensors": len(weights),
                 "holding_values": sum(t.numel() > 0 for t in weights.values()),
                 "activations": len(acts), "a_differs": len(differing(acts_a, fresh_acts)),
                 "differing_tensors": differing(weights, fresh_weights),

@@ -5,7 +5,9 @@ An engine that ran its request cleanly is held for the next one when the adapter
 its structure (:meth:`EngineAdapter.structure`): a request of the same structure (Hypothesis
 shrinking retries one config with other weights and prompts) reloads only the weights into
 it, and any other request tears it down first. A failed reload falls back to teardown and a
-fresh load; a failure after the load tears the engine down as before.
+fresh load; a failure after the load tears the engine down as before. A ``fresh`` request (a bare
+run timing an engine's whole life) tears down whatever is held, builds its own engine and tears that
+down too, holding nothing.
 
 An adapter subclasses :class:`EngineAdapter` and supplies only its engine's
 conventions: what it reports about itself, how it loads a checkpoint, where the
@@ -146,8 +148,8 @@ class EngineAdapter(ABC, Generic[Loaded]):
         if request.forced and not self.teacher_forcing:
             raise ContractError(f"{self.engine} serves greedy decoding only; teacher forcing is the reference's")
         t0 = time.perf_counter()
-        key = self.structure(request)
-        held, reused, torn = self._ready(key, request)
+        key = None if request.fresh else self.structure(request)
+        held, reused, released = self._ready(key, request)
         try:
             if not held:
                 held.append(self.load(request))
@@ -173,12 +175,11 @@ class EngineAdapter(ABC, Generic[Loaded]):
             raise
         if key is None:
             self._teardown(held)
-            torn += time.perf_counter() - t3
         else:
             self._held = (key, held.pop())
-        # "teardown": the engine's own, or the one held from an earlier request that this one could not use.
         return RunReply(file=request.out if request.capture else None, non_finite=non_finite, reused=reused,
-                        seconds={"load": t1 - t0 - torn, "forward": t2 - t1, "save": t3 - t2, "teardown": torn})
+                        seconds={"load": t1 - t0 - released, "forward": t2 - t1, "save": t3 - t2,
+                                 "teardown": time.perf_counter() - t3, "released": released})
 
     def _ready(self, key: Hashable | None, request: RunRequest) -> tuple[list[Loaded], bool, float]:
         """The held engine with ``request``'s weights reloaded when its structure is ``key`` (``[engine], True``),

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar, Mapping, TypeVar
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 
 
 class ContractError(ValueError):
@@ -117,13 +117,17 @@ class RunRequest:
     """Teacher forcing (the reference alone serves it): per prompt, the tokens fed at decode steps 1..n
     instead of the model's own greedy ones; empty: greedy."""
     execution: Execution = field(default_factory=Execution)
+    fresh: bool = False
+    """Build an engine for this request alone and tear it down after it, even where one of the same structure is
+    held (which is torn down first): a bare run timing an engine's whole life."""
 
 
 @dataclass(frozen=True)
 class RunReply:
     seconds: dict[str, float]
-    """Worker-side load, forward, save and teardown ("load" is the reload when ``reused``; "teardown" includes that
-    of an engine held from an earlier request of another structure)."""
+    """Worker-side load, forward, save and teardown ("load" is the reload when ``reused``; "teardown" is this
+    request's engine's, zero when it is held for the next request), and "released": the teardown, before this
+    request's load, of an engine held from an earlier request that this one could not use."""
 
     reused: bool = False
     """The engine held from the previous request (same structure) served this one with the checkpoint's weights
