@@ -758,12 +758,19 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "SGLang's MiniCPM3DecoderLayer builds its attention with v_head_dim = hidden_size // "
                "num_attention_heads (minicpm3.py) and never reads the config's v_head_dim: equal in the released "
                "MiniCPM3-4B (64), any other value splits kv_b_proj's output wrong"),
-    # Generic-tier knobs: gpt_bigcode, gpt_oss, granite, granite_swa, granitemoe, granitemoe_swa, granitemoeshared
+    # Generic-tier knobs: gpt_bigcode, gpt_oss, granite, granite_swa, granitemoe, granitemoe_swa, granitemoeshared,
+    # hunyuan_v1_dense, hunyuan_v1_moe
     KnownIssue("sglang", SGLANG, "gpt_bigcode", ("error",),
                lambda c: c.get("activation_function", "gelu_pytorch_tanh") not in _SGLANG_ACT_FN,
                "refuses at load: SGLang's GPTBigMLP takes its activation from get_act_fn (layers/activation.py), "
                "whose registry holds only gelu, gelu_pytorch_tanh, gelu_new, relu2 and xielu; transformers takes any "
                "ACT2FN name", "is not supported"),
+    KnownIssue("sglang", SGLANG, "gpt_bigcode", ("residual",),
+               lambda c: not c.get("multi_query", True) and c["n_head"] > 1,
+               "SGLang's GPTBigCodeAttention splits c_attn's output as all queries, then all keys, then all values "
+               "(gpt_bigcode.py, a QKVParallelLinear loaded as is); without multi_query transformers lays it out per "
+               "head ([q, k, v] of head 0, then head 1, ...): with two heads or more queries, keys and values are "
+               "mixed up"),
     KnownIssue("vllm", VLLM_NEW, "gpt_oss", ("residual",), _not("attention_bias", True),
                "vLLM's GPT-OSS attention builds qkv_proj and o_proj with bias=True whatever attention_bias says "
                "(gpt_oss.py): a checkpoint without attention biases leaves them uninitialised memory"),
@@ -771,9 +778,17 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "vLLM's GPT-OSS never reads swiglu_alpha (gpt_oss.py): its fused MoE's SwiGLU-OAI activation keeps "
                "the released 1.702", reads_as=_read_as(swiglu_alpha=1.702)),
     *(KnownIssue(engine, verified, arch, ("error",), _not("hidden_act", "silu"),
-                 _ONLY_SILU.format(name=name, port="GraniteMLP (granite.py)"), "Unsupported activation")
-      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))
-      for arch in ("granite", "granite_swa")),
+                 _ONLY_SILU.format(name=name, port=port), "Unsupported activation")
+      for engine, verified, name, arch, port in (
+          *((engine, verified, name, arch, "GraniteMLP (granite.py)")
+            for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))
+            for arch in ("granite", "granite_swa")),
+          ("sglang", SGLANG, "SGLang", "hunyuan_v1_dense", "HunYuanMLP (hunyuan.py)"))),
+    KnownIssue("vllm", VLLM_NEW, "hunyuan_v1_moe", ("residual",), _not("hidden_act", "silu"),
+               "vLLM serves HunYuan-MoE with its Transformers backend (TransformersMoEForCausalLM), which swaps the "
+               "experts for a FusedMoE whose activation is \"silu\" for every architecture but GPT-OSS "
+               "(models/transformers/moe.py) and never reads hidden_act: other activations run as SiLU in the "
+               "experts (the shared MLP keeps transformers' own)"),
     *(KnownIssue("sglang", SGLANG, arch, ("residual",), lambda c, key=key: bool(c.get(key)),
                  f"SGLang's Granite builds its {what} with bias=False whatever {key} says (granite.py), and its loader "
                  f"drops the checkpoint's biases (as a GPTQ model's extra ones)", reads_as=_read_as(**{key: False}))
