@@ -774,6 +774,9 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue("vllm", VLLM_NEW, "gpt_oss", ("residual",), _not("attention_bias", True),
                "vLLM's GPT-OSS attention builds qkv_proj and o_proj with bias=True whatever attention_bias says "
                "(gpt_oss.py): a checkpoint without attention biases leaves them uninitialised memory"),
+    KnownIssue("vllm", VLLM_NEW, "gpt_oss", ("residual",), _not("rms_norm_eps", 1e-5),
+               "vLLM's GPT-OSS builds every RMSNorm with eps=1e-5 (gpt_oss.py) and never reads rms_norm_eps",
+               reads_as=_read_as(rms_norm_eps=1e-5)),
     KnownIssue("vllm", VLLM_NEW, "gpt_oss", ("residual",), _not("swiglu_alpha", 1.702),
                "vLLM's GPT-OSS never reads swiglu_alpha (gpt_oss.py): its fused MoE's SwiGLU-OAI activation keeps "
                "the released 1.702", reads_as=_read_as(swiglu_alpha=1.702)),
