@@ -374,6 +374,9 @@ _XIELU = ("{name}'s Apertus builds its MLP activation as XIELU() without a dtype
           "alpha_p/alpha_n parameters and beta/eps buffers default to torch.bfloat16; transformers passes "
           "dtype=config.dtype: an fp32 model's xIELU runs with bf16-rounded parameters (layer 0's residual off by "
           "~1e-3 relative)")
+_ONLY_SILU = ("refuses at load: {name}'s {port} implements only SiLU (\"Unsupported activation: ... Only silu is "
+              "supported for now\")")
+_SGLANG_ACT_FN = ("gelu", "gelu_pytorch_tanh", "gelu_new", "relu2", "xielu")  # get_act_fn's registry (activation.py)
 _TRANSFORMERS5_CONFIG = ("refuses at load: {name}'s {port} reads {attr} from the config, which transformers "
                          "5.19's {cls} no longer defines ({why}): a checkpoint written by that config class fails to "
                          "load")
@@ -725,9 +728,10 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     *_each("sglang", SGLANG, _GPT2, ("residual",), _not("activation_function", "gelu_new"),
            "SGLang's GPT2MLP is built with NewGELU (gpt2.py: act_layer=NewGELU) and never reads activation_function: "
            "any other activation is silently replaced by the tanh GELU", reads_as=_read_as(activation_function="gelu_new")),
-    *_each("sglang", SGLANG, _GPT2, ("logits",), _not("tie_word_embeddings", True),
-           "SGLang's GPT2LMHeadModel always takes lm_head from transformer.wte and its loader skips the checkpoint's "
-           "lm_head.weight: an untied head is silently replaced by the embeddings",
+    *_each("sglang", SGLANG, (*_GPT2, "gpt_bigcode"), ("logits",), _not("tie_word_embeddings", True),
+           "SGLang's GPT2LMHeadModel (gpt2.py) and GPTBigCodeForCausalLM (gpt_bigcode.py) always take lm_head from "
+           "transformer.wte and their loaders skip the checkpoint's lm_head.weight: an untied head is silently "
+           "replaced by the embeddings",
            reads_as=_read_as(tie_word_embeddings=True), ignores=(r"^lm_head\.weight$",)),
     *(KnownIssue(engine, verified, arch, ("residual",), _not("scale_attn_weights", True),
                  f"{name}'s GPT2Attention always scales the scores by head_dim ** -0.5 (gpt2.py: self.scale) and never "
@@ -744,8 +748,7 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
       for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))
       for key, what in (("attention_bias", "attention projections"), ("mlp_bias", "MLP"))),
     *(KnownIssue(engine, verified, arch, ("error",), _not("hidden_act", "silu"),
-                 f"refuses at load: {name}'s {port} implements only SiLU (\"Unsupported activation: ... Only silu is "
-                 f"supported for now\")", "Unsupported activation")
+                 _ONLY_SILU.format(name=name, port=port), "Unsupported activation")
       for engine, verified, name, arch, port in (
           ("vllm", VLLM_NEW, "vLLM", "minicpm3", "MiniCPMMLP (minicpm.py; silu or fatrelu)"),
           ("sglang", SGLANG, "SGLang", "minicpm3", "MiniCPM3MLP (minicpm3.py)"),
@@ -755,6 +758,61 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "SGLang's MiniCPM3DecoderLayer builds its attention with v_head_dim = hidden_size // "
                "num_attention_heads (minicpm3.py) and never reads the config's v_head_dim: equal in the released "
                "MiniCPM3-4B (64), any other value splits kv_b_proj's output wrong"),
+    # Generic-tier knobs: gpt_bigcode, gpt_oss, granite, granite_swa, granitemoe, granitemoe_swa, granitemoeshared,
+    # hunyuan_v1_dense, hunyuan_v1_moe
+    KnownIssue("sglang", SGLANG, "gpt_bigcode", ("error",),
+               lambda c: c.get("activation_function", "gelu_pytorch_tanh") not in _SGLANG_ACT_FN,
+               "refuses at load: SGLang's GPTBigMLP takes its activation from get_act_fn (layers/activation.py), "
+               "whose registry holds only gelu, gelu_pytorch_tanh, gelu_new, relu2 and xielu; transformers takes any "
+               "ACT2FN name", "is not supported"),
+    KnownIssue("sglang", SGLANG, "gpt_bigcode", ("residual",),
+               lambda c: not c.get("multi_query", True) and c["n_head"] > 1,
+               "SGLang's GPTBigCodeAttention splits c_attn's output as all queries, then all keys, then all values "
+               "(gpt_bigcode.py, a QKVParallelLinear loaded as is); without multi_query transformers lays it out per "
+               "head ([q, k, v] of head 0, then head 1, ...): with two heads or more queries, keys and values are "
+               "mixed up"),
+    KnownIssue("vllm", VLLM_NEW, "gpt_oss", ("residual",), _not("attention_bias", True),
+               "vLLM's GPT-OSS attention builds qkv_proj and o_proj with bias=True whatever attention_bias says "
+               "(gpt_oss.py): a checkpoint without attention biases leaves them uninitialised memory"),
+    KnownIssue("vllm", VLLM_NEW, "gpt_oss", ("residual",), _not("rms_norm_eps", 1e-5),
+               "vLLM's GPT-OSS builds every RMSNorm with eps=1e-5 (gpt_oss.py) and never reads rms_norm_eps",
+               reads_as=_read_as(rms_norm_eps=1e-5)),
+    KnownIssue("vllm", VLLM_NEW, "gpt_oss", ("residual",), _not("swiglu_alpha", 1.702),
+               "vLLM's GPT-OSS never reads swiglu_alpha (gpt_oss.py): its fused MoE's SwiGLU-OAI activation keeps "
+               "the released 1.702", reads_as=_read_as(swiglu_alpha=1.702)),
+    *(KnownIssue(engine, verified, arch, ("error",), _not("hidden_act", "silu"),
+                 _ONLY_SILU.format(name=name, port=port), "Unsupported activation")
+      for engine, verified, name, arch, port in (
+          *((engine, verified, name, arch, "GraniteMLP (granite.py)")
+            for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))
+            for arch in ("granite", "granite_swa")),
+          ("sglang", SGLANG, "SGLang", "hunyuan_v1_dense", "HunYuanMLP (hunyuan.py)"))),
+    KnownIssue("vllm", VLLM_NEW, "hunyuan_v1_moe", ("residual",), _not("hidden_act", "silu"),
+               "vLLM serves HunYuan-MoE with its Transformers backend (TransformersMoEForCausalLM), which swaps the "
+               "experts for a FusedMoE whose activation is \"silu\" for every architecture but GPT-OSS "
+               "(models/transformers/moe.py) and never reads hidden_act: other activations run as SiLU in the "
+               "experts (the shared MLP keeps transformers' own)"),
+    *(KnownIssue("sglang", SGLANG, arch, ("residual",), lambda c, key=key: bool(c.get(key)),
+                 f"SGLang's Granite builds its {what} with bias=False whatever {key} says (granite.py), and its loader "
+                 f"drops the checkpoint's biases (as a GPTQ model's extra ones)", reads_as=_read_as(**{key: False}))
+      for arch in ("granite", "granite_swa")
+      for key, what in (("attention_bias", "attention projections"), ("mlp_bias", "MLP"))),
+    *(KnownIssue(engine, verified, arch, ("residual",), lambda c: bool(c.get("attention_bias")),
+                 f"{name}'s GraniteMoeAttention builds qkv_proj and o_proj with bias=False whatever attention_bias "
+                 f"says ({file}), and its loader drops the checkpoint's biases", reads_as=_read_as(attention_bias=False))
+      for engine, verified, name, file in (("vllm", VLLM_NEW, "vLLM", "granitemoe.py, shared by granitemoeshared.py"),
+                                           ("sglang", SGLANG, "SGLang", "granitemoe.py"))
+      for arch in ("granitemoe", "granitemoeshared", "granitemoe_swa")),
+    *(KnownIssue("sglang", SGLANG, arch, ("residual",), _scaled,
+                 "SGLang's GraniteMoeAttention builds its rotary with get_rope(head_dim, base=int(rope_theta)) "
+                 "(granitemoe.py) and never hands it rope_parameters: every RoPE scaling is dropped",
+                 reads_as=_unscaled)
+      for arch in ("granitemoe", "granitemoeshared")),
+    *(KnownIssue("sglang", SGLANG, arch, ("error",), _granite_swa_slides,
+                 "fails at the first forward on CPU: SGLang's Granite-SWA attention always passes learned sinks "
+                 "(granite.py granite_layer_attn_params: has_sink for every SWA model type) and the CPU attention "
+                 "backend's TorchNativeAttnBackend.forward_extend takes no sinks argument", "'sinks'")
+      for arch in ("granite_swa", "granitemoe_swa")),
     KnownIssue("vllm", VLLM_NEW, "afmoe", ("error",), _always,
                _TRANSFORMERS5_CONFIG.format(name="vLLM", port="AfMoE (afmoe.py: AfmoeForCausalLM, and AfmoeMoE "
                                             "where a layer is sparse)", attr="n_group and score_func",
