@@ -755,6 +755,47 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "SGLang's MiniCPM3DecoderLayer builds its attention with v_head_dim = hidden_size // "
                "num_attention_heads (minicpm3.py) and never reads the config's v_head_dim: equal in the released "
                "MiniCPM3-4B (64), any other value splits kv_b_proj's output wrong"),
+    # Generic-tier knobs: laguna, llama4_text, mellum, minimax_m2, ministral3, olmo, phi, starcoder2, qwen3_next,
+    # deepseek_v32, deepseek_v4, glm4_moe_lite, glm_moe_dsa, hy_v4
+    KnownIssue("vllm", VLLM_NEW, "laguna", ("error",), lambda c: c.get("gating", True) is False,
+               "refuses at load: vLLM's LagunaAttention builds no g_proj when gating is False (laguna.py) and its "
+               "loader rejects the checkpoint's; transformers always gates the attention output, per element for any "
+               "gating other than True or \"per-head\"", "self_attn.g_proj' in LagunaModel"),
+    KnownIssue("vllm", VLLM_NEW, "laguna", ("error",), _not("hidden_act", "silu"),
+               "refuses at load: vLLM's LagunaMLP (laguna.py; the dense layers and the shared expert) implements only "
+               "SiLU (\"Unsupported activation: ... Only silu is supported.\")", "Only silu is supported"),
+    *(KnownIssue(engine, verified, "llama4_text", ("residual",), _not("hidden_act", "silu"),
+                 f"{name}'s Llama-4 builds its dense MLP and shared expert with hidden_act=\"silu\" whatever the config "
+                 "says (llama4.py)", reads_as=_read_as(hidden_act="silu"))
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    KnownIssue("vllm", VLLM_NEW, "llama4_text", ("error",), lambda c: bool(c.get("attention_bias")),
+               "refuses at load: vLLM's Llama4Attention is built with bias=False whatever attention_bias says "
+               "(llama4.py), and its loader, which skips a checkpoint bias only under its own name (q_proj.bias), "
+               "then looks up the fused qkv_proj.bias it lacks (KeyError)", "qkv_proj.bias'"),
+    KnownIssue("sglang", SGLANG, "llama4_text", ("residual",), lambda c: bool(c.get("attention_bias")),
+               "SGLang's Llama4Attention is built with bias=False whatever attention_bias says (llama4.py), and its "
+               "loader drops the checkpoint's biases (as a GPTQ model's extra ones)",
+               reads_as=_read_as(attention_bias=False)),
+    KnownIssue("sglang", SGLANG, "olmo", ("residual",), _not("hidden_act", "silu"),
+               "SGLang's OlmoMLP is built with SiluAndMul (olmo.py) and never reads hidden_act: any other activation "
+               "is silently replaced by SiLU", reads_as=_read_as(hidden_act="silu")),
+    KnownIssue("sglang", SGLANG, "phi", ("residual",), lambda c: bool(c.get("qk_layernorm")),
+               "SGLang's PhiAttention has no query/key LayerNorms (phi.py never reads qk_layernorm), and its loader, "
+               "which walks the model's own parameters, silently leaves the checkpoint's q_layernorm/k_layernorm out",
+               reads_as=_read_as(qk_layernorm=False)),
+    *(KnownIssue("sglang", SGLANG, arch, ("residual",), _scaled,
+                 f"SGLang's {port} builds its rotary from rope_theta{what} alone ({file}: get_rope without "
+                 "rope_scaling): scaled RoPE runs unscaled", reads_as=_unscaled)
+      for arch, port, what, file in (("phi", "PhiAttention", " and the rotated fraction", "phi.py"),
+                                     ("olmo", "OlmoAttention", "", "olmo.py"),
+                                     ("starcoder2", "Starcoder2Attention", "", "starcoder2.py"))),
+    KnownIssue("sglang", SGLANG, "starcoder2", ("residual",), lambda c: c.get("sliding_window") is not None,
+               "SGLang's Starcoder2Attention never reads sliding_window (its attention is built without one): full "
+               "attention once a prompt outgrows the window", reads_as=_full_attention),
+    *_each("vllm", VLLM_NEW, ("ministral3",), ("error",), _not("hidden_act", "silu"), _SILU_ONLY,
+           "Unsupported activation"),
+    *_each("sglang", SGLANG, ("ministral3",), ("error",), _not("hidden_act", "silu"), _SILU_ONLY,
+           "Unsupported activation"),
     KnownIssue("vllm", VLLM_NEW, "afmoe", ("error",), _always,
                _TRANSFORMERS5_CONFIG.format(name="vLLM", port="AfMoE (afmoe.py: AfmoeForCausalLM, and AfmoeMoE "
                                             "where a layer is sparse)", attr="n_group and score_func",
