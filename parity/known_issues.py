@@ -776,9 +776,20 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "SGLang's Llama4Attention is built with bias=False whatever attention_bias says (llama4.py), and its "
                "loader drops the checkpoint's biases (as a GPTQ model's extra ones)",
                reads_as=_read_as(attention_bias=False)),
+    KnownIssue("vllm", VLLM_NEW, "mellum", ("residual",),
+               lambda c: c.get("hidden_act", "silu") != "silu" and "dense" not in (c.get("mlp_layer_types") or ()),
+               "vLLM serves Mellum through its Transformers MoE backend (models/transformers/moe.py), which swaps the "
+               "experts for its FusedMoE with activation \"silu\" (\"swigluoai\" for GPT-OSS only) whatever "
+               "hidden_act says (this entry takes all-sparse models only: a dense layer's MLP does read it)",
+               reads_as=_read_as(hidden_act="silu")),
     KnownIssue("sglang", SGLANG, "olmo", ("residual",), _not("hidden_act", "silu"),
                "SGLang's OlmoMLP is built with SiluAndMul (olmo.py) and never reads hidden_act: any other activation "
                "is silently replaced by SiLU", reads_as=_read_as(hidden_act="silu")),
+    *_each("sglang", SGLANG, ("phi", "starcoder2"), ("error",),
+           lambda c: c.get("hidden_act", "gelu_new") not in ("gelu", "gelu_pytorch_tanh", "gelu_new", "relu2", "xielu"),
+           "refuses at load: SGLang's Phi and Starcoder2 MLPs take their activation from get_act_fn "
+           "(layers/activation.py), whose registry holds only gelu, gelu_pytorch_tanh, gelu_new, relu2 and xielu "
+           "(no silu)", "is not supported"),
     KnownIssue("sglang", SGLANG, "phi", ("residual",), lambda c: bool(c.get("qk_layernorm")),
                "SGLang's PhiAttention has no query/key LayerNorms (phi.py never reads qk_layernorm), and its loader, "
                "which walks the model's own parameters, silently leaves the checkpoint's q_layernorm/k_layernorm out",
@@ -792,10 +803,11 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue("sglang", SGLANG, "starcoder2", ("residual",), lambda c: c.get("sliding_window") is not None,
                "SGLang's Starcoder2Attention never reads sliding_window (its attention is built without one): full "
                "attention once a prompt outgrows the window", reads_as=_full_attention),
-    *_each("vllm", VLLM_NEW, ("ministral3",), ("error",), _not("hidden_act", "silu"), _SILU_ONLY,
-           "Unsupported activation"),
-    *_each("sglang", SGLANG, ("ministral3",), ("error",), _not("hidden_act", "silu"), _SILU_ONLY,
-           "Unsupported activation"),
+    *(KnownIssue(engine, verified, "ministral3", ("error",), _not("hidden_act", "silu"),
+                 f"refuses at load: {name}'s Ministral-3 MLP ({port}) implements only SiLU (\"Only silu is "
+                 "supported for now\")", "Unsupported activation")
+      for engine, verified, name, port in (("vllm", VLLM_NEW, "vLLM", "MistralMLP, mistral.py"),
+                                           ("sglang", SGLANG, "SGLang", "LlamaMLP, llama.py"))),
     KnownIssue("vllm", VLLM_NEW, "afmoe", ("error",), _always,
                _TRANSFORMERS5_CONFIG.format(name="vLLM", port="AfMoE (afmoe.py: AfmoeForCausalLM, and AfmoeMoE "
                                             "where a layer is sparse)", attr="n_group and score_func",
