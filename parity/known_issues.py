@@ -772,6 +772,13 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "refuses at load: vLLM's Llama4Attention is built with bias=False whatever attention_bias says "
                "(llama4.py), and its loader, which skips a checkpoint bias only under its own name (q_proj.bias), "
                "then looks up the fused qkv_proj.bias it lacks (KeyError)", "qkv_proj.bias'"),
+    KnownIssue("sglang", SGLANG, "llama4_text", ("error",),
+               lambda c: 0 < c.get("interleave_moe_layer_step", 1) <= c["num_hidden_layers"],
+               "fails at the first forward of an fp32 model's MoE layer (layer i where i + 1 is a multiple of "
+               "interleave_moe_layer_step): Llama-4 applies the router weight to the expert's input, and SGLang's CPU "
+               "MoE, off its Intel AMX kernel (not used for fp32 weights), falls back to moe_forward_native "
+               "(fused_moe_native.py), which raises NotImplementedError for apply_router_weight_on_input",
+               "moe_forward_native"),
     KnownIssue("sglang", SGLANG, "llama4_text", ("residual",), lambda c: bool(c.get("attention_bias")),
                "SGLang's Llama4Attention is built with bias=False whatever attention_bias says (llama4.py), and its "
                "loader drops the checkpoint's biases (as a GPTQ model's extra ones)",
@@ -803,6 +810,10 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue("sglang", SGLANG, "starcoder2", ("residual",), lambda c: c.get("sliding_window") is not None,
                "SGLang's Starcoder2Attention never reads sliding_window (its attention is built without one): full "
                "attention once a prompt outgrows the window", reads_as=_full_attention),
+    KnownIssue("sglang", SGLANG, "ministral3", ("residual",), lambda c: c.get("sliding_window") is not None,
+               "SGLang's Ministral3Attention reads sliding_window and then does nothing with it (ministral3.py: "
+               "\"pass\"; its RadixAttention is built without one): full attention once a prompt outgrows the window",
+               reads_as=_full_attention),
     *(KnownIssue(engine, verified, "ministral3", ("error",), _not("hidden_act", "silu"),
                  f"refuses at load: {name}'s Ministral-3 MLP ({port}) implements only SiLU (\"Only silu is "
                  "supported for now\")", "Unsupported activation")
