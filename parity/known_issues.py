@@ -819,6 +819,10 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                  "supported for now\")", "Unsupported activation")
       for engine, verified, name, port in (("vllm", VLLM_NEW, "vLLM", "MistralMLP, mistral.py"),
                                            ("sglang", SGLANG, "SGLang", "LlamaMLP, llama.py"))),
+    KnownIssue("vllm", VLLM_NEW, "qwen3_next", ("error",), _not("hidden_act", "silu"),
+               "refuses at load: vLLM's Qwen3-Next builds its shared expert and dense MLPs as Qwen2MoeMLP "
+               "(qwen3_next.py), which implements only SiLU (\"Only silu is supported for now\")",
+               "Unsupported activation"),
     KnownIssue("vllm", VLLM_NEW, "afmoe", ("error",), _always,
                _TRANSFORMERS5_CONFIG.format(name="vLLM", port="AfMoE (afmoe.py: AfmoeForCausalLM, and AfmoeMoE "
                                             "where a layer is sparse)", attr="n_group and score_func",
