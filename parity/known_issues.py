@@ -789,6 +789,11 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "experts for its FusedMoE with activation \"silu\" (\"swigluoai\" for GPT-OSS only) whatever "
                "hidden_act says (this entry takes all-sparse models only: a dense layer's MLP does read it)",
                reads_as=_read_as(hidden_act="silu")),
+    KnownIssue("sglang", SGLANG, "olmo", ("error",),
+               lambda c: c.get("num_key_value_heads", c["num_attention_heads"]) != c["num_attention_heads"],
+               "fails at the first forward of a grouped-query model: SGLang's OlmoAttention never reads "
+               "num_key_value_heads (olmo.py builds qkv_proj and its attention with as many key/value heads as query "
+               "heads), while its KV cache is sized by the config's, so storing the keys fails", "cannot be broadcast"),
     KnownIssue("sglang", SGLANG, "olmo", ("residual",), _not("hidden_act", "silu"),
                "SGLang's OlmoMLP is built with SiluAndMul (olmo.py) and never reads hidden_act: any other activation "
                "is silently replaced by SiLU", reads_as=_read_as(hidden_act="silu")),
