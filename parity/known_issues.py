@@ -327,7 +327,6 @@ def _rope_type(name: str) -> Callable[[Mapping[str, Any]], bool]:
 
 
 _LLAMA_MLP = ("llama", "qwen2", "qwen3", "mistral", "glm4", "phi3")
-_SILU_ONLY = "refuses at load: its LlamaMLP/Qwen2MLP implement only SiLU (\"Only silu is supported for now\")"
 # The MoE families share the engines' rotary code (get_rope); their entries are tested by the as-read
 # reference whenever they explain a result.
 _ROPE_SCALED = ("llama", "glm4", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "qwen3_moe", "qwen2_moe", "olmoe",
@@ -384,8 +383,9 @@ _TRANSFORMERS5_CONFIG = ("refuses at load: {name}'s {port} reads {attr} from the
 
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     # Refusals: the engine says at load that it does not implement the config; nothing runs wrong.
-    *_each("vllm", VLLM_NEW, _LLAMA_MLP, ("error",), _not("hidden_act", "silu"), _SILU_ONLY, "Unsupported activation"),
-    *_each("sglang", SGLANG, _LLAMA_MLP, ("error",), _not("hidden_act", "silu"), _SILU_ONLY, "Unsupported activation"),
+    *(issue for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))
+      for issue in _each(engine, verified, _LLAMA_MLP, ("error",), _not("hidden_act", "silu"),
+                         _ONLY_SILU.format(name=name, port="LlamaMLP/Qwen2MLP"), "Unsupported activation")),
     KnownIssue("vllm", VLLM_NEW, "qwen3_moe", ("error",), lambda c: c.get("hidden_act") != "silu" and _dense_layers(c),
                "refuses at load: its dense Qwen3MoeMLP implements only SiLU (\"Only silu is supported for now\")",
                "Unsupported activation"),
@@ -813,6 +813,79 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                  "(granite.py granite_layer_attn_params: has_sink for every SWA model type) and the CPU attention "
                  "backend's TorchNativeAttnBackend.forward_extend takes no sinks argument", "'sinks'")
       for arch in ("granite_swa", "granitemoe_swa")),
+    # Generic-tier knobs: laguna, llama4_text, mellum, minimax_m2, ministral3, olmo, phi, starcoder2, qwen3_next,
+    # deepseek_v32, deepseek_v4, glm4_moe_lite, glm_moe_dsa, hy_v4
+    KnownIssue("vllm", VLLM_NEW, "laguna", ("error",), lambda c: c.get("gating", True) is False,
+               "refuses at load: vLLM's LagunaAttention builds no g_proj when gating is False (laguna.py) and its "
+               "loader rejects the checkpoint's; transformers always gates the attention output, per element for any "
+               "gating other than True or \"per-head\"", "self_attn.g_proj' in LagunaModel"),
+    KnownIssue("vllm", VLLM_NEW, "laguna", ("error",), _not("hidden_act", "silu"),
+               "refuses at load: vLLM's LagunaMLP (laguna.py; the dense layers and the shared expert) implements only "
+               "SiLU (\"Unsupported activation: ... Only silu is supported.\")", "Only silu is supported"),
+    *(KnownIssue(engine, verified, "llama4_text", ("residual",), _not("hidden_act", "silu"),
+                 f"{name}'s Llama-4 builds its dense MLP and shared expert with hidden_act=\"silu\" whatever the config "
+                 "says (llama4.py)", reads_as=_read_as(hidden_act="silu"))
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    KnownIssue("vllm", VLLM_NEW, "llama4_text", ("error",), lambda c: bool(c.get("attention_bias")),
+               "refuses at load: vLLM's Llama4Attention is built with bias=False whatever attention_bias says "
+               "(llama4.py), and its loader, which skips a checkpoint bias only under its own name (q_proj.bias), "
+               "then looks up the fused qkv_proj.bias it lacks (KeyError)", "qkv_proj.bias'"),
+    KnownIssue("sglang", SGLANG, "llama4_text", ("error",),
+               lambda c: 0 < c.get("interleave_moe_layer_step", 1) <= c["num_hidden_layers"],
+               "fails at the first forward of an fp32 model's MoE layer (layer i where i + 1 is a multiple of "
+               "interleave_moe_layer_step): Llama-4 applies the router weight to the expert's input, and SGLang's CPU "
+               "MoE, off its Intel AMX kernel (not used for fp32 weights), falls back to moe_forward_native "
+               "(fused_moe_native.py), which raises NotImplementedError for apply_router_weight_on_input",
+               "moe_forward_native"),
+    KnownIssue("sglang", SGLANG, "llama4_text", ("residual",), lambda c: bool(c.get("attention_bias")),
+               "SGLang's Llama4Attention is built with bias=False whatever attention_bias says (llama4.py), and its "
+               "loader drops the checkpoint's biases (as a GPTQ model's extra ones)",
+               reads_as=_read_as(attention_bias=False)),
+    KnownIssue("vllm", VLLM_NEW, "mellum", ("residual",),
+               lambda c: c.get("hidden_act", "silu") != "silu" and "dense" not in (c.get("mlp_layer_types") or ()),
+               "vLLM serves Mellum through its Transformers MoE backend (models/transformers/moe.py), which swaps the "
+               "experts for its FusedMoE with activation \"silu\" (\"swigluoai\" for GPT-OSS only) whatever "
+               "hidden_act says (this entry takes all-sparse models only: a dense layer's MLP does read it)",
+               reads_as=_read_as(hidden_act="silu")),
+    KnownIssue("sglang", SGLANG, "olmo", ("error",),
+               lambda c: c.get("num_key_value_heads", c["num_attention_heads"]) != c["num_attention_heads"],
+               "fails at the first forward of a grouped-query model: SGLang's OlmoAttention never reads "
+               "num_key_value_heads (olmo.py builds qkv_proj and its attention with as many key/value heads as query "
+               "heads), while its KV cache is sized by the config's, so storing the keys fails", "cannot be broadcast"),
+    KnownIssue("sglang", SGLANG, "olmo", ("residual",), _not("hidden_act", "silu"),
+               "SGLang's OlmoMLP is built with SiluAndMul (olmo.py) and never reads hidden_act: any other activation "
+               "is silently replaced by SiLU", reads_as=_read_as(hidden_act="silu")),
+    *_each("sglang", SGLANG, ("phi", "starcoder2"), ("error",),
+           lambda c: c.get("hidden_act", "gelu_new") not in ("gelu", "gelu_pytorch_tanh", "gelu_new", "relu2", "xielu"),
+           "refuses at load: SGLang's Phi and Starcoder2 MLPs take their activation from get_act_fn "
+           "(layers/activation.py), whose registry holds only gelu, gelu_pytorch_tanh, gelu_new, relu2 and xielu "
+           "(no silu)", "is not supported"),
+    KnownIssue("sglang", SGLANG, "phi", ("residual",), lambda c: bool(c.get("qk_layernorm")),
+               "SGLang's PhiAttention has no query/key LayerNorms (phi.py never reads qk_layernorm), and its loader, "
+               "which walks the model's own parameters, silently leaves the checkpoint's q_layernorm/k_layernorm out",
+               reads_as=_read_as(qk_layernorm=False)),
+    *(KnownIssue("sglang", SGLANG, arch, ("residual",), _scaled,
+                 f"SGLang's {port} builds its rotary from rope_theta{what} alone ({file}: get_rope without "
+                 "rope_scaling): scaled RoPE runs unscaled", reads_as=_unscaled)
+      for arch, port, what, file in (("phi", "PhiAttention", " and the rotated fraction", "phi.py"),
+                                     ("olmo", "OlmoAttention", "", "olmo.py"),
+                                     ("starcoder2", "Starcoder2Attention", "", "starcoder2.py"))),
+    KnownIssue("sglang", SGLANG, "starcoder2", ("residual",), lambda c: c.get("sliding_window") is not None,
+               "SGLang's Starcoder2Attention never reads sliding_window (its attention is built without one): full "
+               "attention once a prompt outgrows the window", reads_as=_full_attention),
+    KnownIssue("sglang", SGLANG, "ministral3", ("residual",), lambda c: c.get("sliding_window") is not None,
+               "SGLang's Ministral3Attention reads sliding_window and then does nothing with it (ministral3.py: "
+               "\"pass\"; its RadixAttention is built without one): full attention once a prompt outgrows the window",
+               reads_as=_full_attention),
+    *(KnownIssue(engine, verified, "ministral3", ("error",), _not("hidden_act", "silu"),
+                 f"refuses at load: {name}'s Ministral-3 MLP ({port}) implements only SiLU (\"Only silu is "
+                 "supported for now\")", "Unsupported activation")
+      for engine, verified, name, port in (("vllm", VLLM_NEW, "vLLM", "MistralMLP, mistral.py"),
+                                           ("sglang", SGLANG, "SGLang", "LlamaMLP, llama.py"))),
+    KnownIssue("vllm", VLLM_NEW, "qwen3_next", ("error",), _not("hidden_act", "silu"),
+               "refuses at load: vLLM's Qwen3-Next builds its shared expert and dense MLPs as Qwen2MoeMLP "
+               "(qwen3_next.py), which implements only SiLU (\"Only silu is supported for now\")",
+               "Unsupported activation"),
     KnownIssue("vllm", VLLM_NEW, "afmoe", ("error",), _always,
                _TRANSFORMERS5_CONFIG.format(name="vLLM", port="AfMoE (afmoe.py: AfmoeForCausalLM, and AfmoeMoE "
                                             "where a layer is sparse)", attr="n_group and score_func",
