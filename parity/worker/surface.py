@@ -158,6 +158,8 @@ def alternatives(key: str, value: Any) -> list[Any]:
         return [v for v in STRING_ALTERNATIVES[_generic(key)] if v != value]
     if isinstance(value, bool):
         return [not value]
+    if key.endswith("partial_rotary_factor"):  # a fraction of the head: past 1 only the probe's wide heads build
+        return [v for v in (0.5, 1.0) if v != value]
     if "window" in key and (isinstance(value, int) or value is None):
         return [v for v in (4, value * 2 if value else None) if v not in (None, value)]  # shorter than the probe prompt
     if isinstance(value, int):
