@@ -795,6 +795,14 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
           (("logits",), _not("tie_word_embeddings", True),
            "always takes lm_head from embed_tokens and its loader drops the checkpoint's lm_head.weight: an untied "
            "head is silently replaced by the embeddings", _read_as(tie_word_embeddings=True), (r"^lm_head\.weight$",)))),
+    KnownIssue("vllm", VLLM_NEW, "ernie4_5_moe", ("residual",), lambda c: bool(c.get("use_bias")),
+               "vLLM's ERNIE-4.5-MoE builds o_proj with bias=False (ernie45_moe.py Ernie4_5_MoeAttention: only "
+               "qkv_proj takes use_bias) and lm_head without bias; transformers gives both a bias under use_bias, "
+               "and the checkpoint's are dropped at load", ignores=(r"\.o_proj\.bias$", r"^lm_head\.bias$")),
+    KnownIssue("sglang", SGLANG, "ernie4_5_moe", ("error",), lambda c: bool(c.get("use_bias")),
+               "refuses at load: SGLang's ERNIE-4.5 builds lm_head without bias (ernie4.py) and its loader raises on "
+               "the checkpoint's lm_head.bias, which transformers writes whenever use_bias is set",
+               "Parameter 'lm_head.bias' not found"),
     KnownIssue("vllm", VLLM_NEW, "falcon_h1", ("residual",), lambda c: bool(c.get("mlp_bias")),
                "vLLM's FalconH1ParallelHybrid builds its FalconH1MLP without passing bias (falcon_h1.py: bias "
                "defaults to False) whatever mlp_bias says, and the checkpoint's MLP biases are dropped at load",
