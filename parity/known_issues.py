@@ -807,6 +807,14 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "vLLM's FalconH1ParallelHybrid builds its FalconH1MLP without passing bias (falcon_h1.py: bias "
                "defaults to False) whatever mlp_bias says, and the checkpoint's MLP biases are dropped at load",
                reads_as=_read_as(mlp_bias=False)),
+    KnownIssue("vllm", VLLM_NEW, "falcon_h1", ("residual",), lambda c: bool(c.get("attention_bias")),
+               "vLLM's FalconH1 attention builds qkv_proj and o_proj with bias=False whatever attention_bias says "
+               "(falcon_h1.py), and the checkpoint's biases are dropped at load", reads_as=_read_as(attention_bias=False)),
+    KnownIssue("vllm", VLLM_NEW, "falcon_h1", ("residual",),
+               lambda c: bool(c.get("projectors_bias")) and not c.get("mamba_proj_bias"),
+               "vLLM's FalconH1 builds its Mamba-2 mixer with use_bias=mamba_proj_bias for both in_proj and out_proj "
+               "(falcon_h1.py) and never reads projectors_bias, which transformers gives out_proj: the checkpoint's "
+               "out_proj bias is dropped at load", reads_as=_read_as(projectors_bias=False)),
     KnownIssue("vllm", VLLM_NEW, "afmoe", ("error",), _always,
                _TRANSFORMERS5_CONFIG.format(name="vLLM", port="AfMoE (afmoe.py: AfmoeForCausalLM, and AfmoeMoE "
                                             "where a layer is sparse)", attr="n_group and score_func",
