@@ -773,6 +773,8 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
           ("vllm", VLLM_NEW, "vLLM", "exaone_moe", "ExaoneMoeGatedMLP (exaone4.py's Exaone4GatedMLP)", "silu",
            "Only silu is supported for now"),
           ("vllm", VLLM_NEW, "vLLM", "falcon_h1", "FalconH1MLP (falcon_h1.py)", "silu",
+           "Only silu is supported for now"),
+          ("sglang", SGLANG, "SGLang", "falcon_h1", "FalconH1MLP (falcon_h1.py)", "silu",
            "Only silu is supported for now"))),
     KnownIssue("sglang", SGLANG, "afmoe", ("residual",), lambda c: bool(c.get("attention_bias")),
                "SGLang's AfmoeAttention builds qkv_proj and o_proj with bias=False whatever attention_bias says "
