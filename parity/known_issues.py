@@ -886,6 +886,68 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "refuses at load: vLLM's Qwen3-Next builds its shared expert and dense MLPs as Qwen2MoeMLP "
                "(qwen3_next.py), which implements only SiLU (\"Only silu is supported for now\")",
                "Unsupported activation"),
+    # Generic-tier knobs: afmoe, apertus, arcee, cohere, cohere2_moe, deepseek_v2, ernie4_5_moe, exaone_moe, falcon_h1
+    *(KnownIssue(engine, verified, arch, ("error",), _not("hidden_act", act),
+                 f"refuses at load: {name}'s {port} implements only {act} (\"Unsupported activation: ... {says}\"); "
+                 f"transformers runs any hidden_act", "Unsupported activation")
+      for engine, verified, name, arch, port, act, says in (
+          ("vllm", VLLM_NEW, "vLLM", "afmoe", "AfmoeMoE (afmoe.py)", "silu", "Only silu is supported for now"),
+          ("sglang", SGLANG, "SGLang", "afmoe", "AfmoeMLP (afmoe.py)", "silu", "Only silu is supported for now"),
+          ("vllm", VLLM_NEW, "vLLM", "apertus", "ApertusMLP (apertus.py)", "xielu", "Only xIELU is supported"),
+          ("sglang", SGLANG, "SGLang", "apertus", "ApertusMLP (apertus.py)", "xielu", "Only xIELU is supported"),
+          ("sglang", SGLANG, "SGLang", "arcee", "ArceeMLP (arcee.py)", "relu2", "only supports 'relu2'"),
+          ("vllm", VLLM_NEW, "vLLM", "deepseek_v2", "DeepseekV2MLP and DeepseekV2MoE (deepseek_v2.py)", "silu",
+           "Only silu is supported for now"),
+          ("vllm", VLLM_NEW, "vLLM", "ernie4_5_moe", "Ernie4_5_MoeMLP (ernie45_moe.py)", "silu",
+           "Only silu is supported for now"),
+          ("sglang", SGLANG, "SGLang", "ernie4_5_moe", "Ernie4Moe (ernie4.py)", "silu", "Only silu is supported"),
+          ("vllm", VLLM_NEW, "vLLM", "exaone_moe", "ExaoneMoeGatedMLP (exaone4.py's Exaone4GatedMLP)", "silu",
+           "Only silu is supported for now"),
+          ("vllm", VLLM_NEW, "vLLM", "falcon_h1", "FalconH1MLP (falcon_h1.py)", "silu",
+           "Only silu is supported for now"),
+          ("sglang", SGLANG, "SGLang", "falcon_h1", "FalconH1MLP (falcon_h1.py)", "silu",
+           "Only silu is supported for now"))),
+    KnownIssue("sglang", SGLANG, "afmoe", ("residual",), lambda c: bool(c.get("attention_bias")),
+               "SGLang's AfmoeAttention builds qkv_proj and o_proj with bias=False whatever attention_bias says "
+               "(afmoe.py), and its loader skips the checkpoint's biases (\"bias for layers without bias\")",
+               reads_as=_read_as(attention_bias=False)),
+    KnownIssue("sglang", SGLANG, "arcee", ("logits",), lambda c: bool(c.get("tie_word_embeddings")),
+               "SGLang's ArceeForCausalLM never ties lm_head to embed_tokens (arcee.py: \"Arcee does not tie word "
+               "embeddings\") and never reads tie_word_embeddings: a tied checkpoint has no lm_head.weight, so the "
+               "head keeps uninitialised memory"),
+    *(KnownIssue(engine, verified, arch, kinds, applies, f"{name}'s {port} {does}", reads_as=reads_as, ignores=ignores)
+      for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))
+      for arch, port in (("cohere", "Cohere (commandr.py)"), ("cohere2_moe", "Cohere2-MoE (cohere2_moe.py)"))
+      for kinds, applies, does, reads_as, ignores in (
+          (("residual",), lambda c: bool(c.get("attention_bias")),
+           "builds qkv_proj and o_proj with bias=False whatever attention_bias says, and its loader skips the "
+           "checkpoint's biases", _read_as(attention_bias=False), ()),
+          (("residual",), _not("hidden_act", "silu"),
+           "applies SiLU in its MLPs (SiluAndMul; a MoE's fused experts default to SiLU) and never reads "
+           "hidden_act: any other activation silently runs as SiLU", _read_as(hidden_act="silu"), ()),
+          (("logits",), _not("tie_word_embeddings", True),
+           "always takes lm_head from embed_tokens and its loader drops the checkpoint's lm_head.weight: an untied "
+           "head is silently replaced by the embeddings", _read_as(tie_word_embeddings=True), (r"^lm_head\.weight$",)))),
+    KnownIssue("vllm", VLLM_NEW, "ernie4_5_moe", ("residual",), lambda c: bool(c.get("use_bias")),
+               "vLLM's ERNIE-4.5-MoE builds o_proj with bias=False (ernie45_moe.py Ernie4_5_MoeAttention: only "
+               "qkv_proj takes use_bias) and lm_head without bias; transformers gives both a bias under use_bias, "
+               "and the checkpoint's are dropped at load", ignores=(r"\.o_proj\.bias$", r"^lm_head\.bias$")),
+    KnownIssue("sglang", SGLANG, "ernie4_5_moe", ("error",), lambda c: bool(c.get("use_bias")),
+               "refuses at load: SGLang's ERNIE-4.5 builds lm_head without bias (ernie4.py) and its loader raises on "
+               "the checkpoint's lm_head.bias, which transformers writes whenever use_bias is set",
+               "Parameter 'lm_head.bias' not found"),
+    KnownIssue("vllm", VLLM_NEW, "falcon_h1", ("residual",), lambda c: bool(c.get("mlp_bias")),
+               "vLLM's FalconH1ParallelHybrid builds its FalconH1MLP without passing bias (falcon_h1.py: bias "
+               "defaults to False) whatever mlp_bias says, and the checkpoint's MLP biases are dropped at load",
+               reads_as=_read_as(mlp_bias=False)),
+    KnownIssue("vllm", VLLM_NEW, "falcon_h1", ("residual",), lambda c: bool(c.get("attention_bias")),
+               "vLLM's FalconH1 attention builds qkv_proj and o_proj with bias=False whatever attention_bias says "
+               "(falcon_h1.py), and the checkpoint's biases are dropped at load", reads_as=_read_as(attention_bias=False)),
+    KnownIssue("vllm", VLLM_NEW, "falcon_h1", ("residual",),
+               lambda c: bool(c.get("projectors_bias")) and not c.get("mamba_proj_bias"),
+               "vLLM's FalconH1 builds its Mamba-2 mixer with use_bias=mamba_proj_bias for both in_proj and out_proj "
+               "(falcon_h1.py) and never reads projectors_bias, which transformers gives out_proj: the checkpoint's "
+               "out_proj bias is dropped at load", reads_as=_read_as(projectors_bias=False)),
     KnownIssue("vllm", VLLM_NEW, "afmoe", ("error",), _always,
                _TRANSFORMERS5_CONFIG.format(name="vLLM", port="AfMoE (afmoe.py: AfmoeForCausalLM, and AfmoeMoE "
                                             "where a layer is sparse)", attr="n_group and score_func",
