@@ -655,6 +655,8 @@ GENERIC_SIZES: Mapping[str, tuple[Any, ...]] = MappingProxyType({
 
 GENERIC_SHRUNK = ("shrunk with the model by the generic tier (parity.worker.generic.SHRUNK): released values "
                   "would make the tiny model large")
+GENERIC_HYBRID = ("a hybrid whose first full-attention layer comes after its first few linear-attention ones: "
+                  "drawn at the derived layer count only (parity.worker.generic.HYBRID_LAYERS)")
 GENERIC_UNSET = "a token id of the released vocabulary, past the tiny one: unset by the generic tier"
 GENERIC_PINNED: Mapping[str, str] = MappingProxyType({
     "layer_types": "a list with one entry per layer, sized to the probe's layer count: the generic tier draws the "
@@ -716,7 +718,7 @@ def generic_entries() -> Mapping[str, ArchSpec]:
             sizes=tuple(keys), ci_examples=1,
             knobs={k: tuple(v) for k, v in generic_knobs().get(model_type, {}).items()},
             pinned={**{k: GENERIC_UNSET if k.endswith("token_id") else GENERIC_SHRUNK for k in derived["fixed"]},
-                    **GENERIC_PINNED})
+                    **GENERIC_PINNED, **({keys["num_hidden_layers"]: GENERIC_HYBRID} if "layers" in derived else {})})
     return MappingProxyType(entries)
 
 
