@@ -675,13 +675,19 @@ def surface_path(transformers_version: str) -> Path:
 
 
 @functools.cache
+def measured_surfaces(transformers_version: str) -> Mapping[str, Any]:
+    """The stored surface measurement for a transformers version, per family; empty before the first."""
+    path = surface_path(transformers_version)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@functools.cache
 def generic_knobs() -> Mapping[str, Mapping[str, Any]]:
     """Per generic model type, the keys its entry draws beyond the sizes, each with its class default first and
     then values measured to change the reference's output (``parity surface --write``, for the transformers
     version the generic table was derived with)."""
     version = generic_table()["versions"].get("transformers")
-    path = surface_path(version) if version else None
-    stored = json.loads(path.read_text()) if path and path.exists() else {}
+    stored = measured_surfaces(version) if version else {}
     return {arch: measured["knobs"] for arch, measured in stored.items() if measured.get("knobs")}
 
 

@@ -347,12 +347,12 @@ def measured_path(transformers_version: str) -> Path:
 def write_measured(surfaces: Sequence[FamilySurface], transformers_version: str) -> Path:
     """Store each family's measured effects (not the classes: those follow the strategies and pins)."""
     path = measured_path(transformers_version)
-    known = dict(_stored(transformers_version))
+    known = dict(registry.measured_surfaces(transformers_version))
     known.update({s.arch: {"effects": {k.key: k.effect for k in s.keys}, "aliases": s.aliases,
                            **({"knobs": s.knobs} if s.knobs else {})} for s in surfaces})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(sorted(known.items())), indent=1, sort_keys=True) + "\n")
-    _stored.cache_clear()
+    registry.measured_surfaces.cache_clear()
     _coverage.cache_clear()
     registry.generic_knobs.cache_clear()
     registry.generic_entries.cache_clear()
@@ -364,7 +364,7 @@ def coverage(archs: Iterable[str], transformers_version: str,
     """Each family's coverage from the stored measurement for this transformers version and today's
     strategies and pins; families not measured on that version are left out. With ``configs`` (a run's
     configs by family), also which of the varied keys those configs exercised."""
-    stored = _stored(transformers_version)
+    stored = registry.measured_surfaces(transformers_version)
     out = {}
     for arch in archs:
         if arch not in stored or registry.lookup(arch) is None:
@@ -385,14 +385,8 @@ def exercised(arch: str, configs: Sequence[Mapping[str, Any]], varied: Sequence[
     return [k for k in varied if k in moved]
 
 
-# Reports are rewritten after every example: the stored file, the draws and the classes are the same
-# each time, so each is read or computed once per process (write_measured forgets them).
-@functools.lru_cache(maxsize=None)
-def _stored(transformers_version: str) -> dict[str, Any]:
-    path = measured_path(transformers_version)
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
+# Reports are rewritten after every example: the stored file (registry.measured_surfaces), the draws and the
+# classes are the same each time, so each is read or computed once per process (write_measured forgets them).
 @functools.lru_cache(maxsize=None)
 def _drawn(arch: str, seed: int) -> dict[str, list[Any]]:
     spec = registry.get(arch)
@@ -406,7 +400,7 @@ def _drawn(arch: str, seed: int) -> dict[str, list[Any]]:
 
 @functools.lru_cache(maxsize=None)
 def _coverage(arch: str, transformers_version: str) -> SurfaceCoverage:
-    measured = _stored(transformers_version)[arch]
+    measured = registry.measured_surfaces(transformers_version)[arch]
     s = classify(arch, {k: {"key": k, "effect": e} for k, e in measured["effects"].items()},
                  _drawn(arch, 0), aliases=measured["aliases"])
     return SurfaceCoverage(
