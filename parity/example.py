@@ -58,11 +58,11 @@ class Example:
                 f"head_dim={c.get('head_dim') or c['hidden_size'] // c['num_attention_heads']}",
                 f"hidden={c['hidden_size']}"]
         for path, rope in rope_sets(c).items():
-            layer_type = path.partition(".")[2]  # per-layer-type RoPE: named after the layer type
+            at = "@" + path.partition(".")[2] if "." in path else ""  # per-layer-type RoPE: named after the layer type
             if "partial_rotary_factor" in rope:
-                bits.append(f"partial_rotary_factor={rope['partial_rotary_factor']}")
+                bits.append(f"partial_rotary_factor={rope['partial_rotary_factor']}{at}")
             if rope.get("rope_type", "default") != "default":
-                bits.append(f"rope={rope['rope_type']}" + (f"@{layer_type}" if layer_type else ""))
+                bits.append(f"rope={rope['rope_type']}{at}")
         spec = lookup(self.arch)
         if spec and spec.tier == "generic":  # dozens of knobs, each written: those moved off the class's default
             bits += [f"{key}={c.get(key)}" for key, values in spec.knobs.items() if c.get(key) != values[0]]

@@ -57,6 +57,13 @@ def test_describe_names_family_knobs_under_parity_names():
                                     "head_dim": 32, "hidden_size": 32, "use_qkv_bias": False, "qk_layernorm": True,
                                     "use_parallel_residual": True}, 0, ((1,),), 0)
     assert stablelm.describe().endswith("hidden=32 qk_layernorm=True use_parallel_residual=True prompt_lens=1)")
+    # RoPE per layer type: each setting names the layer type it is of
+    rope = {"full_attention": {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5},
+            "sliding_attention": {"rope_type": "default", "partial_rotary_factor": 0.25}}
+    gemma3 = Example("gemma3_text", {"num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+                                     "head_dim": 32, "hidden_size": 64, "rope_parameters": rope}, 0, ((1,),), 0)
+    assert ("partial_rotary_factor=0.5@full_attention rope=linear@full_attention "
+            "partial_rotary_factor=0.25@sliding_attention prompt_lens=1)") in gemma3.describe()
 
 
 def test_summary_counts_statuses_and_known_issues_per_backend_and_arch():
