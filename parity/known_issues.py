@@ -777,6 +777,9 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue("vllm", VLLM_NEW, "gpt_oss", ("residual",), _not("rms_norm_eps", 1e-5),
                "vLLM's GPT-OSS builds every RMSNorm with eps=1e-5 (gpt_oss.py) and never reads rms_norm_eps",
                reads_as=_read_as(rms_norm_eps=1e-5)),
+    KnownIssue("vllm", VLLM_NEW, "gpt_oss", ("logits",), lambda c: bool(c.get("tie_word_embeddings")),
+               "vLLM's GptOssForCausalLM never ties lm_head to the embeddings and never reads tie_word_embeddings "
+               "(gpt_oss.py): a tied checkpoint has no lm_head.weight, so the head keeps uninitialised memory"),
     KnownIssue("vllm", VLLM_NEW, "gpt_oss", ("residual",), _not("swiglu_alpha", 1.702),
                "vLLM's GPT-OSS never reads swiglu_alpha (gpt_oss.py): its fused MoE's SwiGLU-OAI activation keeps "
                "the released 1.702", reads_as=_read_as(swiglu_alpha=1.702)),
@@ -803,6 +806,21 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
       for engine, verified, name, file in (("vllm", VLLM_NEW, "vLLM", "granitemoe.py, shared by granitemoeshared.py"),
                                            ("sglang", SGLANG, "SGLang", "granitemoe.py"))
       for arch in ("granitemoe", "granitemoeshared", "granitemoe_swa")),
+    *(KnownIssue(engine, verified, arch, ("residual",),
+                 lambda c: c.get("hidden_act", "silu") != "silu" and not c.get("shared_intermediate_size"),
+                 f"{name}'s GraniteMoeMoE builds its fused experts with no activation ({file}): they run SiLU, the "
+                 f"default, whatever hidden_act says (transformers' experts apply hidden_act); with a shared MLP the "
+                 f"port refuses instead", reads_as=_read_as(hidden_act="silu"))
+      for engine, verified, name, file, archs in (
+          ("vllm", VLLM_NEW, "vLLM", "granitemoe.py", ("granitemoe", "granitemoeshared", "granitemoe_swa")),
+          ("sglang", SGLANG, "SGLang", "granitemoe.py", ("granitemoe", "granitemoeshared")))
+      for arch in archs),
+    *(KnownIssue(engine, verified, "granitemoeshared", ("error",),
+                 lambda c: c.get("hidden_act", "silu") != "silu" and bool(c.get("shared_intermediate_size")),
+                 _ONLY_SILU.format(name=name, port=port), "Unsupported activation")
+      for engine, verified, name, port in (
+          ("vllm", VLLM_NEW, "vLLM", "GraniteMoeSharedMLP (granitemoeshared.py)"),
+          ("sglang", SGLANG, "SGLang", "GraniteMoeSharedMLP (granitemoe.py)"))),
     *(KnownIssue("sglang", SGLANG, arch, ("residual",), _scaled,
                  "SGLang's GraniteMoeAttention builds its rotary with get_rope(head_dim, base=int(rope_theta)) "
                  "(granitemoe.py) and never hands it rope_parameters: every RoPE scaling is dropped",
@@ -847,14 +865,17 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "experts for its FusedMoE with activation \"silu\" (\"swigluoai\" for GPT-OSS only) whatever "
                "hidden_act says (this entry takes all-sparse models only: a dense layer's MLP does read it)",
                reads_as=_read_as(hidden_act="silu")),
-    KnownIssue("sglang", SGLANG, "olmo", ("error",),
-               lambda c: c.get("num_key_value_heads", c["num_attention_heads"]) != c["num_attention_heads"],
-               "fails at the first forward of a grouped-query model: SGLang's OlmoAttention never reads "
-               "num_key_value_heads (olmo.py builds qkv_proj and its attention with as many key/value heads as query "
-               "heads), while its KV cache is sized by the config's, so storing the keys fails", "cannot be broadcast"),
-    KnownIssue("sglang", SGLANG, "olmo", ("residual",), _not("hidden_act", "silu"),
-               "SGLang's OlmoMLP is built with SiluAndMul (olmo.py) and never reads hidden_act: any other activation "
-               "is silently replaced by SiLU", reads_as=_read_as(hidden_act="silu")),
+    *(KnownIssue("sglang", SGLANG, arch, ("error",),
+                 lambda c: c.get("num_key_value_heads", c["num_attention_heads"]) != c["num_attention_heads"],
+                 f"fails at the first forward of a grouped-query model: SGLang's {cls} never reads "
+                 f"num_key_value_heads ({file} builds qkv_proj and its attention with as many key/value heads as "
+                 "query heads), while its KV cache is sized by the config's, so storing the keys fails",
+                 "cannot be broadcast")
+      for arch, cls, file in (("olmo", "OlmoAttention", "olmo.py"), ("phi", "PhiAttention", "phi.py"))),
+    *(KnownIssue("sglang", SGLANG, arch, ("residual",), _not("hidden_act", "silu"),
+                 f"SGLang's {mlp} is built with SiluAndMul ({file}) and never reads hidden_act: any other activation "
+                 "is silently replaced by SiLU", reads_as=_read_as(hidden_act="silu"))
+      for arch, mlp, file in (("olmo", "OlmoMLP", "olmo.py"), ("olmo2", "Olmo2MLP", "olmo2.py"))),
     *_each("sglang", SGLANG, ("phi", "starcoder2"), ("error",),
            lambda c: c.get("hidden_act", "gelu_new") not in ("gelu", "gelu_pytorch_tanh", "gelu_new", "relu2", "xielu"),
            "refuses at load: SGLang's Phi and Starcoder2 MLPs take their activation from get_act_fn "
@@ -915,6 +936,10 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "SGLang's ArceeForCausalLM never ties lm_head to embed_tokens (arcee.py: \"Arcee does not tie word "
                "embeddings\") and never reads tie_word_embeddings: a tied checkpoint has no lm_head.weight, so the "
                "head keeps uninitialised memory"),
+    KnownIssue("sglang", SGLANG, "arcee", ("residual",), lambda c: bool(c.get("mlp_bias")),
+               "SGLang's ArceeMLP builds up_proj and down_proj with bias=False whatever mlp_bias says (arcee.py), and "
+               "its loader drops the checkpoint's MLP biases with a warning (\"Parameter ... not found in model\")",
+               reads_as=_read_as(mlp_bias=False)),
     *(KnownIssue(engine, verified, arch, kinds, applies, f"{name}'s {port} {does}", reads_as=reads_as, ignores=ignores)
       for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))
       for arch, port in (("cohere", "Cohere (commandr.py)"), ("cohere2_moe", "Cohere2-MoE (cohere2_moe.py)"))
@@ -930,8 +955,10 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
            "head is silently replaced by the embeddings", _read_as(tie_word_embeddings=True), (r"^lm_head\.weight$",)))),
     KnownIssue("vllm", VLLM_NEW, "ernie4_5_moe", ("residual",), lambda c: bool(c.get("use_bias")),
                "vLLM's ERNIE-4.5-MoE builds o_proj with bias=False (ernie45_moe.py Ernie4_5_MoeAttention: only "
-               "qkv_proj takes use_bias) and lm_head without bias; transformers gives both a bias under use_bias, "
-               "and the checkpoint's are dropped at load", ignores=(r"\.o_proj\.bias$", r"^lm_head\.bias$")),
+               "qkv_proj takes use_bias), its MoE layers' shared experts without use_bias (Ernie4_5_MoeMoE) and "
+               "lm_head without bias; transformers gives all of them a bias under use_bias, and the checkpoint's "
+               "are dropped at load",
+               ignores=(r"\.o_proj\.bias$", r"\.shared_experts\.\w+_proj\.bias$", r"^lm_head\.bias$")),
     KnownIssue("sglang", SGLANG, "ernie4_5_moe", ("error",), lambda c: bool(c.get("use_bias")),
                "refuses at load: SGLang's ERNIE-4.5 builds lm_head without bias (ernie4.py) and its loader raises on "
                "the checkpoint's lm_head.bias, which transformers writes whenever use_bias is set",

@@ -1,5 +1,5 @@
-"""Execution modes on the real engines: tensor parallelism (vLLM), chunked prefill and the prefix cache (vLLM and
-SGLang) give the plain run's activations."""
+"""Execution modes on the real engines: tensor parallelism, chunked prefill and the prefix cache give the plain
+run's activations, on vLLM and SGLang."""
 
 from dataclasses import replace
 
@@ -38,13 +38,15 @@ def test_the_plain_runs_activations_under(parity_sessions, execution, engine):
     same(activations(session, PLAIN, engine), activations(session, replace(PLAIN, execution=execution), engine))
 
 
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
 @pytest.mark.parametrize("heads,kv_heads", [(4, 2), (2, 1)], ids=["kv-heads-sharded", "kv-heads-replicated"])
-def test_vllm_at_two_ranks_gives_the_one_rank_activations(parity_sessions, heads, kv_heads):
-    session = parity_sessions(["vllm"])
+def test_two_ranks_give_the_one_rank_activations(parity_sessions, heads, kv_heads, engine):
+    session = parity_sessions([engine])
     one = replace(PLAIN, prompts=((5, 1, 4), (9, 2, 6, 5, 3)),
                   config={**PLAIN.config, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
                           "hidden_size": 32 * heads, "num_hidden_layers": 2})
-    same(activations(session, one), activations(session, replace(one, execution=Execution(tensor_parallel=2))))
+    same(activations(session, one, engine),
+         activations(session, replace(one, execution=Execution(tensor_parallel=2)), engine))
 
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
@@ -56,11 +58,13 @@ def test_a_prefix_cache_that_is_not_hit_is_an_error_not_a_silent_plain_run(parit
     assert result.status == "error" and "cache was not hit" in result.reason, result.reason
 
 
-def test_a_refusal_at_two_ranks_names_the_engines_reason_and_leaves_the_worker_serving(parity_sessions):
-    """vLLM's ranks keep their errors to themselves; the adapter names the one-rank load's (a known
-    refusal here: vLLM's Llama takes SiLU only), and the half-built two-rank engine does not take the
-    next model's parallel groups down with it."""
-    session = parity_sessions(["vllm"])
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_a_refusal_at_two_ranks_names_the_engines_reason_and_leaves_the_worker_serving(parity_sessions, engine):
+    """The engine's own reason reaches the report whichever process refused: vLLM's ranks keep their errors to
+    themselves, and its adapter names the one-rank load's; SGLang's ranks send theirs. A known refusal here
+    (both engines' Llama take SiLU only), and the half-built two-rank engine does not take the next model's
+    parallel groups down with it."""
+    session = parity_sessions([engine])
     relu = replace(PLAIN, config={**PLAIN.config, "num_attention_heads": 2, "hidden_size": 64, "hidden_act": "relu"},
                    prompts=((5, 1, 4),), execution=Execution(tensor_parallel=2))
     (refused,) = session.evaluate(relu).results

@@ -22,6 +22,10 @@ Conventions normalised here:
 - a mixture-of-experts block selects its experts in a ``topk`` module of its own, after
   the router linear (``gate``); a routed_scaling_factor (GLM-4-MoE's) is applied to the experts'
   output, not to the top-k weights, unless the TopK config says it is fused in.
+- under tensor parallelism the ranks are processes of parity's own (``sglang_runner.Ranks``, as
+  SGLang's ``bench_one_batch`` runs them), each holding its share of q/k heads; a layer's attention
+  and MLP outputs may be partial sums, reduced at the layer's boundary (``reduce_results=False``
+  under stage boundaries), and the residual stream and logits are whole on every rank.
 
 On CPU, SGLang needs ``SGLANG_USE_CPU_ENGINE=1`` before import, torchvision's op schemas
 (its PyPI wheel's compiled ops do not load next to CPU torch) and an importable
@@ -33,13 +37,16 @@ The CUDA path (``--device cuda``) is written but untested on a GPU.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Mapping
 
+import safetensors.torch
 import torch
 
 from parity.adapters import sglang_runner as runner
 from parity.adapters.base import EngineAdapter, checkpoint_structure
+from parity.adapters.ranks import RANK, collect_rank, gather, install_rank, thread_binds
 from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, first, forward_inputs, hidden_input, hook_common,
                                    hook_qk)
 from parity.worker.contract import RunRequest
@@ -117,16 +124,23 @@ class Adapter(EngineAdapter[Any]):
         return lacking
 
     def unsupported_execution(self) -> dict[str, str]:
-        # SGLang's own Engine does run two ranks on CPU (measured: the same greedy tokens as one);
-        # capturing through its scheduler's rank processes is what parity's adapter lacks.
-        return {"tensor_parallel": "parity's SGLang adapter runs one in-process ModelRunner, a single rank"}
+        return {}
 
     def load(self, request: RunRequest) -> Any:
-        return runner.load(request.checkpoint, request.dtype, self.device, [list(p) for p in request.prompts],
-                           request.decode_steps)
+        args = (request.checkpoint, request.dtype, self.device, [list(p) for p in request.prompts],
+                request.decode_steps)
+        ranks = request.execution.tensor_parallel
+        if ranks == 1:
+            return runner.load(*args)
+        if self.device == "cpu":
+            os.environ["SGLANG_CPU_OMP_THREADS_BIND"] = thread_binds(ranks)
+        return runner.Ranks(*args, ranks)
 
     def structure(self, request: RunRequest) -> Any:
-        """The checkpoint's structure and every other argument the ``ModelRunner`` is built with."""
+        """The checkpoint's structure and every other argument the ``ModelRunner`` is built with; None (never
+        held) under tensor parallelism, whose ranks' processes parity does not reload into."""
+        if request.execution.tensor_parallel != 1:
+            return None
         args = runner.engine_args(request.dtype, self.device, [list(p) for p in request.prompts],
                                   request.decode_steps)
         return checkpoint_structure(request.checkpoint), repr(sorted(args.items()))
@@ -135,11 +149,24 @@ class Adapter(EngineAdapter[Any]):
         runner.reload(loaded, request.checkpoint)
 
     def hook(self, loaded: Any, rec: Recorder, modules: Mapping[str, str]) -> Hooks:
-        return self._install(Parts(runner.model(loaded), modules), rec)
+        if not isinstance(loaded, runner.Ranks):
+            return self._install(Parts(runner.model(loaded), modules), rec)
+        # Each rank records into a Recorder of its own; removing the hooks gathers the ranks' tensors into
+        # ``rec``. A layer's attention and MLP outputs are left unreduced where the port reduces them at the
+        # layer's boundary (reduce_results=False under stage boundaries, as in Llama's).
+        loaded.apply(_install_rank, rec.router.prompts, rec.router.decode_steps, rec.head_dim, dict(modules))
+        hooks = Hooks()
+        hooks.on_remove(lambda: rec.adopt(gather([safetensors.torch.load(s) for s in loaded.apply(_collect_rank)],
+                                                 *loaded.apply(_heads)[0], unreduced=True)))
+        return hooks
 
     def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:
-        runner.generate(loaded, [list(p) for p in request.prompts], request.decode_steps, rec.record_logits,
-                        prefill_chunk=request.execution.prefill_chunk, prefix_cache=request.execution.prefix_cache)
+        prompts, modes = [list(p) for p in request.prompts], request.execution
+        if isinstance(loaded, runner.Ranks):
+            loaded.apply(_generate_rank, prompts, request.decode_steps, modes.prefill_chunk, modes.prefix_cache)
+            return
+        runner.generate(loaded, prompts, request.decode_steps, rec.record_logits,
+                        prefill_chunk=modes.prefill_chunk, prefix_cache=modes.prefix_cache)
 
     def teardown(self, loaded: Any) -> None:
         import gc
@@ -148,6 +175,10 @@ class Adapter(EngineAdapter[Any]):
         from sglang.srt.layers.rotary_embedding import factory as rope_factory
         from sglang.srt.runtime_context import reset_context
 
+        os.environ.pop("SGLANG_CPU_OMP_THREADS_BIND", None)  # set only for tensor-parallel runs
+        if isinstance(loaded, runner.Ranks):
+            loaded.close()  # each rank's process-wide state goes with it
+            return
         if loaded is not None:
             loaded.req_to_token_pool.clear()
             loaded.token_to_kv_pool_allocator.clear()
@@ -185,3 +216,30 @@ class Adapter(EngineAdapter[Any]):
             hooks.post(block.topk, lambda m, a, out, scale=scale: rec.record_routing(
                 out.topk_weights * scale, out.topk_ids, out.router_logits.shape[-1]))
         return hooks
+
+
+# A tensor-parallel rank's side of the capture (``Ranks.apply`` runs each as fn(*args, runner) in every rank).
+def _install_rank(prompts: list[list[int]], decode_steps: int, head_dim: int, modules: dict[str, str],
+                  loaded: Any) -> None:
+    install_rank(Adapter._install, prompts, decode_steps, head_dim, modules, runner.model(loaded))
+
+
+def _generate_rank(prompts: list[list[int]], decode_steps: int, prefill_chunk: int | None, prefix_cache: bool,
+                   loaded: Any) -> None:
+    on_logits = RANK["rec"].record_logits if "rec" in RANK else None  # no Recorder: a run without capture
+    runner.generate(loaded, prompts, decode_steps, on_logits, prefill_chunk=prefill_chunk, prefix_cache=prefix_cache)
+
+
+def _collect_rank(loaded: Any) -> bytes:
+    return safetensors.torch.save({k: t.clone(memory_format=torch.contiguous_format)
+                                   for k, t in collect_rank(runner.model(loaded)).items()})
+
+
+def _heads(loaded: Any) -> tuple[int, int | None]:
+    """The model's kv heads, and its query heads where the ranks hold padded ones (``ranks.gather``): on CPU,
+    SGLang pads the kv heads to a multiple of the ranks, and the query heads with them, keeping the real counts
+    as ``original_*`` (``adjust_config_with_unaligned_cpu_tp``)."""
+    config = loaded.model_config.hf_config
+    if hasattr(config, "original_total_num_kv_heads"):
+        return config.original_total_num_kv_heads, config.original_num_attention_heads
+    return loaded.model_config.get_total_num_kv_heads(), None

@@ -16,8 +16,9 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import time
 from array import array
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import torch
 
@@ -78,27 +79,29 @@ def prepare_cpu() -> None:
         )
 
 
-def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int) -> Any:
-    """The model-runner set-up of ``sglang.benchmark.one_batch.load_model``, minus the tokenizer."""
+def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int,
+         tensor_parallel: int = 1, tp_rank: int = 0, dist_port: int | None = None) -> Any:
+    """The model-runner set-up of ``sglang.benchmark.one_batch.load_model``, minus the tokenizer: rank
+    ``tp_rank`` of ``tensor_parallel``, every rank given the same ``dist_port`` (:class:`Ranks`)."""
     from sglang.benchmark.one_batch import _init_process_global_configs
     from sglang.srt.configs.model_config import ModelConfig
     from sglang.srt.distributed import bootstrap
     from sglang.srt.model_executor.model_runner import ModelRunner
     from sglang.srt.runtime_context import SpawnRanks, get_device, get_model, publish, spawn_world_rank
-    from sglang.srt.server_args import PortArgs, ServerArgs
 
-    server_args = ServerArgs(model_path=checkpoint, **engine_args(dtype, device, prompts, decode_steps))
-    server_args.resolve_once()
-    port_args = PortArgs.init_new(server_args)
+    server_args = _server_args(checkpoint, dtype, device, prompts, decode_steps, tensor_parallel)
+    if dist_port is None:
+        from sglang.srt.server_args import PortArgs
+
+        dist_port = PortArgs.init_new(server_args).nccl_port
     publish(server_args, role="scheduler",
-            ranks=SpawnRanks(world_rank=spawn_world_rank(server_args, tp_rank=0, pp_rank=0), gpu_id=0))
+            ranks=SpawnRanks(world_rank=spawn_world_rank(server_args, tp_rank=tp_rank, pp_rank=0), gpu_id=tp_rank))
     _init_process_global_configs()
     model_config = ModelConfig.from_server_args(server_args)
-    bootstrap.init_parallel_runtime(server_args=server_args, device=get_device().device,
-                                    dist_port=port_args.nccl_port)
+    bootstrap.init_parallel_runtime(server_args=server_args, device=get_device().device, dist_port=dist_port)
     bootstrap.init_layer_runtime(model_config=model_config)
     runner = ModelRunner(model_config=model_config, mem_fraction_static=server_args.mem_fraction_static,
-                         gpu_id=0, nccl_port=port_args.nccl_port, server_args=server_args)
+                         gpu_id=tp_rank, nccl_port=dist_port, server_args=server_args)
     if get_model().is_startup_weight_load_overlap:
         runner.start_startup_weight_load()
     runner.alloc_memory_pool()
@@ -109,10 +112,136 @@ def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], dec
     return runner
 
 
-def engine_args(dtype: str, device: str, prompts: list[list[int]], decode_steps: int) -> dict[str, Any]:
+def _server_args(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int,
+                 tensor_parallel: int) -> Any:
+    from sglang.srt.server_args import ServerArgs
+
+    server_args = ServerArgs(model_path=checkpoint,
+                             **engine_args(dtype, device, prompts, decode_steps, tensor_parallel))
+    server_args.resolve_once()
+    return server_args
+
+
+class Ranks:
+    """Tensor-parallel ranks as SGLang's ``bench_one_batch`` runs them: a process per rank, each with a model
+    runner of its own (:func:`load`), all fed the same batches in lockstep, so their collectives meet (every
+    rank computes the whole logits, so they pick the same greedy tokens). ``apply(fn, *args)`` runs
+    ``fn(*args, runner)`` in every rank and returns the results, rank by rank; ``fn`` and the results travel
+    pickled (tensors as bytes, not as shared memory that dies with the rank). On CPU each rank's cores come from
+    ``SGLANG_CPU_OMP_THREADS_BIND`` ("0|1"): SGLang binds them itself only with its Intel AMX kernels."""
+
+    def __init__(self, checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int,
+                 ranks: int, timeout: float = 600.0):
+        import multiprocessing
+
+        from sglang.srt.server_args import PortArgs
+
+        # A port number, not SGLang's PortArgs: unpickling those in a rank would import sglang before
+        # prepare_cpu has run there.
+        dist_port = PortArgs.init_new(_server_args(checkpoint, dtype, device, prompts, decode_steps, ranks)).nccl_port
+        context = multiprocessing.get_context("spawn")
+        self.timeout = timeout
+        self._conns, self._procs = [], []
+        for rank in range(ranks):
+            conn, child = context.Pipe()
+            proc = context.Process(target=_serve_rank, daemon=True, name=f"sglang-tp{rank}", args=(
+                child, (checkpoint, dtype, device, prompts, decode_steps, ranks, rank, dist_port)))
+            proc.start()
+            child.close()
+            self._conns.append(conn)
+            self._procs.append(proc)
+        try:
+            self._replies()  # every rank loaded
+        except BaseException:
+            self.close()
+            raise
+
+    def apply(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        for conn in self._conns:
+            conn.send((fn, args))
+        return self._replies()
+
+    def _replies(self) -> list[Any]:
+        """Each rank's reply, rank by rank. The first rank to fail (an error, its death, no reply in time)
+        raises, and all ranks are stopped: the others may be left waiting in a collective for it."""
+        from multiprocessing.connection import wait
+
+        pending, replies = dict(enumerate(self._conns)), {}
+        deadline = time.monotonic() + self.timeout
+        while pending:
+            ready = wait([*pending.values(), *(self._procs[r].sentinel for r in pending)],
+                         max(0.0, deadline - time.monotonic()))
+            if not ready:
+                self._fail(min(pending), f"no reply in {self.timeout:.0f} s")
+            for rank, conn in list(pending.items()):
+                if conn not in ready and self._procs[rank].sentinel not in ready:
+                    continue
+                try:
+                    ok, value = conn.recv()
+                except (EOFError, OSError):
+                    self._fail(rank, "died", self._procs[rank])
+                if not ok:
+                    self._fail(rank, value)
+                replies[rank] = value
+                del pending[rank]
+        return [replies[rank] for rank in range(len(self._conns))]
+
+    def _fail(self, rank: int, what: str, died: Any = None) -> NoReturn:
+        self.close()
+        if died is not None:
+            what += f" (exit code {died.exitcode}; its traceback is in this worker's log)"
+        raise RuntimeError(f"SGLang's tensor-parallel rank {rank}: {what}")
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        for proc in self._procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for conn in self._conns:
+            conn.close()
+        self._conns, self._procs = [], []
+
+
+def _serve_rank(conn: Any, load_args: tuple) -> None:
+    """A rank's process (:class:`Ranks`): load, then run what the parent sends until it sends None."""
+    import traceback
+
+    *args, ranks, rank, dist_port = load_args
+    try:
+        if args[2] == "cpu":
+            prepare_cpu()
+            binds = os.environ.get("SGLANG_CPU_OMP_THREADS_BIND", "").split("|")
+            if len(binds) == ranks:
+                cores = {int(c) for c in binds[rank].split(",")}
+                os.sched_setaffinity(0, cores)
+                torch.set_num_threads(len(cores))
+        runner = load(*args, tensor_parallel=ranks, tp_rank=rank, dist_port=dist_port)
+        conn.send((True, None))
+    except Exception as exc:
+        traceback.print_exc()
+        conn.send((False, f"{type(exc).__name__}: {exc}"))
+        return
+    while (message := conn.recv()) is not None:
+        fn, fn_args = message
+        try:
+            reply = (True, fn(*fn_args, runner))
+        except Exception as exc:
+            traceback.print_exc()
+            reply = (False, f"{type(exc).__name__}: {exc}")
+        conn.send(reply)
+
+
+def engine_args(dtype: str, device: str, prompts: list[list[int]], decode_steps: int,
+                tensor_parallel: int = 1) -> dict[str, Any]:
     """The ``ServerArgs`` of :func:`load` but the checkpoint's path."""
     return dict(
-        device=device, dtype=dtype, skip_tokenizer_init=True, random_seed=0,
+        device=device, dtype=dtype, skip_tokenizer_init=True, random_seed=0, tp_size=tensor_parallel,
         # Reference attention on every device: it takes any dtype and head size, and
         # parity tests the port's layer math, not attention kernels.
         attention_backend="torch_native", sampling_backend="pytorch",

@@ -39,9 +39,9 @@ os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 
 import torch
 
-from parity import schema
 from parity.adapters import vllm_runner as runner  # sets vLLM's environment before vllm is imported
 from parity.adapters.base import EngineAdapter, checkpoint_structure
+from parity.adapters.ranks import collect_rank, gather, install_rank, thread_binds
 from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, batch_first, forward_inputs, hidden_input,
                                    hook_common, hook_qk)
 from parity.worker.contract import RunRequest
@@ -118,7 +118,7 @@ class Adapter(EngineAdapter[Any]):
         if ranks == 1:
             return self._engine(request, ranks)
         # One OpenMP thread group per rank; the default "auto" wants a NUMA node per rank.
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = _thread_binds(ranks)
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = thread_binds(ranks)
         try:
             return self._engine(request, ranks)
         except Exception as exc:
@@ -182,11 +182,11 @@ class Adapter(EngineAdapter[Any]):
             return hooks
         # Each rank is a spawned process: it records into a Recorder of its own, and removing
         # the hooks gathers the ranks' tensors into ``rec``.
-        loaded.apply_model(partial(_install_rank, rec.router.prompts, rec.router.decode_steps, rec.head_dim,
-                                   dict(modules)))
+        loaded.apply_model(partial(install_rank, Adapter._install, rec.router.prompts, rec.router.decode_steps,
+                                   rec.head_dim, dict(modules)))
         hooks = Hooks()
-        hooks.on_remove(lambda: rec.adopt(_gather(loaded.apply_model(_collect_rank),
-                                                  engine.model_config.get_total_num_kv_heads())))
+        hooks.on_remove(lambda: rec.adopt(gather(loaded.apply_model(collect_rank),
+                                                 engine.model_config.get_total_num_kv_heads())))
         return hooks
 
     def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:
@@ -271,43 +271,3 @@ def _dropped_modes(config: Any, modes: list[str]) -> list[str]:
     kept = {"chunked_prefill": config.scheduler_config.enable_chunked_prefill,
             "prefix_cache": config.cache_config.enable_prefix_caching}
     return [mode for mode in modes if kept.get(mode) is False]
-
-
-def _thread_binds(ranks: int) -> str:
-    """``VLLM_CPU_OMP_THREADS_BIND`` for ``ranks`` ranks: this process's cores split evenly, "0|1" for two
-    ranks on two cores."""
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < ranks:
-        raise RuntimeError(f"tensor_parallel={ranks} needs a core per rank; this process may use {len(cores)}")
-    per = len(cores) // ranks
-    return "|".join(",".join(map(str, cores[r * per : (r + 1) * per])) for r in range(ranks))
-
-
-_RANK: dict[str, Any] = {}
-"""A tensor-parallel rank's Recorder and hooks, between ``_install_rank`` and ``_collect_rank``."""
-
-
-def _install_rank(prompts: list[list[int]], decode_steps: int, head_dim: int, modules: dict[str, str],
-                  model: torch.nn.Module) -> None:
-    rec = Recorder(prompts, decode_steps, head_dim)
-    _RANK.update(rec=rec, hooks=Adapter._install(Parts(model, modules), rec))
-
-
-def _collect_rank(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    _RANK.pop("hooks").remove()
-    return _RANK.pop("rec").tensors()
-
-
-def _gather(shards: list[dict[str, torch.Tensor]], kv_heads: int) -> dict[str, torch.Tensor]:
-    """The canonical tensors from every rank's: a rank holds only its share of q and k heads (k heads
-    replicated over ``ranks / kv_heads`` ranks when there are fewer kv heads than ranks); attention and
-    MLP outputs are all-reduced, so every other tensor is whole on each rank, and logits are on the first."""
-    ranks = len(shards)
-    gathered = dict(shards[0])
-    for key in gathered:
-        kind = schema.parse_key(key)[2].rsplit(".", 1)[-1]  # layers.{i}.{kind}, or a tensor of no layer
-        if kind == "q_rot" or (kind == "k_rot" and kv_heads >= ranks):
-            gathered[key] = torch.cat([shard[key] for shard in shards], dim=1)
-        elif kind == "k_rot":
-            gathered[key] = torch.cat([shards[h * ranks // kv_heads][key] for h in range(kv_heads)], dim=1)
-    return gathered

@@ -38,8 +38,10 @@ def engine_args(checkpoint: str, dtype: str, device: str, prompts: list[list[int
         tensor_parallel_size=tensor_parallel, distributed_executor_backend="mp" if tensor_parallel > 1 else None,
         skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, seed=0,
         max_model_len=max(longest, 64), max_num_seqs=max(len(prompts), 1),
-        # A budget below a prompt's length splits its prefill over several forwards.
-        enable_chunked_prefill=prefill_chunk is not None,
+        # A budget below a prompt's length splits its prefill over several forwards. The prefix cache of a
+        # hybrid (Mamba) model requires chunked prefill on ("mamba cache mode 'align'"): on, under a budget no
+        # prompt reaches, for every prefix-cached run.
+        enable_chunked_prefill=prefill_chunk is not None or prefix_block is not None,
         max_num_batched_tokens=prefill_chunk or max(2048, longest * len(prompts)),
         enable_prefix_caching=prefix_block is not None, block_size=prefix_block,
         # On CPU this is the fraction of RAM reserved; the default 0.92 fails.
