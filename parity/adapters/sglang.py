@@ -156,8 +156,9 @@ class Adapter(EngineAdapter[Any]):
         # layer's boundary (reduce_results=False under stage boundaries, as in Llama's).
         loaded.apply(_install_rank, rec.router.prompts, rec.router.decode_steps, rec.head_dim, dict(modules))
         hooks = Hooks()
-        hooks.on_remove(lambda: rec.adopt(gather([safetensors.torch.load(s) for s in loaded.apply(_collect_rank)],
-                                                 *loaded.apply(_heads)[0], unreduced=True)))
+        hooks.on_remove(lambda: loaded.serving and rec.adopt(gather(
+            [safetensors.torch.load(s) for s in loaded.apply(_collect_rank)], *loaded.apply(_heads)[0],
+            unreduced=True)))  # ranks stopped by a failure have nothing to collect: the failure is reported
         return hooks
 
     def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:

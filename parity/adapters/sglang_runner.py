@@ -156,7 +156,14 @@ class Ranks:
             self.close()
             raise
 
+    @property
+    def serving(self) -> bool:
+        """False once the ranks are stopped (closed, or after a rank failed)."""
+        return bool(self._conns)
+
     def apply(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        if not self.serving:
+            raise RuntimeError("SGLang's tensor-parallel ranks are stopped")
         for conn in self._conns:
             conn.send((fn, args))
         return self._replies()
