@@ -186,17 +186,19 @@ class Ranks:
                 try:
                     ok, value = conn.recv()
                 except (EOFError, OSError):
-                    self._fail(rank, "died", self._procs[rank])
+                    self._fail(rank, "died", died=self._procs[rank])
                 if not ok:
-                    self._fail(rank, value)
+                    self._fail(rank, *value)
                 replies[rank] = value
                 del pending[rank]
         return [replies[rank] for rank in range(len(self._conns))]
 
-    def _fail(self, rank: int, what: str, died: Any = None) -> NoReturn:
+    def _fail(self, rank: int, what: str, rank_traceback: str | None = None, died: Any = None) -> NoReturn:
         self.close()
         if died is not None:
             what += f" (exit code {died.exitcode}; its traceback is in this worker's log)"
+        if rank_traceback:  # the failure's innermost frames, which say where in the engine it failed
+            what += "\n" + "\n".join(rank_traceback.rstrip().splitlines()[-13:-1])
         raise RuntimeError(f"SGLang's tensor-parallel rank {rank}: {what}")
 
     def close(self) -> None:
@@ -232,7 +234,7 @@ def _serve_rank(conn: Any, load_args: tuple) -> None:
         conn.send((True, None))
     except Exception as exc:
         traceback.print_exc()
-        conn.send((False, f"{type(exc).__name__}: {exc}"))
+        conn.send((False, (f"{type(exc).__name__}: {exc}", traceback.format_exc())))
         return
     while (message := conn.recv()) is not None:
         fn, fn_args = message
@@ -240,7 +242,7 @@ def _serve_rank(conn: Any, load_args: tuple) -> None:
             reply = (True, fn(*fn_args, runner))
         except Exception as exc:
             traceback.print_exc()
-            reply = (False, f"{type(exc).__name__}: {exc}")
+            reply = (False, (f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         conn.send(reply)
 
 
