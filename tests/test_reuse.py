@@ -133,7 +133,7 @@ def reuse_checked(engine: str, cases: list[dict], rebuilt: set[str] = frozenset(
         assert case["a_differs"] > 0, case  # the weights reloaded are not those of A
         # What the reload writes, and every activation it serves, equal a fresh load's. The construction caches
         # are built anew with the fresh engine, not reloaded: they agree in every run but one of CI's (both RoPE
-        # tables of an SGLang Llama, values unknown, not reproduced here in 20 runs), so a difference there is
+        # tables of an SGLang Llama, values unknown, not reproduced here in 17 runs), so a difference there is
         # shown (differing_caches) and judged through the activations it would change.
         assert (case["differing_tensors"], case["differing_activations"]) == ([], []), case
 
