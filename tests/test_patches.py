@@ -38,3 +38,43 @@ def test_a_failing_patch_names_itself(tmp_path, monkeypatch):
     with pytest.raises(patches.PatchFailed, match=r"patch .*bad.py failed to apply: ImportError: no such engine"):
         patches.apply([str(bad)])
     assert patches.ENV not in os.environ
+
+
+RANKS_SCRIPT = r'''
+import sys, tempfile
+from dataclasses import asdict
+from parity import checkpoint, registry
+from parity.adapters.sglang import Adapter
+from parity.worker import patches
+from parity.worker.contract import Execution, RunRequest
+
+adapter = Adapter()
+patches.apply([sys.argv[1]])  # as the worker applies --patch
+ckpt = tempfile.mkdtemp()
+checkpoint.write({"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_attention_heads": 2,
+                  "num_key_value_heads": 2, "head_dim": 32, "hidden_size": 64, "num_hidden_layers": 1,
+                  "intermediate_size": 64, "vocab_size": 256, "max_position_embeddings": 64}, 1, ckpt)
+adapter.run(RunRequest(checkpoint=ckpt, prompts=[[5, 1, 4]], decode_steps=1, dtype="float32", out=ckpt + "/out",
+                       modules=asdict(registry.get("llama").modules), execution=Execution(tensor_parallel=2)))
+'''
+
+
+@pytest.mark.parity
+def test_a_patch_reaches_sglangs_tensor_parallel_ranks_once_sglang_imports_there(tmp_path):
+    """SGLang's ranks are parity's own spawned processes, where SGLang imports only after prepare_cpu: the patch
+    (which imports an SGLang model module, as engine patches do) runs there then, not at the interpreter's start."""
+    from parity import envs
+    from parity.backends import BACKENDS
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    patch = tmp_path / "patch.py"
+    patch.write_text("import os, pathlib\nfrom sglang.srt.models import llama\n"
+                     "(pathlib.Path(os.environ['MARKERS']) / str(os.getpid())).touch()\n")
+    python = envs.ensure(BACKENDS["sglang"], "cpu")
+    proc = subprocess.run([str(python), "-c", RANKS_SCRIPT, str(patch)], capture_output=True, text=True, timeout=600,
+                          env={"PATH": "/usr/bin:/bin", "MARKERS": str(markers),
+                               "PYTHONPATH": str(worker_path(tmp_path / "cache"))})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Error in sitecustomize" not in proc.stderr, proc.stderr[-3000:]
+    assert len(list(markers.iterdir())) == 3, sorted(p.name for p in markers.iterdir())  # the worker and 2 ranks

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from typing import Any, Mapping
 
 import safetensors.torch
@@ -49,6 +50,7 @@ from parity.adapters.base import EngineAdapter, checkpoint_structure
 from parity.adapters.ranks import RANK, collect_rank, gather, install_rank, thread_binds
 from parity.worker.capture import (Hooks, NullRecorder, Parts, Recorder, first, forward_inputs, hidden_input, hook_common,
                                    hook_qk)
+from parity.worker import patches
 from parity.worker.contract import RunRequest
 
 # Where ``layers.{i}.residual`` comes from, read at every capture. "snapshot": SGLang's
@@ -134,7 +136,15 @@ class Adapter(EngineAdapter[Any]):
             return runner.load(*args)
         if self.device == "cpu":
             os.environ["SGLANG_CPU_OMP_THREADS_BIND"] = thread_binds(ranks)
-        return runner.Ranks(*args, ranks)
+        # The worker's --patch files reach the ranks once SGLang imports there (after prepare_cpu), not at their
+        # interpreter's start, where the workers' sitecustomize would apply them and fail to import SGLang.
+        inherited = os.environ.pop(patches.ENV, None)
+        try:
+            return runner.Ranks(*args, ranks, setup=partial(patches.apply, inherited.split(os.pathsep)) if inherited
+                                else None)
+        finally:
+            if inherited:
+                os.environ[patches.ENV] = inherited
 
     def structure(self, request: RunRequest) -> Any:
         """The checkpoint's structure and every other argument the ``ModelRunner`` is built with; None (never

@@ -126,12 +126,12 @@ class Ranks:
     """Tensor-parallel ranks as SGLang's ``bench_one_batch`` runs them: a process per rank, each with a model
     runner of its own (:func:`load`), all fed the same batches in lockstep, so their collectives meet (every
     rank computes the whole logits, so they pick the same greedy tokens). ``apply(fn, *args)`` runs
-    ``fn(*args, runner)`` in every rank and returns the results, rank by rank; ``fn`` and the results travel
+    ``fn(*args, runner)`` in every rank and returns the results, rank by rank; ``fn``, ``setup`` and the results travel
     pickled (tensors as bytes, not as shared memory that dies with the rank). On CPU each rank's cores come from
     ``SGLANG_CPU_OMP_THREADS_BIND`` ("0|1"): SGLang binds them itself only with its Intel AMX kernels."""
 
     def __init__(self, checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int,
-                 ranks: int, timeout: float = 600.0):
+                 ranks: int, setup: Callable[[], None] | None = None, timeout: float = 600.0):
         import multiprocessing
 
         from sglang.srt.server_args import PortArgs
@@ -145,7 +145,7 @@ class Ranks:
         for rank in range(ranks):
             conn, child = context.Pipe()
             proc = context.Process(target=_serve_rank, daemon=True, name=f"sglang-tp{rank}", args=(
-                child, (checkpoint, dtype, device, prompts, decode_steps, ranks, rank, dist_port)))
+                child, setup, (checkpoint, dtype, device, prompts, decode_steps, ranks, rank, dist_port)))
             proc.start()
             child.close()
             self._conns.append(conn)
@@ -217,8 +217,9 @@ class Ranks:
         self._conns, self._procs = [], []
 
 
-def _serve_rank(conn: Any, load_args: tuple) -> None:
-    """A rank's process (:class:`Ranks`): load, then run what the parent sends until it sends None."""
+def _serve_rank(conn: Any, setup: Callable[[], None] | None, load_args: tuple) -> None:
+    """A rank's process (:class:`Ranks`): ``setup`` (once SGLang can be imported), load, then run what the parent
+    sends until it sends None."""
     import traceback
 
     *args, ranks, rank, dist_port = load_args
@@ -230,6 +231,8 @@ def _serve_rank(conn: Any, load_args: tuple) -> None:
                 cores = {int(c) for c in binds[rank].split(",")}
                 os.sched_setaffinity(0, cores)
                 torch.set_num_threads(len(cores))
+        if setup is not None:
+            setup()
         runner = load(*args, tensor_parallel=ranks, tp_rank=rank, dist_port=dist_port)
         conn.send((True, None))
     except Exception as exc:
