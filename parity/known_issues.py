@@ -691,10 +691,12 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
            "(CpuPlatform.check_and_update_config: \"MLA is enabled on a non-GPU platform; forcing chunked "
            "prefill and prefix caching to be disabled\"), and parity's adapter says so rather than compare "
            "whole prompts as chunked or cached ones", "off for this model (asked for, not run)"),
-    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("error",), lambda c: _scaled(c) and not _states_original(c),
-               "refuses at load: vLLM's DeepSeek attention renames every scaled RoPE type to \"deepseek_yarn\" "
-               "(deepseek_v2.py), whose rotary needs original_max_position_embeddings, which linear and dynamic "
-               "scaling do not state", "original_max_position_embeddings"),
+    *(KnownIssue("vllm", VLLM_NEW, arch, ("error",), lambda c: _scaled(c) and not _states_original(c),
+                 "refuses at load: vLLM's DeepSeek attention (deepseek_v2.py DeepseekV2MLAAttention, GLM-4-MoE-Lite's "
+                 "too) renames every scaled RoPE type to \"deepseek_yarn\", whose rotary needs "
+                 "original_max_position_embeddings, which linear and dynamic scaling do not state",
+                 "original_max_position_embeddings")
+      for arch in ("deepseek_v3", "deepseek_v2", "glm4_moe_lite")),
     KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("q_rot", "k_rot"),
                lambda c: _states_original(c) and _deepseek_yarn_misread(c),
                "vLLM's DeepSeek attention renames every scaled RoPE type to \"deepseek_yarn\" (deepseek_v2.py) and "
@@ -1017,10 +1019,24 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                  "torch.cuda.get_device_capability(), which a CPU torch cannot answer",
                  "Torch not compiled with CUDA enabled")
       for arch in ("deepseek_v32", "glm_moe_dsa", "hy_v4")),
+    # Tensor parallelism on CPU (parity.adapters.ranks): only two-rank runs pad heads, so the message gates these.
+    *_each("sglang", SGLANG, ("cohere2", "mixtral", "stablelm"), ("error",),
+           lambda c: c.get("num_key_value_heads", c["num_attention_heads"]) == 1 < c["num_attention_heads"],
+           "at two tensor-parallel ranks on CPU, SGLang pads a single kv head to one per rank, and the query heads "
+           "with it, in the model config itself (model_runner.py adjust_config_with_unaligned_cpu_tp: "
+           "num_attention_heads 2 becomes 4); ports that derive head_dim as hidden_size // num_attention_heads "
+           "(commandr.py, mixtral.py, stablelm.py) then build heads half the checkpoint's width, and parity's "
+           "capture finds q/k that are not whole heads (ports reading the config's head_dim, Llama's, are right)",
+           "not whole heads of the config's head_dim"),
     KnownIssue("sglang", SGLANG, "deepseek_v2", ("error",), lambda c: not _scaled(c),
                "refuses at load on CPU: SGLang's DeepseekV2AttentionMLA takes its rotary from get_rope_cpu "
                "(layers/rotary_embedding/factory.py), which asserts a deepseek_yarn rope_scaling: plain RoPE, "
                "transformers' default, has no CPU rotary", "get_rope_cpu"),
+    KnownIssue("sglang", SGLANG, "deepseek_v2", ("error",), _scaled,
+               _TRANSFORMERS5_CONFIG.format(name="SGLang", port="DeepSeek-V2 decoder layer (deepseek_v2.py "
+                                            "_is_layer_sparse)", attr="moe_layer_freq", cls="DeepseekV2Config",
+                                            why="every layer from first_k_dense_replace on is sparse") +
+               " (plain RoPE refuses earlier, in get_rope_cpu)", "has no attribute 'moe_layer_freq'"),
     *(KnownIssue("sglang", SGLANG, arch, ("error",), _always,
                  "refuses at load on CPU: SGLang requires a GPU attention backend for this model "
                  "(arg_groups/model_hook.py: fa3, triton or trtllm_mha) and its CPU backend is torch_native",

@@ -73,6 +73,10 @@ class Recorder:
 
     def record_heads(self, kind: str, flat: torch.Tensor) -> None:
         """Record q or k given flattened as ``[tokens, heads * head_dim]``."""
+        width = flat[0].numel() if flat.shape[0] else 0
+        if width % self.head_dim:
+            raise CaptureError(f"{kind} holds {width} values per token, not whole heads of the config's head_dim "
+                               f"{self.head_dim}: the engine's heads are of another width")
         self.record_layer(kind, flat.reshape(flat.shape[0], -1, self.head_dim))
 
     def record_routing(self, weights: torch.Tensor, experts: torch.Tensor, num_experts: int) -> None:
