@@ -874,6 +874,11 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                  "query heads), while its KV cache is sized by the config's, so storing the keys fails",
                  "cannot be broadcast")
       for arch, cls, file in (("olmo", "OlmoAttention", "olmo.py"), ("phi", "PhiAttention", "phi.py"))),
+    KnownIssue("sglang", SGLANG, "opt", ("residual",),
+               lambda c: c.get("activation_function", "relu") not in ("relu", "gelu", "sigmoid"),
+               "SGLang's OPT takes its activation from get_activation (opt.py), which knows relu, gelu and sigmoid "
+               "and returns nn.Identity for any other name: a SiLU (or any other) OPT runs with no activation at all",
+               reads_as=_read_as(activation_function="linear")),
     *(KnownIssue("sglang", SGLANG, arch, ("residual",), _not("hidden_act", "silu"),
                  f"SGLang's {mlp} is built with SiluAndMul ({file}) and never reads hidden_act: any other activation "
                  "is silently replaced by SiLU", reads_as=_read_as(hidden_act="silu"))
@@ -1042,6 +1047,12 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                  "(arg_groups/model_hook.py: fa3, triton or trtllm_mha) and its CPU backend is torch_native",
                  "attention backend")
       for arch in ("exaone4", "exaone_moe", "gpt_oss")),
+    KnownIssue("vllm", VLLM_NEW, "falcon_h1", ("error",), _always,
+               "cannot serve parity's prefix-cache runs: vLLM sizes a hybrid model's KV blocks so that an attention "
+               "block holds as many bytes as a Mamba state (CpuPlatform.update_block_size_for_backend, "
+               "_align_hybrid_block_size), 4,192 tokens for the tiny attention of a parity checkpoint (measured), and "
+               "caches only whole blocks: the prompts' shared 32-token prefix never fills one (an engine property, "
+               "not a bug)", "had no cached token"),
     KnownIssue("sglang", SGLANG, "falcon_h1", ("error",), _always,
                "refuses at load on CPU: SGLang's Mamba-2 mixer imports sgl_kernel.mamba, which its CPU build of "
                "sgl_kernel does not ship", "sgl_kernel.mamba"),

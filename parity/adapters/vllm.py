@@ -197,10 +197,12 @@ class Adapter(EngineAdapter[Any]):
         one_by_one = cached or request.execution.prefill_chunk is not None
         outputs = runner.generate(loaded, [list(p) for p in request.prompts], request.decode_steps,
                                   one_by_one=one_by_one)
+        block = loaded.llm_engine.vllm_config.cache_config.block_size  # vLLM may enlarge the one asked for
         for i, out in enumerate(outputs):
             if cached and i and not out.num_cached_tokens:
                 raise RuntimeError(f"vLLM's prefix cache was not hit: prompt {i} shares a prefix with prompt 0 "
-                                   f"of at least one block ({PREFIX_BLOCK} tokens) and had no cached token")
+                                   f"of at least one block ({PREFIX_BLOCK} tokens asked for, {block} used) and "
+                                   f"had no cached token")
 
     @staticmethod
     def _install(parts: Parts, rec: Recorder) -> Hooks:
