@@ -4,10 +4,13 @@
 interpreter that has torch and transformers (no engine wheel needed): one on the CPU,
 which writes each checkpoint and runs it in fp64 and at every dtype under test (the
 noise floors), and one on CUDA. The CUDA worker's captures are judged exactly like an
-engine's: against the fp64 truth, each tensor within ``FLOOR_FACTOR`` times the CPU
-reference's own error at that dtype. It checks that the capture path (hooks, key
-set, token routing, transfer off the device) works on CUDA and that the noise-floor
-bands measured on the CPU hold for GPU kernels. Not part of CI: there is no GPU there.
+engine's (:func:`parity.judge.judge`): against the fp64 truth, each tensor within
+``parity.tolerance.FLOOR_FACTOR`` times the CPU reference's own error at that dtype,
+every decode step compared (along the CUDA run's own greedy tokens, the reference
+teacher-forced along them, where they part from fp64's). It checks that the capture
+path (hooks, key set, token routing, transfer off the device) works on CUDA and that
+the noise-floor bands measured on the CPU hold for GPU kernels. Not part of CI: there
+is no GPU there.
 
 Exit 0 when every CUDA capture is within its bands, 1 when one is not, 2 on a setup
 error. ``--device cpu`` runs the same path with both workers on the CPU (the test
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from safetensors.numpy import load_file
 
-from parity import compare, registry
+from parity import compare, judge, registry
 from parity import envs
 from parity.backends import BACKENDS, BackendSpec
 from parity.example import Example
@@ -34,43 +37,62 @@ from parity.strategies import sample
 from parity.worker.contract import CheckpointRequest, RunRequest
 
 TIMEOUT = 300.0
+GPU = "cuda"
+"""The judged worker's label in the judgement (whatever ``--device`` it runs on)."""
 
 
 def check(example: Example, cpu: Worker, gpu: Worker, dtypes: list[str], work: Path) -> list[str]:
-    """One example at every dtype; returns one line per dtype, starting with PASS or FAIL."""
+    """One example at every dtype; returns one line per dtype, starting with PASS or FAIL.
+
+    Judged as parity's session judges an engine (:func:`parity.judge.judge`): every decode step is compared,
+    along the CUDA run's own greedy tokens where they part from fp64's (the reference teacher-forced along
+    them), and every floor comes from a CPU run fed the same tokens as the truth it is measured against.
+    """
     ckpt = work / example.checkpoint_id
     cpu.call(CheckpointRequest(config=example.config, seed=example.weight_seed, dir=str(ckpt)), TIMEOUT)
     out = work / example.id
     out.mkdir()
+    prompts = len(example.prompts)
 
-    def run(worker: Worker, dtype: str, name: str) -> dict:
+    def run(worker: Worker, dtype: str, name: str, forced: compare.Trajectory = ()) -> compare.Tensors:
         request = RunRequest(checkpoint=str(ckpt), prompts=[list(p) for p in example.prompts],
                              decode_steps=example.decode_steps, dtype=dtype, out=str(out / name),
-                             modules=asdict(registry.get(example.arch).modules))
+                             modules=asdict(registry.get(example.arch).modules), forced=[list(t) for t in forced])
         return load_file(worker.call(request, TIMEOUT).file)
 
     exact = run(cpu, "float64", "cpu-float64")
+    tokens = compare.decode_tokens(exact, prompts, example.decode_steps)
     lines = []
     for dtype in dtypes:
-        low = run(cpu, dtype, f"cpu-{dtype}")
+        def along(trajectory: compare.Trajectory, name: str) -> judge.Reference:
+            # The CPU at ``dtype`` is always fed fp64's tokens: a near-tie that parts its own greedy run from
+            # fp64's would leave the later steps without a floor.
+            truth = exact if trajectory == tokens else run(cpu, "float64", f"cpu-float64-{name}", trajectory)
+            low = run(cpu, dtype, f"cpu-{dtype}-{name}", trajectory)
+            return judge.Reference(truth, compare.floors(low, truth), trajectory)
+
+        reference = along(tokens, "greedy")
         t0 = time.monotonic()
         captured = run(gpu, dtype, f"gpu-{dtype}")
         seconds = time.monotonic() - t0
-        if set(captured) != set(exact):
-            missing, extra = sorted(set(exact) - set(captured)), sorted(set(captured) - set(exact))
-            lines.append(f"FAIL {dtype}: capture keys differ (missing {missing[:3]}, extra {extra[:3]})")
+        own = compare.decode_tokens(captured, prompts, example.decode_steps)
+        forced = {GPU: along(own, "along-gpu")} if own is not None and own != tokens else {}
+        (outcome,) = judge.judge(judge.Captures(reference, {GPU: captured}, forced), dtype)
+        result = outcome.result
+        if result.status == "error":
+            lines.append(f"FAIL {dtype}: {result.reason}")
             continue
-        rows, first, notes = compare.compare(captured, exact, compare.floors(low, exact), dtype)
-        judged = [r for r in rows if r.verdict != "skipped"]
+        judged = [r for r in result.rows if r.verdict != "skipped"]
         worst = max(judged, key=lambda r: r.rel_l2 / r.band)
-        cpu_err = max(r.floor for r in judged)
-        status = "FAIL" if first else "PASS"
-        where = f" first divergence {first.tensor} step {first.step} rel. L2 {first.rel_l2:.2e} > band {first.band:.2e}" \
-            if first else ""
-        skipped = f", {len(rows) - len(judged)} rows skipped (greedy tokens differ)" if len(judged) < len(rows) else ""
-        lines.append(f"{status} {dtype}: {len(judged)} tensors, max rel. L2 {max(r.rel_l2 for r in judged):.2e} "
-                     f"(CPU reference's own {cpu_err:.2e}), worst {worst.rel_l2 / worst.band:.2f} of its band "
-                     f"at {worst.tensor}; forward {seconds:.2f}s{skipped}{where}")
+        first = result.first_divergence
+        where = f" first divergence {first.tensor} step {first.step} rel. L2 {first.rel_l2:.2e} > band " \
+                f"{first.band:.2e}" if first else ""
+        skipped = f", {len(result.rows) - len(judged)} rows skipped" if len(judged) < len(result.rows) else ""
+        trajectory = "its own tokens" if forced else "fp64's tokens"
+        lines.append(f"{'FAIL' if first else 'PASS'} {dtype}: {len(judged)} tensors, max rel. L2 "
+                     f"{result.max_rel_l2:.2e} (CPU reference's own {max(r.floor for r in judged):.2e}), worst "
+                     f"{worst.rel_l2 / worst.band:.2f} of its band at {worst.tensor}; decode along "
+                     f"{trajectory}; forward {seconds:.2f}s{skipped}{where}")
     return lines
 
 
