@@ -15,7 +15,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from parity.strategies import ExecutionSurface
+from parity.strategies import ExecutionSurface, PromptSurface
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,17 @@ class Profile:
     execution: ExecutionSurface = ExecutionSurface()
     """Which execution modes are drawn, and how often."""
 
+    prompts: PromptSurface = PromptSurface()
+    """How many prompts each example serves, and how long. More prompts cost next to nothing per engine build
+    (benchmarks/bench.py: 8 prompts against 2, README "Speed"); the bug zoo's profiles keep the fewer prompts
+    their fixtures' seeds were chosen with."""
+
 
 PROFILES = {
     "dev": Profile("dev", max_examples=3, shrink_seconds=60),
-    "ci": Profile("ci", max_examples=8, shrink_seconds=240, rotates=True),
-    "nightly": Profile("nightly", max_examples=120, shrink_seconds=900),
+    "ci": Profile("ci", max_examples=8, shrink_seconds=240, rotates=True, prompts=PromptSurface(count=8)),
+    "nightly": Profile("nightly", max_examples=120, shrink_seconds=900, decode_steps=4,
+                       prompts=PromptSurface(count=8, tokens=60)),
     # The bug zoo (tests/test_bug_zoo.py): bugs that need 2+ layers and a partial rotary
     # factor must be generated, not just hoped for, and shrunk to their minimal witness;
     # S1 on vLLM reaches 2 layers after ~75 s of shrinking on 2 cores. About one draw in

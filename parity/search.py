@@ -49,7 +49,8 @@ def search(session: Session, arch: str, profile: Profile, seed: int | None) -> s
     # No example is spent on a way of running that no selected backend can run (SGLang's adapter runs one rank only).
     modes = tuple(m for m in profile.execution.modes
                   if any(m not in w.capabilities.unsupported_execution for w in runnable))
-    strategy = example_strategy(arch, spec, head_dims, profile.decode_steps, replace(profile.execution, modes=modes))
+    strategy = example_strategy(arch, spec, head_dims, profile.decode_steps, replace(profile.execution, modes=modes),
+                                profile.prompts)
     session.surface_coverage([arch])  # before the search's own Hypothesis test, where sampling is refused
     shrink_deadline: list[float] = []
 

@@ -233,6 +233,26 @@ SHARED_PREFIX = 32
 """Tokens the prompts share when the prefix cache is drawn: engines reuse only whole KV blocks, and
 vLLM's CPU attention takes block sizes in multiples of 32 (its adapter asks for 32)."""
 
+MAX_SEQUENCE = 64
+"""Most positions one prompt's sequence may need, shared prefix, decode steps and the token the last one
+produces included: vLLM serves it with a max_model_len of 64, which every drawn context covers (see
+:data:`MAX_POSITIONS`)."""
+
+
+@dataclass(frozen=True)
+class PromptSurface:
+    """How many prompts an example serves, and how long they may be."""
+
+    count: int = 3
+    """Most prompts in one example (ragged: each of its own length)."""
+
+    tokens: int = 12
+    """Longest prompt, a shared prefix aside; cut where prefix, prompt and decode steps would pass
+    :data:`MAX_SEQUENCE`."""
+
+    def longest(self, shared_prefix: int, decode_steps: int) -> int:
+        return min(self.tokens, MAX_SEQUENCE - shared_prefix - decode_steps - 1)
+
 PREFILL_CHUNKS = (4, 8)
 """Tokens per forward under chunked prefill: prompts of up to 12 tokens (44 with a shared prefix) take
 2 to 11 forwards."""
@@ -285,17 +305,18 @@ def executions(draw: st.DrawFn, config: dict[str, Any], surface: ExecutionSurfac
 
 @st.composite
 def examples(draw: st.DrawFn, arch: str, spec: ArchSpec, head_dims: Sequence[int], decode_steps: int,
-             execution: ExecutionSurface = ExecutionSurface()) -> Example:
+             execution: ExecutionSurface = ExecutionSurface(), prompts: PromptSurface = PromptSurface()) -> Example:
     config = draw((generic_configs if spec.tier == "generic" else model_configs)(spec, head_dims))
     weight_seed = draw(st.integers(0, 2**31 - 1))
     canonical = registry.canonical_config(arch, config)
     execution = draw(executions(canonical, execution))
+    prefix = SHARED_PREFIX if execution.prefix_cache else 0
     return Example(
         arch=arch,
         config=config,
         weight_seed=weight_seed,
-        prompts=draw(prompt_batches(canonical["vocab_size"],
-                                    shared_prefix=SHARED_PREFIX if execution.prefix_cache else 0)),
+        prompts=draw(prompt_batches(canonical["vocab_size"], prompts.count, prompts.longest(prefix, decode_steps),
+                                    shared_prefix=prefix)),
         decode_steps=decode_steps,
         execution=execution,
     )

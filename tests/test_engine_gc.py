@@ -1,7 +1,8 @@
-"""A vLLM engine built and torn down inside a worker leaves the worker's engine import frozen, and takes its own
-objects with it (no engine after the first survives its teardown, none is frozen): vLLM's heap freeze after a build
-and unfreeze at shutdown would make every later full collection scan the whole import again
-(``parity.adapters.vllm._own_freezing_off``)."""
+"""An engine built and torn down inside a worker leaves the worker's engine import frozen, with what the first build
+imported, and takes its own objects with it (no engine after the first survives its teardown, none is frozen): else
+every later full collection, three in each build and teardown, scans the whole import again. vLLM's heap freeze after
+a build and unfreeze at shutdown would undo the worker's freeze (``parity.adapters.vllm._own_freezing_off``); SGLang's
+teardown freezes what its first build imported (``parity.adapters.sglang.Adapter.teardown``)."""
 
 import json
 import subprocess
@@ -16,19 +17,20 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.parity
 
 SCRIPT = r'''
-import gc, json, tempfile, weakref
+import gc, importlib, json, sys, tempfile, weakref
 from parity import checkpoint
-from parity.adapters.vllm import Adapter
 from parity.worker.contract import RunRequest
 
+engine = sys.argv[1]
+runner = importlib.import_module(f"parity.adapters.{engine}_runner")
 seen = {}
 
 
-class Probe(Adapter):
+class Probe(importlib.import_module(f"parity.adapters.{engine}").Adapter):
     def load(self, request):
-        engine = super().load(request)
-        seen.update(built=gc.get_freeze_count(), engine=weakref.ref(engine.llm_engine))
-        return engine
+        loaded = super().load(request)
+        seen.update(built=gc.get_freeze_count(), model=weakref.ref(runner.model(loaded)))
+        return loaded
 
 
 adapter = Probe()
@@ -45,26 +47,27 @@ for seed in (1, 2, 3):
     before = gc.get_freeze_count()
     adapter.run(RunRequest(checkpoint=ckpt, prompts=[[3, 1, 4]], decode_steps=1, dtype="float32", out="",
                            capture=False, fresh=True))
-    engines.append(seen.pop("engine"))
+    engines.append(seen.pop("model"))
     out.append({"frozen_before": before, "frozen_built": seen["built"], "frozen_after": gc.get_freeze_count(),
                 "tracked_after": len(gc.get_objects()), "alive": sum(e() is not None for e in engines)})
 print(json.dumps(out))
 '''
 
 
-def test_vllm_builds_and_teardowns_keep_the_engine_import_frozen():
-    python = envs.ensure(BACKENDS["vllm"], "cpu")
-    proc = subprocess.run([str(python), "-c", SCRIPT], capture_output=True, text=True, timeout=600,
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_builds_and_teardowns_keep_the_engine_import_frozen(engine):
+    python = envs.ensure(BACKENDS[engine], "cpu")
+    proc = subprocess.run([str(python), "-c", SCRIPT, engine], capture_output=True, text=True, timeout=600,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(runs) == 3
     for i, run in enumerate(runs):
         assert run["frozen_before"] > 100_000, run  # the import, frozen
-        # vLLM did not freeze the engine with it (frozen objects still die by reference counting: fewer is fine)
+        # the engine did not freeze itself with it (frozen objects still die by reference counting: fewer is fine)
         assert run["frozen_built"] <= run["frozen_before"], run
         # the first teardown freezes what the first build imported; later ones freeze next to nothing, no garbage
         assert i == 0 or run["frozen_after"] - run["frozen_before"] < 5_000, runs
         assert run["tracked_after"] < 10_000, run  # nothing a collection would scan again
-        # at most the first engine outlives its teardown (parity.adapters.vllm._own_freezing_off says why)
+        # at most the first engine outlives its teardown (vLLM's: parity.adapters.vllm._own_freezing_off says why)
         assert run["alive"] <= 1, runs

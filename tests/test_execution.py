@@ -39,12 +39,35 @@ def test_the_plain_runs_activations_under(parity_sessions, execution, engine):
 
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_more_prompts_than_a_chunk_has_tokens(parity_sessions, engine):
+    # vLLM refuses a token budget below its max_num_seqs: the budget is the chunk, so a batch of 8 (the ci
+    # profile draws up to 8 prompts) under chunks of 4 must not ask for 8 running sequences.
+    session = parity_sessions([engine])
+    many = replace(PLAIN, prompts=tuple(tuple(range(i, i + n)) for i, n in enumerate(range(2, 10))))
+    same(activations(session, many, engine), activations(session, replace(many, execution=Execution(prefill_chunk=4)),
+                                                         engine))
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
 @pytest.mark.parametrize("heads,kv_heads", [(4, 2), (2, 1)], ids=["kv-heads-sharded", "kv-heads-replicated"])
 def test_two_ranks_give_the_one_rank_activations(parity_sessions, heads, kv_heads, engine):
     session = parity_sessions([engine])
     one = replace(PLAIN, prompts=((5, 1, 4), (9, 2, 6, 5, 3)),
                   config={**PLAIN.config, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
                           "hidden_size": 32 * heads, "num_hidden_layers": 2})
+    same(activations(session, one, engine),
+         activations(session, replace(one, execution=Execution(tensor_parallel=2)), engine))
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_two_ranks_partial_sums_of_a_parallel_block_are_summed(parity_sessions, engine):
+    # Both engines' Cohere ports reduce a parallel block's attention and MLP outputs once, summed: each rank
+    # holds partial sums of both. Windows wider than the prompts: the engines' windows are a known issue.
+    session = parity_sessions([engine])
+    plainest = sample("cohere2", 1, seed=0)[0]
+    one = replace(plainest, prompts=((5, 1, 4), (9, 2, 6, 5, 3)),
+                  config={**plainest.config, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 128,
+                          "num_hidden_layers": 2, "sliding_window": 16})
     same(activations(session, one, engine),
          activations(session, replace(one, execution=Execution(tensor_parallel=2)), engine))
 

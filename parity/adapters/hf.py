@@ -45,6 +45,11 @@ class Adapter(EngineAdapter[Any]):
         import transformers
 
         super().__init__(device)
+        # The reference runs beside an engine worker on the same cores, on models of a few hundred thousand
+        # weights: a second intra-op thread buys it nothing, while its spinning barriers starve the engine's
+        # threads and theirs its own (8 prompts: the reference 0.9 s -> 0.13 s, the engine's forward 0.17 s
+        # -> 0.014 s; benchmarks/bench.py).
+        torch.set_num_threads(1)
         self.transformers = transformers
 
     def versions(self) -> dict[str, str]:

@@ -4,7 +4,8 @@ and the ranks' tensors are gathered into the canonical ones.
 
 Ranks hold a share of the q and k heads (:func:`gather` says how) and every other tensor whole, except that an
 engine may leave a layer's attention or MLP output unreduced (a partial sum per rank), reducing it at the
-layer's boundary instead (SGLang's stage boundaries): such outputs are summed over the ranks.
+layer's boundary instead (SGLang's stage boundaries; vLLM's and SGLang's Cohere ports reduce a parallel block's
+attention and MLP outputs once, summed): such outputs are summed over the ranks.
 """
 
 from __future__ import annotations
@@ -49,16 +50,15 @@ def collect_rank(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return RANK.pop("rec").tensors()
 
 
-def gather(shards: list[dict[str, torch.Tensor]], kv_heads: int, heads: int | None = None,
-           unreduced: bool = False) -> dict[str, torch.Tensor]:
+def gather(shards: list[dict[str, torch.Tensor]], kv_heads: int, heads: int | None = None) -> dict[str, torch.Tensor]:
     """The canonical tensors from every rank's (in rank order).
 
     Ranks hold their share of the q and k heads, kv heads replicated over ``ranks / kv_heads`` ranks when there
     are fewer of them than ranks (vLLM). With ``heads``, the model's real query heads, ranks instead hold heads
     padded to split evenly, appended after the real ones (SGLang on CPU pads the kv heads to a multiple of the
     ranks, and the query heads with them): the ranks' heads are concatenated and cut to the real ``heads`` and
-    ``kv_heads``. With ``unreduced``, a layer's attention or MLP output that differs between ranks is a partial
-    sum, and the ranks' are added; one that every rank holds alike was reduced in the module."""
+    ``kv_heads``. A layer's attention or MLP output that differs between ranks is a partial sum, and the ranks'
+    are added; one that every rank holds alike was reduced in the module."""
     ranks = len(shards)
     gathered = dict(shards[0])
     for key in gathered:
@@ -70,6 +70,6 @@ def gather(shards: list[dict[str, torch.Tensor]], kv_heads: int, heads: int | No
             gathered[key] = torch.cat([shard[key] for shard in shards], dim=1)
         elif kind == "k_rot":
             gathered[key] = torch.cat([shards[h * ranks // kv_heads][key] for h in range(kv_heads)], dim=1)
-        elif unreduced and kind in UNREDUCED_KINDS and any(not torch.equal(s[key], gathered[key]) for s in shards):
+        elif kind in UNREDUCED_KINDS and any(not torch.equal(s[key], gathered[key]) for s in shards):
             gathered[key] = torch.stack([shard[key] for shard in shards]).sum(0)
     return gathered

@@ -162,13 +162,12 @@ class Adapter(EngineAdapter[Any]):
         if not isinstance(loaded, runner.Ranks):
             return self._install(Parts(runner.model(loaded), modules), rec)
         # Each rank records into a Recorder of its own; removing the hooks gathers the ranks' tensors into
-        # ``rec``. A layer's attention and MLP outputs are left unreduced where the port reduces them at the
-        # layer's boundary (reduce_results=False under stage boundaries, as in Llama's).
+        # ``rec`` (attention and MLP outputs a port reduces at the layer's boundary summed: ranks.gather).
         loaded.apply(_install_rank, rec.router.prompts, rec.router.decode_steps, rec.head_dim, dict(modules))
         hooks = Hooks()
         hooks.on_remove(lambda: loaded.serving and rec.adopt(gather(
-            [safetensors.torch.load(s) for s in loaded.apply(_collect_rank)], *loaded.apply(_heads)[0],
-            unreduced=True)))  # ranks stopped by a failure have nothing to collect: the failure is reported
+            [safetensors.torch.load(s) for s in loaded.apply(_collect_rank)],
+            *loaded.apply(_heads)[0])))  # ranks stopped by a failure have nothing to collect: the failure is reported
         return hooks
 
     def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:
@@ -197,7 +196,11 @@ class Adapter(EngineAdapter[Any]):
         cleanup_dist_env_and_memory()
         reset_context()  # the published ServerArgs and ranks
         rope_factory._ROPE_DICT.clear()
+        # What the first build imported lives as long as the worker: frozen with the worker's engine import once
+        # a collection has taken the engine's garbage, so later collections (three in each build and teardown)
+        # no longer scan its ~324,000 objects (0.15 s each).
         gc.collect()
+        gc.freeze()
 
     @staticmethod
     def _install(parts: Parts, rec: Recorder) -> Hooks:

@@ -181,7 +181,8 @@ class Adapter(EngineAdapter[Any]):
             (hooks,) = loaded.apply_model(lambda model: self._install(Parts(model, modules), rec))
             return hooks
         # Each rank is a spawned process: it records into a Recorder of its own, and removing
-        # the hooks gathers the ranks' tensors into ``rec``.
+        # the hooks gathers the ranks' tensors into ``rec`` (ranks.gather: Cohere's port leaves its parallel
+        # block's attention and MLP outputs unreduced, and reduces their sum).
         loaded.apply_model(partial(install_rank, Adapter._install, rec.router.prompts, rec.router.decode_steps,
                                    rec.head_dim, dict(modules)))
         hooks = Hooks()

@@ -37,7 +37,9 @@ def engine_args(checkpoint: str, dtype: str, device: str, prompts: list[list[int
     return dict(
         tensor_parallel_size=tensor_parallel, distributed_executor_backend="mp" if tensor_parallel > 1 else None,
         skip_tokenizer_init=True, dtype=dtype, enforce_eager=True, seed=0,
-        max_model_len=max(longest, 64), max_num_seqs=max(len(prompts), 1),
+        # vLLM refuses a token budget below max_num_seqs (one token of each running sequence); a chunked prefill
+        # serves the prompts one by one anyway, so a chunk smaller than the batch only caps how many may run.
+        max_model_len=max(longest, 64), max_num_seqs=max(min(len(prompts), prefill_chunk or len(prompts)), 1),
         # A budget below a prompt's length splits its prefill over several forwards. The prefix cache of a
         # hybrid (Mamba) model requires chunked prefill on ("mamba cache mode 'align'"): on, under a budget no
         # prompt reaches, for every prefix-cached run.
