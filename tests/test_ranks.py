@@ -33,11 +33,15 @@ checks["replicated"] = [torch.equal(out[Q], heads(0, 1, 2, 3)), torch.equal(out[
 # SGLang on CPU: 2 query heads and 1 kv head padded to 2 kv heads (4 query heads) over 2 ranks.
 out = gather([{Q: heads(0, 1), K: heads(10)}, {Q: heads(-1, -1), K: heads(-1)}], kv_heads=1, heads=2)
 checks["padded"] = [torch.equal(out[Q], heads(0, 1)), torch.equal(out[K], heads(10))]
-partial = [{ATTN: torch.full((2, 4), 1.0)}, {ATTN: torch.full((2, 4), 2.0)}]
-whole = [{ATTN: torch.full((2, 4), 3.0)}, {ATTN: torch.full((2, 4), 3.0)}]
+# partial sums reduced at the layer's boundary: the ranks agree on the residual stream
+partial = [{ATTN: torch.full((2, 4), 1.0), RESID: torch.ones(2, 4)}, {ATTN: torch.full((2, 4), 2.0), RESID: torch.ones(2, 4)}]
+whole = [{ATTN: torch.full((2, 4), 3.0), RESID: torch.ones(2, 4)}, {ATTN: torch.full((2, 4), 3.0), RESID: torch.ones(2, 4)}]
+# never reduced (a port's bug): the residual streams differ too, and rank 0's partial output shows where it starts
+lost = [{ATTN: torch.full((2, 4), 1.0), RESID: torch.ones(2, 4)}, {ATTN: torch.full((2, 4), 2.0), RESID: torch.zeros(2, 4)}]
 checks["unreduced"] = [torch.equal(gather(partial, kv_heads=2)[ATTN], torch.full((2, 4), 3.0)),
                        # reduced in the module: every rank holds the whole output, never summed
-                       torch.equal(gather(whole, kv_heads=2)[ATTN], torch.full((2, 4), 3.0))]
+                       torch.equal(gather(whole, kv_heads=2)[ATTN], torch.full((2, 4), 3.0)),
+                       torch.equal(gather(lost, kv_heads=2)[ATTN], torch.full((2, 4), 1.0))]
 print(json.dumps(checks))
 """
 
@@ -48,4 +52,4 @@ def test_ranks_tensors_gather_into_the_canonical_ones():
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     checks = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert checks == {"replicated": [True] * 3, "padded": [True] * 2, "unreduced": [True] * 2}, checks
+    assert checks == {"replicated": [True] * 3, "padded": [True] * 2, "unreduced": [True] * 3}, checks

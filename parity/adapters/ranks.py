@@ -5,7 +5,8 @@ and the ranks' tensors are gathered into the canonical ones.
 Ranks hold a share of the q and k heads (:func:`gather` says how) and every other tensor whole, except that an
 engine may leave a layer's attention or MLP output unreduced (a partial sum per rank), reducing it at the
 layer's boundary instead (SGLang's stage boundaries; vLLM's and SGLang's Cohere ports reduce a parallel block's
-attention and MLP outputs once, summed): such outputs are summed over the ranks.
+attention and MLP outputs once, summed): such outputs are summed over the ranks. Where the ranks still differ
+on the layer's residual stream, nothing reduced them: that is a port's bug, and each tensor is rank 0's.
 """
 
 from __future__ import annotations
@@ -57,8 +58,10 @@ def gather(shards: list[dict[str, torch.Tensor]], kv_heads: int, heads: int | No
     are fewer of them than ranks (vLLM). With ``heads``, the model's real query heads, ranks instead hold heads
     padded to split evenly, appended after the real ones (SGLang on CPU pads the kv heads to a multiple of the
     ranks, and the query heads with them): the ranks' heads are concatenated and cut to the real ``heads`` and
-    ``kv_heads``. A layer's attention or MLP output that differs between ranks is a partial sum, and the ranks'
-    are added; one that every rank holds alike was reduced in the module."""
+    ``kv_heads``. A layer's attention or MLP output that differs between ranks while the ranks agree on the
+    layer's residual stream is a partial sum reduced at the layer's boundary, and the ranks' are added; one that
+    every rank holds alike was reduced in the module; one that differs along with the residual stream was never
+    reduced (a port's bug, shown where it starts: rank 0's partial output)."""
     ranks = len(shards)
     gathered = dict(shards[0])
     for key in gathered:
@@ -70,6 +73,16 @@ def gather(shards: list[dict[str, torch.Tensor]], kv_heads: int, heads: int | No
             gathered[key] = torch.cat([shard[key] for shard in shards], dim=1)
         elif kind == "k_rot":
             gathered[key] = torch.cat([shards[h * ranks // kv_heads][key] for h in range(kv_heads)], dim=1)
-        elif kind in UNREDUCED_KINDS and any(not torch.equal(s[key], gathered[key]) for s in shards):
+        elif kind in UNREDUCED_KINDS and not _alike(shards, key) and _alike(shards, _residual(key)):
             gathered[key] = torch.stack([shard[key] for shard in shards]).sum(0)
     return gathered
+
+
+def _alike(shards: list[dict[str, torch.Tensor]], key: str) -> bool:
+    return key in shards[0] and all(torch.equal(s[key], shards[0][key]) for s in shards)
+
+
+def _residual(key: str) -> str:
+    """The key of the residual stream after the layer of ``key`` (a layer's tensor), at its step and prompt."""
+    step, prompt, name = schema.parse_key(key)
+    return schema.key(step, prompt, schema.layer_name(schema.parse_name(name).layer, "residual"))

@@ -164,10 +164,15 @@ class Adapter(EngineAdapter[Any]):
         # Each rank records into a Recorder of its own; removing the hooks gathers the ranks' tensors into
         # ``rec`` (attention and MLP outputs a port reduces at the layer's boundary summed: ranks.gather).
         loaded.apply(_install_rank, rec.router.prompts, rec.router.decode_steps, rec.head_dim, dict(modules))
+
+        def collect() -> None:
+            if not loaded.serving:
+                return  # ranks stopped by a failure have nothing to collect: the failure is reported
+            collected = loaded.apply(_collect_rank)
+            rec.adopt(gather([safetensors.torch.load(tensors) for tensors, _ in collected], *collected[0][1]))
+
         hooks = Hooks()
-        hooks.on_remove(lambda: loaded.serving and rec.adopt(gather(
-            [safetensors.torch.load(s) for s in loaded.apply(_collect_rank)],
-            *loaded.apply(_heads)[0])))  # ranks stopped by a failure have nothing to collect: the failure is reported
+        hooks.on_remove(collect)
         return hooks
 
     def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:
@@ -244,16 +249,13 @@ def _generate_rank(prompts: list[list[int]], decode_steps: int, prefill_chunk: i
     runner.generate(loaded, prompts, decode_steps, on_logits, prefill_chunk=prefill_chunk, prefix_cache=prefix_cache)
 
 
-def _collect_rank(loaded: Any) -> bytes:
-    return safetensors.torch.save({k: t.clone(memory_format=torch.contiguous_format)
-                                   for k, t in collect_rank(runner.model(loaded)).items()})
-
-
-def _heads(loaded: Any) -> tuple[int, int | None]:
-    """The model's kv heads, and its query heads where the ranks hold padded ones (``ranks.gather``): on CPU,
-    SGLang pads the kv heads to a multiple of the ranks, and the query heads with them, keeping the real counts
-    as ``original_*`` (``adjust_config_with_unaligned_cpu_tp``)."""
+def _collect_rank(loaded: Any) -> tuple[bytes, tuple[int, int | None]]:
+    """The rank's tensors, and the model's kv heads with its query heads where the ranks hold padded ones
+    (``ranks.gather``): on CPU, SGLang pads the kv heads to a multiple of the ranks, and the query heads with
+    them, keeping the real counts as ``original_*`` (``adjust_config_with_unaligned_cpu_tp``)."""
+    tensors = safetensors.torch.save({k: t.clone(memory_format=torch.contiguous_format)
+                                      for k, t in collect_rank(runner.model(loaded)).items()})
     config = loaded.model_config.hf_config
     if hasattr(config, "original_total_num_kv_heads"):
-        return config.original_total_num_kv_heads, config.original_num_attention_heads
-    return loaded.model_config.get_total_num_kv_heads(), None
+        return tensors, (config.original_total_num_kv_heads, config.original_num_attention_heads)
+    return tensors, (loaded.model_config.get_total_num_kv_heads(), None)
