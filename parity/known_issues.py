@@ -1040,6 +1040,12 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
            "(commandr.py, mixtral.py, stablelm.py) then build heads half the checkpoint's width, and parity's "
            "capture finds q/k that are not whole heads (ports reading the config's head_dim, Llama's, are right)",
            "not whole heads of the config's head_dim"),
+    KnownIssue("vllm", VLLM_NEW, "olmoe", ("error",),
+               lambda c: c.get("num_key_value_heads", c["num_attention_heads"]) == 1 < c["num_attention_heads"],
+               "at two tensor-parallel ranks with one kv head, vLLM's OlmoeAttention all-gathers k over the ranks "
+               "before its k_norm (olmoe.py _apply_qk_norm), but each rank holds a copy of the replicated kv head: the "
+               "gathered k is twice the width k_norm is built for (total_num_kv_heads x head_dim) and every forward "
+               "fails", "must match the size of tensor b"),
     KnownIssue("sglang", SGLANG, "deepseek_v2", ("error",), lambda c: not _scaled(c),
                "refuses at load on CPU: SGLang's DeepseekV2AttentionMLA takes its rotary from get_rope_cpu "
                "(layers/rotary_embedding/factory.py), which asserts a deepseek_yarn rope_scaling: plain RoPE, "
