@@ -53,7 +53,7 @@ PROFILES = {
     "dev": Profile("dev", max_examples=3, shrink_seconds=60),
     "ci": Profile("ci", max_examples=8, shrink_seconds=240, rotates=True, prompts=PromptSurface(count=8)),
     "nightly": Profile("nightly", max_examples=120, shrink_seconds=900, decode_steps=4,
-                       prompts=PromptSurface(count=8, tokens=60)),
+                       prompts=PromptSurface(count=8, tokens=59)),
     # The bug zoo (tests/test_bug_zoo.py): bugs that need 2+ layers and a partial rotary
     # factor must be generated, not just hoped for, and shrunk to their minimal witness;
     # S1 on vLLM reaches 2 layers after ~75 s of shrinking on 2 cores. About one draw in

@@ -48,26 +48,21 @@ def test_more_prompts_than_a_chunk_has_tokens(parity_sessions, engine):
                                                          engine))
 
 
-@pytest.mark.parametrize("engine", ["vllm", "sglang"])
-@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (2, 1)], ids=["kv-heads-sharded", "kv-heads-replicated"])
-def test_two_ranks_give_the_one_rank_activations(parity_sessions, heads, kv_heads, engine):
-    session = parity_sessions([engine])
-    one = replace(PLAIN, prompts=((5, 1, 4), (9, 2, 6, 5, 3)),
-                  config={**PLAIN.config, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-                          "hidden_size": 32 * heads, "num_hidden_layers": 2})
-    same(activations(session, one, engine),
-         activations(session, replace(one, execution=Execution(tensor_parallel=2)), engine))
+COHERE2 = sample("cohere2", 1, seed=0)[0]
+"""Both engines' Cohere ports reduce a parallel block's attention and MLP outputs once, summed: each rank holds
+partial sums of both (ranks.gather). Its windows are widened past the prompts: the engines' windows are a known
+issue."""
 
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
-def test_two_ranks_partial_sums_of_a_parallel_block_are_summed(parity_sessions, engine):
-    # Both engines' Cohere ports reduce a parallel block's attention and MLP outputs once, summed: each rank
-    # holds partial sums of both. Windows wider than the prompts: the engines' windows are a known issue.
+@pytest.mark.parametrize("plain,heads,kv_heads,config", [
+    (PLAIN, 4, 2, {}), (PLAIN, 2, 1, {}), (COHERE2, 4, 2, {"sliding_window": 16}),
+], ids=["kv-heads-sharded", "kv-heads-replicated", "parallel-block-partial-sums"])
+def test_two_ranks_give_the_one_rank_activations(parity_sessions, plain, heads, kv_heads, config, engine):
     session = parity_sessions([engine])
-    plainest = sample("cohere2", 1, seed=0)[0]
-    one = replace(plainest, prompts=((5, 1, 4), (9, 2, 6, 5, 3)),
-                  config={**plainest.config, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 128,
-                          "num_hidden_layers": 2, "sliding_window": 16})
+    one = replace(plain, prompts=((5, 1, 4), (9, 2, 6, 5, 3)),
+                  config={**plain.config, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+                          "hidden_size": 32 * heads, "num_hidden_layers": 2, **config})
     same(activations(session, one, engine),
          activations(session, replace(one, execution=Execution(tensor_parallel=2)), engine))
 
