@@ -39,9 +39,12 @@ class Example:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["prompts"] = [list(p) for p in self.prompts]
-        if self.execution == Execution():
-            # The plainest run is the one every example had before execution was drawn: leaving
-            # it out keeps those examples' ids, and the reports and caches keyed by them.
+        # Only the ways it differs from the plainest run: the plainest run is the one every example had
+        # before execution was drawn, and a mode added later leaves the ids of examples without it (and the
+        # reports and caches keyed by them) as they were.
+        plain = asdict(Execution())
+        d["execution"] = {mode: value for mode, value in d["execution"].items() if value != plain[mode]}
+        if not d["execution"]:
             del d["execution"]
         return d
 

@@ -691,6 +691,11 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
            "(CpuPlatform.check_and_update_config: \"MLA is enabled on a non-GPU platform; forcing chunked "
            "prefill and prefix caching to be disabled\"), and parity's adapter says so rather than compare "
            "whole prompts as chunked or cached ones", "off for this model (asked for, not run)"),
+    *_each("vllm", VLLM_NEW, ("deepseek_v3", "deepseek_v2", "glm4_moe_lite"), ("error",), _always,
+           "sets its own KV block size for MLA models: vLLM's CPU platform overrides any block size asked for with 16 "
+           "(CpuPlatform.check_and_update_config: \"CPU MLA backend requires block_size=16, overriding "
+           "user-specified block_size\"), which its CPU attention for other models refuses (multiples of 32), and "
+           "parity's adapter says so rather than compare a run of other blocks", "vLLM set KV blocks of 16 tokens"),
     *(KnownIssue("vllm", VLLM_NEW, arch, ("error",), lambda c: _scaled(c) and not _states_original(c),
                  "refuses at load: vLLM's DeepSeek attention (deepseek_v2.py DeepseekV2MLAAttention, GLM-4-MoE-Lite's "
                  "too) renames every scaled RoPE type to \"deepseek_yarn\", whose rotary needs "

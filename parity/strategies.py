@@ -250,12 +250,20 @@ class PromptSurface:
     """Longest prompt, a shared prefix aside; cut where prefix, prompt and decode steps would pass
     :data:`MAX_SEQUENCE`."""
 
-    def longest(self, shared_prefix: int, decode_steps: int) -> int:
-        return min(self.tokens, MAX_SEQUENCE - shared_prefix - decode_steps - 1)
+    def longest(self, shared_prefix: int, decode_steps: int, kv_block: int | None = None) -> int:
+        """Under KV blocks of ``kv_block`` tokens, prompts twice as long as a block at least: a block size
+        acts only on a sequence that outgrows one block."""
+        return min(max(self.tokens, 2 * (kv_block or 0)), MAX_SEQUENCE - shared_prefix - decode_steps - 1)
+
 
 PREFILL_CHUNKS = (4, 8)
 """Tokens per forward under chunked prefill: prompts of up to 12 tokens (44 with a shared prefix) take
 2 to 11 forwards."""
+
+KV_BLOCKS = (32,)
+"""Tokens per KV block, where drawn: vLLM's CPU attention takes multiples of 32 only (it refuses 16: "No common
+block size for 16"), and its default block of 128 holds any sequence parity serves whole; SGLang pages by any
+size (1 token by default)."""
 
 
 @dataclass(frozen=True)
@@ -269,8 +277,8 @@ class ExecutionSurface:
     """Tensor-parallel sizes, plainest first; only those the config splits over are drawn."""
 
     plain_share: int = 8
-    """Chunked prefill and the prefix cache are off this many times for every time they are on, per value
-    (chunked prefill in 1 example of 5, the prefix cache in 1 of 9): most examples run the plainest way,
+    """Chunked prefill, the prefix cache and KV blocks are off this many times for every time they are on, per
+    value (chunked prefill in 1 example of 5, the prefix cache and KV blocks in 1 of 9): most examples run the plainest way,
     which every backend supports (SGLang's adapter runs none of the modes), and a failure shrinks to it."""
 
     one_rank_share: int = 24
@@ -292,15 +300,16 @@ def tensor_parallel_fits(config: dict[str, Any], ranks: int) -> bool:
 
 @st.composite
 def executions(draw: st.DrawFn, config: dict[str, Any], surface: ExecutionSurface = ExecutionSurface()) -> Execution:
-    """How the engines run the example: tensor-parallel ranks valid for ``config``, chunked prefill and the
-    prefix cache, as ``surface`` says."""
+    """How the engines run the example: tensor-parallel ranks valid for ``config``, chunked prefill, the prefix
+    cache and KV blocks, as ``surface`` says."""
     def drawn(mode: str, plain: Any, others: Sequence[Any], share: int | None = None) -> Any:
         return draw(surface.mostly_plain(plain, others, share)) if mode in surface.modes else plain
 
     ranks = [r for r in surface.tensor_parallel if tensor_parallel_fits(config, r)]
     return Execution(tensor_parallel=drawn("tensor_parallel", ranks[0], ranks[1:], surface.one_rank_share),
                      prefill_chunk=drawn("chunked_prefill", None, PREFILL_CHUNKS),
-                     prefix_cache=drawn("prefix_cache", False, [True]))
+                     prefix_cache=drawn("prefix_cache", False, [True]),
+                     kv_block=drawn("kv_block", None, KV_BLOCKS))
 
 
 @st.composite
@@ -315,7 +324,7 @@ def examples(draw: st.DrawFn, arch: str, spec: ArchSpec, head_dims: Sequence[int
         arch=arch,
         config=config,
         weight_seed=weight_seed,
-        prompts=draw(prompt_batches(canonical["vocab_size"], prompts.count, prompts.longest(prefix, decode_steps),
+        prompts=draw(prompt_batches(canonical["vocab_size"], prompts.count, prompts.longest(prefix, decode_steps, execution.kv_block),
                                     shared_prefix=prefix)),
         decode_steps=decode_steps,
         execution=execution,

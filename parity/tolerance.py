@@ -6,7 +6,8 @@ equally correct implementation with another summation order or kernel can
 differ by. A backend passes a tensor when its error against fp64 stays within
 ``FLOOR_FACTOR`` times that floor, and never needs to be better than a few
 units in the last place of the dtype (the floor of an exact op, such as an
-embedding lookup, is zero).
+embedding lookup, is zero). Routing weights take at least the error their router logits' own
+error accounts for (``parity.compare.routing_floor``).
 
 Measured on CPU, fp32 (ci profile, every tensor of 16 examples): vLLM's error
 is at most 2.9x the reference's own floor, SGLang's 2.1x, vLLM vs SGLang 3.3x

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from parity.strategies import SHARED_PREFIX, sample
+from parity.strategies import KV_BLOCKS, SHARED_PREFIX, sample
 from parity.worker.contract import Execution
 
 pytestmark = pytest.mark.parity
 
 PREFIX = tuple(range(7, 7 + SHARED_PREFIX))
 PLAIN = replace(sample("llama", 1, seed=0)[0], prompts=(PREFIX + (1, 2), PREFIX + (3, 4, 5, 6, 7), PREFIX + (8, 9, 10)))
-"""The plainest llama the strategies draw, with prompts that share a one-block prefix."""
+"""The plainest llama the strategies draw, with prompts that share a one-block prefix (and outgrow one block of
+``KV_BLOCKS``)."""
 
 
 def same(plain, ran):
@@ -32,7 +33,8 @@ def activations(session, example, engine="vllm"):
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
 @pytest.mark.parametrize("execution", [Execution(prefill_chunk=4), Execution(prefix_cache=True),
-                                       Execution(prefill_chunk=8, prefix_cache=True)], ids=Execution.describe)
+                                       Execution(prefill_chunk=8, prefix_cache=True), Execution(kv_block=KV_BLOCKS[0]),
+                                       Execution(prefix_cache=True, kv_block=KV_BLOCKS[0])], ids=Execution.describe)
 def test_the_plain_runs_activations_under(parity_sessions, execution, engine):
     session = parity_sessions([engine])
     same(activations(session, PLAIN, engine), activations(session, replace(PLAIN, execution=execution), engine))

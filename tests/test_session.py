@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from parity import interrupts, judge, registry, schema, surface
+from parity import interrupts, judge, registry, schema
 from parity.backends import parse_backends
 from parity.example import Example
 from parity.profiles import Profile
@@ -136,7 +136,7 @@ def test_a_search_draws_only_the_execution_modes_some_selected_backend_runs(tmp_
     with Session(config(tmp_path, "vllm@v", "sglang@s"), log=lambda m: None, launch=launch) as session:
         assert search(session, "llama", every_mode, seed=0) is None
     drawn = [Example.from_json(r.model_dump()).execution.modes() for r in session.records.values()]
-    assert len(drawn) == 10 and all(modes == ["chunked_prefill"] for modes in drawn), drawn
+    assert len(drawn) == 10 and all(modes == ["chunked_prefill", "kv_block"] for modes in drawn), drawn
 
 
 def test_a_worker_that_could_not_clean_up_is_restarted(tmp_path):

@@ -1,12 +1,15 @@
 import importlib
+from dataclasses import replace
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
+from hypothesis.errors import NoSuchExample
 from hypothesis import strategies as st
 
 from parity import registry
-from parity.strategies import (SHARED_PREFIX, ExecutionSurface, examples, executions, sample, supported_head_dims,
-                               tensor_parallel_fits)
+from parity.example import Example
+from parity.strategies import (KV_BLOCKS, SHARED_PREFIX, ExecutionSurface, PromptSurface, examples, executions, sample,
+                               supported_head_dims, tensor_parallel_fits)
 from parity.worker.contract import Execution
 
 
@@ -96,6 +99,7 @@ def test_execution_shrinks_to_the_plainest_run():
     config = {"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96}
     assert find(executions(config), lambda e: True) == Execution()
     assert find(executions(config), lambda e: e.prefix_cache) == Execution(prefix_cache=True)
+    assert find(executions(config), lambda e: e.kv_block) == Execution(kv_block=KV_BLOCKS[0])
     assert not tensor_parallel_fits({"num_attention_heads": 3, "num_key_value_heads": 3}, 2)
     assert tensor_parallel_fits({"num_attention_heads": 4, "num_key_value_heads": 1}, 2)  # kv replicated
 
@@ -105,6 +109,28 @@ def test_a_surface_draws_only_its_modes(data):
     config = {"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96}
     only_ranks = ExecutionSurface(modes=("tensor_parallel",), one_rank_share=1)
     assert data.draw(executions(config, only_ranks)).modes() in ([], ["tensor_parallel"])
+
+
+def test_kv_blocks_are_drawn_with_prompts_that_outgrow_one():
+    from hypothesis import find
+
+    spec, prompts = registry.get("llama"), PromptSurface(count=8, tokens=12)
+    blocks = examples("llama", spec, spec.head_dims, 2, ExecutionSurface(modes=("kv_block",), plain_share=0), prompts)
+    long = find(blocks, lambda ex: max(len(p) for p in ex.prompts) > KV_BLOCKS[0])
+    assert long.execution == Execution(kv_block=KV_BLOCKS[0])
+    plain = examples("llama", spec, spec.head_dims, 2, ExecutionSurface(modes=()), prompts)
+    assert find(plain, lambda ex: True, settings=settings(max_examples=50)).execution == Execution()
+    with pytest.raises(NoSuchExample):
+        find(plain, lambda ex: max(len(p) for p in ex.prompts) > prompts.tokens, settings=settings(max_examples=50))
+
+
+def test_an_examples_id_names_only_the_modes_it_runs():
+    """A mode added to Execution leaves the ids of examples that do not run it, and what is keyed by them."""
+    (ex,) = sample("llama", 1, seed=0)
+    chunked = replace(ex, execution=Execution(prefill_chunk=4))
+    assert chunked.to_json()["execution"] == {"prefill_chunk": 4}
+    assert "execution" not in ex.to_json()
+    assert Example.from_json(chunked.to_json()) == chunked
 
 
 def test_a_seed_draws_the_same_examples_whatever_modules_the_process_has_loaded(tmp_path, monkeypatch):

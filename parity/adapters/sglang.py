@@ -131,17 +131,17 @@ class Adapter(EngineAdapter[Any]):
     def load(self, request: RunRequest) -> Any:
         args = (request.checkpoint, request.dtype, self.device, [list(p) for p in request.prompts],
                 request.decode_steps)
-        ranks = request.execution.tensor_parallel
+        ranks, page_size = request.execution.tensor_parallel, request.execution.kv_block
         if ranks == 1:
-            return runner.load(*args)
+            return runner.load(*args, page_size=page_size)
         if self.device == "cpu":
             os.environ["SGLANG_CPU_OMP_THREADS_BIND"] = thread_binds(ranks)
         # The worker's --patch files reach the ranks once SGLang imports there (after prepare_cpu), not at their
         # interpreter's start, where the workers' sitecustomize would apply them and fail to import SGLang.
         inherited = os.environ.pop(patches.ENV, None)
         try:
-            return runner.Ranks(*args, ranks, setup=partial(patches.apply, inherited.split(os.pathsep)) if inherited
-                                else None)
+            return runner.Ranks(*args, ranks, page_size,
+                                setup=partial(patches.apply, inherited.split(os.pathsep)) if inherited else None)
         finally:
             if inherited:
                 os.environ[patches.ENV] = inherited
@@ -152,7 +152,7 @@ class Adapter(EngineAdapter[Any]):
         if request.execution.tensor_parallel != 1:
             return None
         args = runner.engine_args(request.dtype, self.device, [list(p) for p in request.prompts],
-                                  request.decode_steps)
+                                  request.decode_steps, page_size=request.execution.kv_block)
         return checkpoint_structure(request.checkpoint), repr(sorted(args.items()))
 
     def reload(self, loaded: Any, request: RunRequest) -> None:

@@ -80,16 +80,18 @@ def prepare_cpu() -> None:
 
 
 def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int,
-         tensor_parallel: int = 1, tp_rank: int = 0, dist_port: int | None = None) -> Any:
+         tensor_parallel: int = 1, page_size: int | None = None, tp_rank: int = 0,
+         dist_port: int | None = None) -> Any:
     """The model-runner set-up of ``sglang.benchmark.one_batch.load_model``, minus the tokenizer: rank
-    ``tp_rank`` of ``tensor_parallel``, every rank given the same ``dist_port`` (:class:`Ranks`)."""
+    ``tp_rank`` of ``tensor_parallel``, every rank given the same ``dist_port`` (:class:`Ranks`), KV pages of
+    ``page_size`` tokens (None: SGLang's default)."""
     from sglang.benchmark.one_batch import _init_process_global_configs
     from sglang.srt.configs.model_config import ModelConfig
     from sglang.srt.distributed import bootstrap
     from sglang.srt.model_executor.model_runner import ModelRunner
     from sglang.srt.runtime_context import SpawnRanks, get_device, get_model, publish, spawn_world_rank
 
-    server_args = _server_args(checkpoint, dtype, device, prompts, decode_steps, tensor_parallel)
+    server_args = _server_args(checkpoint, dtype, device, prompts, decode_steps, tensor_parallel, page_size)
     if dist_port is None:
         from sglang.srt.server_args import PortArgs
 
@@ -102,6 +104,9 @@ def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], dec
     bootstrap.init_layer_runtime(model_config=model_config)
     runner = ModelRunner(model_config=model_config, mem_fraction_static=server_args.mem_fraction_static,
                          gpu_id=tp_rank, nccl_port=dist_port, server_args=server_args)
+    if page_size not in (None, runner.page_size):  # a plain run compared as a paged one otherwise
+        raise RuntimeError(f"SGLang set KV pages of {runner.page_size} tokens for this model, not the {page_size} "
+                           f"asked for (not run)")
     if get_model().is_startup_weight_load_overlap:
         runner.start_startup_weight_load()
     runner.alloc_memory_pool()
@@ -113,11 +118,11 @@ def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], dec
 
 
 def _server_args(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int,
-                 tensor_parallel: int) -> Any:
+                 tensor_parallel: int, page_size: int | None) -> Any:
     from sglang.srt.server_args import ServerArgs
 
     server_args = ServerArgs(model_path=checkpoint,
-                             **engine_args(dtype, device, prompts, decode_steps, tensor_parallel))
+                             **engine_args(dtype, device, prompts, decode_steps, tensor_parallel, page_size))
     server_args.resolve_once()
     return server_args
 
@@ -131,21 +136,23 @@ class Ranks:
     ``SGLANG_CPU_OMP_THREADS_BIND`` ("0|1"): SGLang binds them itself only with its Intel AMX kernels."""
 
     def __init__(self, checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int,
-                 ranks: int, setup: Callable[[], None] | None = None, timeout: float = 600.0):
+                 ranks: int, page_size: int | None = None, setup: Callable[[], None] | None = None,
+                 timeout: float = 600.0):
         import multiprocessing
 
         from sglang.srt.server_args import PortArgs
 
         # A port number, not SGLang's PortArgs: unpickling those in a rank would import sglang before
         # prepare_cpu has run there.
-        dist_port = PortArgs.init_new(_server_args(checkpoint, dtype, device, prompts, decode_steps, ranks)).nccl_port
+        dist_port = PortArgs.init_new(_server_args(checkpoint, dtype, device, prompts, decode_steps, ranks,
+                                                   page_size)).nccl_port
         context = multiprocessing.get_context("spawn")
         self.timeout = timeout
         self._conns, self._procs = [], []
         for rank in range(ranks):
             conn, child = context.Pipe()
             proc = context.Process(target=_serve_rank, daemon=True, name=f"sglang-tp{rank}", args=(
-                child, setup, (checkpoint, dtype, device, prompts, decode_steps, ranks, rank, dist_port)))
+                child, setup, (checkpoint, dtype, device, prompts, decode_steps, ranks, page_size, rank, dist_port)))
             proc.start()
             child.close()
             self._conns.append(conn)
@@ -222,7 +229,7 @@ def _serve_rank(conn: Any, setup: Callable[[], None] | None, load_args: tuple) -
     sends until it sends None."""
     import traceback
 
-    *args, ranks, rank, dist_port = load_args
+    *args, ranks, page_size, rank, dist_port = load_args
     try:
         if args[2] == "cpu":
             prepare_cpu()
@@ -233,7 +240,7 @@ def _serve_rank(conn: Any, setup: Callable[[], None] | None, load_args: tuple) -
                 torch.set_num_threads(len(cores))
         if setup is not None:
             setup()
-        runner = load(*args, tensor_parallel=ranks, tp_rank=rank, dist_port=dist_port)
+        runner = load(*args, tensor_parallel=ranks, page_size=page_size, tp_rank=rank, dist_port=dist_port)
         conn.send((True, None))
     except Exception as exc:
         traceback.print_exc()
@@ -250,9 +257,10 @@ def _serve_rank(conn: Any, setup: Callable[[], None] | None, load_args: tuple) -
 
 
 def engine_args(dtype: str, device: str, prompts: list[list[int]], decode_steps: int,
-                tensor_parallel: int = 1) -> dict[str, Any]:
+                tensor_parallel: int = 1, page_size: int | None = None) -> dict[str, Any]:
     """The ``ServerArgs`` of :func:`load` but the checkpoint's path."""
     return dict(
+        **({} if page_size is None else {"page_size": page_size}),
         device=device, dtype=dtype, skip_tokenizer_init=True, random_seed=0, tp_size=tensor_parallel,
         # Reference attention on every device: it takes any dtype and head size, and
         # parity tests the port's layer math, not attention kernels.

@@ -131,11 +131,12 @@ class Adapter(EngineAdapter[Any]):
                            f"rank says: {self._one_rank_failure(request)})")
 
     def _load_args(self, request: RunRequest, ranks: int) -> dict[str, Any]:
+        modes = request.execution
         # Only whole blocks are reused: the default block (128 tokens on CPU) is longer than any prompt.
         return dict(checkpoint=request.checkpoint, dtype=request.dtype, device=self.device,
                     prompts=[list(p) for p in request.prompts], decode_steps=request.decode_steps,
-                    tensor_parallel=ranks, prefill_chunk=request.execution.prefill_chunk,
-                    prefix_block=PREFIX_BLOCK if request.execution.prefix_cache else None)
+                    tensor_parallel=ranks, prefill_chunk=modes.prefill_chunk, prefix_cache=modes.prefix_cache,
+                    block_size=modes.kv_block or (PREFIX_BLOCK if modes.prefix_cache else None))
 
     def structure(self, request: RunRequest) -> Any:
         """The checkpoint's structure and every other argument the ``LLM`` is built with. None (never held) under
@@ -157,10 +158,16 @@ class Adapter(EngineAdapter[Any]):
 
     def _engine(self, request: RunRequest, ranks: int) -> Any:
         llm = runner.load(**self._load_args(request, ranks))
-        dropped = _dropped_modes(llm.llm_engine.vllm_config, request.execution.modes())
+        config, modes = llm.llm_engine.vllm_config, request.execution
+        dropped = _dropped_modes(config, modes.modes())
+        block = config.cache_config.block_size
         if dropped:
             del llm  # unreachable before the teardown's collection
             raise RuntimeError(f"vLLM turned {' and '.join(dropped)} off for this model (asked for, not run)")
+        if modes.kv_block not in (None, block):
+            del llm
+            # A statement of its own: known issues match an error's traceback lines too, the raising one included.
+            raise RuntimeError(f"vLLM set KV blocks of {block} tokens for this model, not {modes.kv_block} (not run)")
         return llm
 
     def _one_rank_failure(self, request: RunRequest) -> str:

@@ -20,18 +20,19 @@ import torch
 
 
 def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int,
-         tensor_parallel: int = 1, prefill_chunk: int | None = None, prefix_block: int | None = None) -> Any:
+         tensor_parallel: int = 1, prefill_chunk: int | None = None, prefix_cache: bool = False,
+         block_size: int | None = None) -> Any:
     """An ``LLM`` for the checkpoint: ``prefill_chunk`` tokens per forward at most (chunked prefill), the
-    prefix cache on with KV blocks of ``prefix_block`` tokens."""
+    prefix cache on or off, KV blocks of ``block_size`` tokens (None: vLLM's default)."""
     from vllm import LLM
 
     return LLM(model=checkpoint, **engine_args(checkpoint, dtype, device, prompts, decode_steps, tensor_parallel,
-                                               prefill_chunk, prefix_block))
+                                               prefill_chunk, prefix_cache, block_size))
 
 
 def engine_args(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int,
-                tensor_parallel: int = 1, prefill_chunk: int | None = None,
-                prefix_block: int | None = None) -> dict[str, Any]:
+                tensor_parallel: int = 1, prefill_chunk: int | None = None, prefix_cache: bool = False,
+                block_size: int | None = None) -> dict[str, Any]:
     """The ``LLM`` arguments of :func:`load` but the checkpoint's path."""
     longest = max(len(p) for p in prompts) + decode_steps + 1
     return dict(
@@ -43,9 +44,9 @@ def engine_args(checkpoint: str, dtype: str, device: str, prompts: list[list[int
         # A budget below a prompt's length splits its prefill over several forwards. The prefix cache of a
         # hybrid (Mamba) model requires chunked prefill on ("mamba cache mode 'align'"): on, under a budget no
         # prompt reaches, for every prefix-cached run.
-        enable_chunked_prefill=prefill_chunk is not None or prefix_block is not None,
+        enable_chunked_prefill=prefill_chunk is not None or prefix_cache,
         max_num_batched_tokens=prefill_chunk or max(2048, longest * len(prompts)),
-        enable_prefix_caching=prefix_block is not None, block_size=prefix_block,
+        enable_prefix_caching=prefix_cache, block_size=block_size,
         # On CPU this is the fraction of RAM reserved; the default 0.92 fails.
         gpu_memory_utilization=0.1 if device == "cpu" else 0.3,
         load_format="safetensors", trust_remote_code=False,

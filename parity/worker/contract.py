@@ -22,7 +22,7 @@ class ContractError(ValueError):
     """A message does not fit the contract."""
 
 
-EXECUTION_MODES = ("tensor_parallel", "chunked_prefill", "prefix_cache")
+EXECUTION_MODES = ("tensor_parallel", "chunked_prefill", "prefix_cache", "kv_block")
 """The ways to run a model other than the plainest, as ``Capabilities.unsupported_execution`` names them."""
 
 
@@ -44,16 +44,21 @@ class Execution:
     (``parity.strategies.SHARED_PREFIX`` tokens) and are served one after another, so every
     later request finds it cached."""
 
+    kv_block: int | None = None
+    """Tokens per KV-cache block (page); None is the engine's default, one block for a whole sequence on vLLM's
+    CPU (128 tokens), one token per page on SGLang's."""
+
     def modes(self) -> list[str]:
         """The ways this differs from the plainest run (of ``EXECUTION_MODES``)."""
-        on = (self.tensor_parallel > 1, self.prefill_chunk is not None, self.prefix_cache)
+        on = (self.tensor_parallel > 1, self.prefill_chunk is not None, self.prefix_cache, self.kv_block is not None)
         return [name for name, active in zip(EXECUTION_MODES, on) if active]
 
     def describe(self) -> str:
         """Only what differs from the plainest run; empty for it."""
         return " ".join(filter(None, [self.tensor_parallel > 1 and f"tp={self.tensor_parallel}",
                                       self.prefill_chunk is not None and f"prefill_chunk={self.prefill_chunk}",
-                                      self.prefix_cache and "prefix_cache"]))
+                                      self.prefix_cache and "prefix_cache",
+                                      self.kv_block is not None and f"kv_block={self.kv_block}"]))
 
 
 @dataclass(frozen=True)
