@@ -75,8 +75,8 @@ def check(example: Example, cpu: Worker, gpu: Worker, dtypes: list[str], work: P
         t0 = time.monotonic()
         captured = run(gpu, dtype, f"gpu-{dtype}")
         seconds = time.monotonic() - t0
-        own = compare.decode_tokens(captured, prompts, example.decode_steps)
-        forced = {GPU: along(own, "along-gpu")} if own is not None and own != tokens else {}
+        forced = {GPU: along(own, "along-gpu") for own in judge.parted(
+            tokens, {GPU: captured}, prompts, example.decode_steps, example.config["vocab_size"]).values()}
         (outcome,) = judge.judge(judge.Captures(reference, {GPU: captured}, forced), dtype)
         result = outcome.result
         if result.status == "error":

@@ -57,6 +57,19 @@ class Outcome:
     result: BackendResult
 
 
+def parted(reference: Trajectory | None, backends: Mapping[str, Tensors], prompts: int, steps: int,
+           vocab_size: int) -> dict[str, Trajectory]:
+    """Backend label -> its own greedy tokens, for each backend fed other tokens than ``reference`` at some decode
+    step: the trajectories along which to teacher-force the reference (``Captures.forced``). A capture that broke
+    the schema (no ids, or ids off the vocabulary) is left out, and judged as it is."""
+    out = {}
+    for name, tensors in backends.items():
+        tokens = compare.decode_tokens(tensors, prompts, steps)
+        if tokens is not None and tokens != reference and all(0 <= t < vocab_size for t in sum(tokens, ())):
+            out[name] = tokens
+    return out
+
+
 def label(backends: tuple[str, ...]) -> str:
     """The result's name in the report: the backend, or ``a~b`` for a pair."""
     return "~".join(backends)

@@ -271,12 +271,9 @@ class Session:
         under test) teacher-forced along that backend's tokens; one run per distinct trajectory."""
         along: dict[compare.Trajectory, judge.Reference] = {}
         forced: dict[str, judge.Reference] = {}
-        vocab = example.config.get("vocab_size", 0)
-        for label, tensors in captured.items():
-            tokens = compare.decode_tokens(tensors, len(example.prompts), example.decode_steps)
-            # A broken capture (no ids, or ids off the vocabulary) is judged as it is: compare reports it.
-            if tokens is None or tokens == reference.tokens or not all(0 <= t < vocab for t in sum(tokens, ())):
-                continue
+        parted = judge.parted(reference.tokens, captured, len(example.prompts), example.decode_steps,
+                              example.config.get("vocab_size", 0))
+        for label, tokens in parted.items():
             if tokens not in along:
                 files = self._reference_files(acts, f"-along-{label}")
                 for d, f in files.items():
