@@ -19,6 +19,7 @@ failing teardown leaves the worker :class:`Unusable`.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -245,3 +246,9 @@ class EngineAdapter(ABC, Generic[Loaded]):
         except BaseException as exc:
             after = f" after {type(failure).__name__}: {failure}" if failure else ""
             raise Unusable(f"{self.engine} could not be torn down{after}: {type(exc).__name__}: {exc}") from exc
+        # What the worker imported and its first build left behind live as long as it: frozen once a collection
+        # has taken the torn-down model's garbage (frozen garbage would never go), so later collections, three in
+        # each engine build and teardown, no longer scan them (vLLM's ~700,000 objects, 0.33 s a scan; SGLang's
+        # ~324,000, 0.15 s).
+        gc.collect()
+        gc.freeze()

@@ -245,10 +245,6 @@ class Adapter(EngineAdapter[Any]):
             del loaded  # unreachable before the cleanup's own gc.collect(), so its memory goes now
             cleanup_dist_env_and_memory()
         rotary_embedding._ROPE_DICT.clear()
-        # What the first build imported lives as long as the worker: frozen with the worker's import, once a
-        # collection has taken the engine's garbage (frozen garbage would never go).
-        gc.collect()
-        gc.freeze()
 
 
 @contextlib.contextmanager
