@@ -11,12 +11,13 @@ from parity.pool import worker_path
 from parity.worker import patches
 
 
-def spawned(tmp_path, env):
-    """A fresh interpreter on the workers' PYTHONPATH, as a spawned rank is: what the patch wrote, if it ran."""
+def spawned(tmp_path, env, code="pass"):
+    """A fresh interpreter on the workers' PYTHONPATH, as a spawned rank is, running ``code``: what the patch
+    wrote, if it ran."""
     marker = tmp_path / "marker"
     marker.unlink(missing_ok=True)
-    subprocess.run([sys.executable, "-c", "pass"], check=True,
-                   env={**env, "PYTHONPATH": str(worker_path(tmp_path / "cache")), "MARKER": str(marker)})
+    path = os.pathsep.join([str(worker_path(tmp_path / "cache")), str(tmp_path / "modules")])
+    subprocess.run([sys.executable, "-c", code], check=True, env={**env, "PYTHONPATH": path, "MARKER": str(marker)})
     return marker.read_text() if marker.exists() else None
 
 
@@ -29,6 +30,23 @@ def test_a_patch_applied_in_the_worker_is_applied_again_in_every_process_it_spaw
     patches.apply([str(patch)])
     assert (tmp_path / "worker-marker").exists() and os.environ[patches.ENV] == str(patch)
     assert spawned(tmp_path, dict(os.environ)).startswith("applied in ")
+
+
+def test_a_spawned_process_applies_the_patches_once_it_imports_their_engine(tmp_path, monkeypatch):
+    """Not before: an engine spawns interpreters that never import it (torch inductor's ISA probes at vLLM's first
+    two-rank forward), and each applied the patches, importing the engine for nothing."""
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "fakeengine.py").write_text("LOADED = 'fakeengine ran'\n")
+    patch = tmp_path / "patch.py"
+    patch.write_text("import os, pathlib, fakeengine\npathlib.Path(os.environ['MARKER']).write_text(fakeengine.LOADED)\n")
+    monkeypatch.delenv(patches.ENV, raising=False)
+    monkeypatch.delenv(patches.AFTER, raising=False)
+    monkeypatch.setenv("MARKER", str(tmp_path / "worker-marker"))
+    monkeypatch.syspath_prepend(str(tmp_path / "modules"))
+    patches.apply([str(patch)], after="fakeengine")
+    assert os.environ[patches.AFTER] == "fakeengine"
+    assert spawned(tmp_path, dict(os.environ)) is None, "applied in a process that never imports the engine"
+    assert spawned(tmp_path, dict(os.environ), "import json, fakeengine") == "fakeengine ran"
 
 
 def test_a_failing_patch_names_itself(tmp_path, monkeypatch):

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(f"parity.adapters.{args.adapter}")
         adapter = module.Adapter(device=args.device)
-        patches.apply(args.patch)
+        patches.apply(args.patch, after=adapter.engine)
         # Engines collect garbage after every model; the engine import's millions of
         # objects never die, so keep them out of every later collection.
         gc.freeze()
