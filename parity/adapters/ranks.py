@@ -12,6 +12,7 @@ on the layer's residual stream, nothing reduced them: that is a port's bug, and 
 from __future__ import annotations
 
 import os
+from functools import cache, partial
 from typing import Any, Callable, Mapping
 
 import torch
@@ -64,6 +65,7 @@ def gather(shards: list[dict[str, torch.Tensor]], kv_heads: int, heads: int | No
     reduced (a port's bug, shown where it starts: rank 0's partial output)."""
     ranks = len(shards)
     gathered = dict(shards[0])
+    agreed = cache(partial(_alike, shards))  # a layer's residual stream, asked for attn_out and mlp_out
     for key in gathered:
         kind = schema.parse_key(key)[2].rsplit(".", 1)[-1]  # layers.{i}.{kind}, or a tensor of no layer
         if kind in ("q_rot", "k_rot") and heads is not None:
@@ -73,7 +75,7 @@ def gather(shards: list[dict[str, torch.Tensor]], kv_heads: int, heads: int | No
             gathered[key] = torch.cat([shard[key] for shard in shards], dim=1)
         elif kind == "k_rot":
             gathered[key] = torch.cat([shards[h * ranks // kv_heads][key] for h in range(kv_heads)], dim=1)
-        elif kind in UNREDUCED_KINDS and not _alike(shards, key) and _alike(shards, _residual(key)):
+        elif kind in UNREDUCED_KINDS and not _alike(shards, key) and agreed(_residual(key)):
             gathered[key] = torch.stack([shard[key] for shard in shards]).sum(0)
     return gathered
 
