@@ -738,6 +738,12 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                  _XIELU.format(name=name, file=file))
       for engine, verified, name, file in (("vllm", VLLM_NEW, "vLLM", "vllm/model_executor/layers/activation.py"),
                                            ("sglang", SGLANG, "SGLang", "sglang/srt/layers/activation.py"))),
+    # Matched by its message, which no one-rank run raises: there every rank holds all the heads.
+    *_each("sglang", SGLANG, _GPT2, ("error",), _always,
+           "fails at tensor parallelism: SGLang's GPT2Attention (gpt2.py) gives RadixAttention "
+           "num_kv_heads=total_num_heads while each rank's k and v hold total_num_heads / ranks heads, so the first "
+           "forward at two ranks fails writing its KV cache (\"value tensor of shape [2, 32] cannot be broadcast to "
+           "indexing result of shape [2, 1, 32]\")", "cannot be broadcast to indexing result"),
     *_each("sglang", SGLANG, _GPT2, ("residual",), _not("activation_function", "gelu_new"),
            "SGLang's GPT2MLP is built with NewGELU (gpt2.py: act_layer=NewGELU) and never reads activation_function: "
            "any other activation is silently replaced by the tanh GELU", reads_as=_read_as(activation_function="gelu_new")),
@@ -773,6 +779,13 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                  "scale_emb 1, within the band where scale_emb 12 dominates the stream; gone at rms_norm_eps 1e-6, "
                  "measured)")
       for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
+    # Matched by its message: the alias needs one head per rank (two ranks here; the generic tier draws 2+ heads).
+    KnownIssue("vllm", VLLM_NEW, "minicpm3", ("error",), _always,
+               "fails where a rank holds one query head (two ranks of a 2-head model): vLLM's MiniCPM3Attention "
+               "reshapes q's rotary part for its in-place CPU rotary, which with one head is a view of q itself, then "
+               "assigns it back into q (minicpm3.py: q[..., qk_nope_head_dim:] = q_pe), and torch refuses the "
+               "overlapping write (\"some elements of the input tensor and the written-to tensor refer to a single "
+               "memory location\")", "refer to a single memory location"),
     KnownIssue("sglang", SGLANG, "minicpm3", ("residual", "error"),
                lambda c: c["v_head_dim"] != c["hidden_size"] // c["num_attention_heads"],
                "SGLang's MiniCPM3DecoderLayer builds its attention with v_head_dim = hidden_size // "

@@ -182,7 +182,7 @@ def test_generic_families_agree_with_the_engines_layer_by_layer(parity_sessions,
     for ex in records:  # a knob an engine port gets wrong is a known issue, and only then
         for r in ex.results:
             known.check(r, versions, arch, ex)
-    # SGLang's adapter runs no execution mode (its examples with one are unsupported): each engine compared some.
+    # Each engine compared some examples outside its known issues.
     results = [r for ex in records for r in ex.results if r.status != "unsupported" and not r.known_issue]
     assert {r.backend for r in results} >= set(engines) and {r.status for r in results} == {"pass"}
     assert 0 < max(r.max_rel_l2 for r in results) < 1e-5
