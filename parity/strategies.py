@@ -350,7 +350,8 @@ def seed_only() -> Iterator[None]:
         _providers.CONSTANTS_CACHE.cache.clear()
 
 
-def sample(arch: str, count: int, seed: int, decode_steps: int = 2, spec: ArchSpec | None = None) -> list[Example]:
+def sample(arch: str, count: int, seed: int, decode_steps: int = 2, spec: ArchSpec | None = None,
+           execution: ExecutionSurface = ExecutionSurface()) -> list[Example]:
     """The first ``count`` examples the strategies generate for ``arch`` (as ``spec``, by default its entry)
     under ``seed``, outside any search (the first is the plainest: Hypothesis starts from every piece's first
     choice)."""
@@ -360,7 +361,7 @@ def sample(arch: str, count: int, seed: int, decode_steps: int = 2, spec: ArchSp
     # Every setting that shapes the draws is stated, so a loaded profile (derandomize in CI) cannot change them.
     @hypothesis_seed(seed)
     @settings(max_examples=count, database=None, deadline=None, phases=(Phase.generate,), derandomize=False)
-    @given(examples(arch, spec, spec.head_dims, decode_steps))
+    @given(examples(arch, spec, spec.head_dims, decode_steps, execution))
     def collect(example: Example) -> None:
         drawn.append(example)
 

@@ -95,6 +95,11 @@ def drawn_values(drawn: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
     return values
 
 
+PROBE_EXECUTION = strategies.ExecutionSurface(modes=("tensor_parallel", "chunked_prefill", "prefix_cache"))
+"""The execution modes drawn beside the probes' configs: those the stored measurement was drawn with (a mode drawn
+more moves every later example's config draws, and the stored surface with them)."""
+
+
 def probe_configs(arch: str, seed: int = 0) -> list[dict[str, Any]]:
     """The configs whose reads and effects make up the family's surface: the first draws, and the
     plainest draw under every RoPE scaling type with the family's plainest parameters (``strategies.rope_candidates``)."""
@@ -102,9 +107,9 @@ def probe_configs(arch: str, seed: int = 0) -> list[dict[str, Any]]:
     if spec.tier == "generic":
         # Its knobs are what this measures: drawn as if it had none (the same probes whatever was measured before),
         # then written at their defaults, so each is measured from the class's own value.
-        drawn = [e.config for e in strategies.sample(arch, PROBE_DRAWS, seed, spec=replace(spec, knobs={}))]
+        drawn = [e.config for e in strategies.sample(arch, PROBE_DRAWS, seed, spec=replace(spec, knobs={}), execution=PROBE_EXECUTION)]
         return [{**c, **{k: values[0] for k, values in spec.knobs.items()}} for c in drawn]
-    drawn = [e.config for e in strategies.sample(arch, PROBE_DRAWS, seed)]
+    drawn = [e.config for e in strategies.sample(arch, PROBE_DRAWS, seed, execution=PROBE_EXECUTION)]
     drawn.append(_switched_on(arch, drawn))
     if "rope_parameters" not in drawn[0]:
         return drawn
@@ -390,7 +395,7 @@ def exercised(arch: str, configs: Sequence[Mapping[str, Any]], varied: Sequence[
 @functools.lru_cache(maxsize=None)
 def _drawn(arch: str, seed: int) -> dict[str, list[Any]]:
     spec = registry.get(arch)
-    configs = [e.config for e in strategies.sample(arch, VARIED_DRAWS, seed)]
+    configs = [e.config for e in strategies.sample(arch, VARIED_DRAWS, seed, execution=PROBE_EXECUTION)]
     if spec.tier == "generic":
         # Its knobs are drawn by construction, any one at any of its values (strategies.knobs_off_default), but
         # dozens of them share two moves per draw: a sample misses some, which count all the same.
