@@ -9,7 +9,7 @@ shrinks to the plainest model that still shows it.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from hypothesis import Phase, given, settings
@@ -277,8 +277,8 @@ class ExecutionSurface:
     """Tensor-parallel sizes, plainest first; only those the config splits over are drawn."""
 
     plain_share: int = 8
-    """Chunked prefill, the prefix cache and KV blocks are off this many times for every time they are on, per
-    value (chunked prefill in 1 example of 5, the prefix cache and KV blocks in 1 of 9): most examples run the plainest way,
+    """Chunked prefill, the prefix cache, KV blocks and joining a running batch are off this many times for every
+    time they are on, per value (chunked prefill in 1 example of 5, the others in 1 of 9): most examples run the plainest way,
     which every backend supports (SGLang's adapter runs none of the modes), and a failure shrinks to it."""
 
     one_rank_share: int = 24
@@ -318,17 +318,17 @@ def examples(draw: st.DrawFn, arch: str, spec: ArchSpec, head_dims: Sequence[int
     config = draw((generic_configs if spec.tier == "generic" else model_configs)(spec, head_dims))
     weight_seed = draw(st.integers(0, 2**31 - 1))
     canonical = registry.canonical_config(arch, config)
-    execution = draw(executions(canonical, execution))
+    surface = execution
+    execution = draw(executions(canonical, surface))
     prefix = SHARED_PREFIX if execution.prefix_cache else 0
-    return Example(
-        arch=arch,
-        config=config,
-        weight_seed=weight_seed,
-        prompts=draw(prompt_batches(canonical["vocab_size"], prompts.count, prompts.longest(prefix, decode_steps, execution.kv_block),
-                                    shared_prefix=prefix)),
-        decode_steps=decode_steps,
-        execution=execution,
-    )
+    batch = draw(prompt_batches(canonical["vocab_size"], prompts.count, prompts.longest(prefix, decode_steps, execution.kv_block),
+                                shared_prefix=prefix))
+    # Drawn last, and only where it can act (two prompts at least), so the draws before it stay as they were.
+    if "join_running" in surface.modes and len(batch) > 1 and draw(surface.mostly_plain(False, [True])):
+        execution = replace(execution, join_running=True)
+        batch = tuple(sorted(batch, key=len, reverse=True))
+    return Example(arch=arch, config=config, weight_seed=weight_seed, prompts=batch, decode_steps=decode_steps,
+                   execution=execution)
 
 
 @contextlib.contextmanager

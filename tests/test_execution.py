@@ -13,9 +13,9 @@ from parity.worker.contract import Execution
 pytestmark = pytest.mark.parity
 
 PREFIX = tuple(range(7, 7 + SHARED_PREFIX))
-PLAIN = replace(sample("llama", 1, seed=0)[0], prompts=(PREFIX + (1, 2), PREFIX + (3, 4, 5, 6, 7), PREFIX + (8, 9, 10)))
+PLAIN = replace(sample("llama", 1, seed=0)[0], prompts=(PREFIX + (3, 4, 5, 6, 7), PREFIX + (8, 9, 10), PREFIX + (1, 2)))
 """The plainest llama the strategies draw, with prompts that share a one-block prefix (and outgrow one block of
-``KV_BLOCKS``)."""
+``KV_BLOCKS``), longest first (so they may join a running batch)."""
 
 
 def same(plain, ran):
@@ -34,7 +34,9 @@ def activations(session, example, engine="vllm"):
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
 @pytest.mark.parametrize("execution", [Execution(prefill_chunk=4), Execution(prefix_cache=True),
                                        Execution(prefill_chunk=8, prefix_cache=True), Execution(kv_block=KV_BLOCKS[0]),
-                                       Execution(prefix_cache=True, kv_block=KV_BLOCKS[0])], ids=Execution.describe)
+                                       Execution(prefix_cache=True, kv_block=KV_BLOCKS[0]),
+                                       Execution(join_running=True), Execution(join_running=True, prefill_chunk=4),
+                                       Execution(join_running=True, prefix_cache=True)], ids=Execution.describe)
 def test_the_plain_runs_activations_under(parity_sessions, execution, engine):
     session = parity_sessions([engine])
     same(activations(session, PLAIN, engine), activations(session, replace(PLAIN, execution=execution), engine))
@@ -67,6 +69,16 @@ def test_two_ranks_give_the_one_rank_activations(parity_sessions, plain, heads, 
                           "hidden_size": 32 * heads, "num_hidden_layers": 2, **config})
     same(activations(session, one, engine),
          activations(session, replace(one, execution=Execution(tensor_parallel=2)), engine))
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_two_ranks_with_prompts_joining_a_running_batch(parity_sessions, engine):
+    """Each rank serves the joining prompts, mixed forwards included, and the ranks' shards gather as ever."""
+    session = parity_sessions([engine])
+    one = replace(PLAIN, prompts=((9, 2, 6, 5, 3), (5, 1, 4)), config={**PLAIN.config, "num_attention_heads": 2,
+                                                                      "num_key_value_heads": 2, "hidden_size": 64})
+    same(activations(session, one, engine),
+         activations(session, replace(one, execution=Execution(tensor_parallel=2, join_running=True)), engine))
 
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])

@@ -18,9 +18,9 @@ def test_smoke_judges_every_example_and_dtype_on_the_real_reference_worker():
 
 
 def test_a_judged_run_whose_tokens_part_from_fp64s_is_compared_along_its_own():
-    # Seed 4's fourth Mistral example parts from fp64 at a bf16 near-tie on the CPU (judged worker = floor run);
-    # a new draw in the strategies moves it (the assertion below says so).
-    proc = run_smoke("--device", "cpu", "--arch", "mistral", "--examples", "4", "--seed", "4", "--dtype", "bfloat16")
+    # One of seed 26's four Mistral examples parts from fp64 at a bf16 near-tie on the CPU (judged worker = floor
+    # run); a new config draw in the strategies moves it (the assertion below says so).
+    proc = run_smoke("--device", "cpu", "--arch", "mistral", "--examples", "4", "--seed", "26", "--dtype", "bfloat16")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     verdicts = [line for line in proc.stdout.splitlines() if ": PASS " in line]
     assert len(verdicts) == 4, proc.stdout

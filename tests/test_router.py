@@ -76,3 +76,15 @@ def test_chunks_within_a_shared_prefix_belong_to_the_earliest_unfinished_prompt(
 def test_a_hit_needs_a_prompt_that_computed_the_prefix():
     with pytest.raises(CaptureError, match="cannot attribute"):
         TokenRouter([P, Q], decode_steps=1).route([4, 5, 6], Q[4:])
+
+
+def test_a_prompt_joining_a_running_one_is_told_apart_by_position():
+    """Longest first, a joining prompt's tokens sit below every running prompt's decode position, even with the
+    same token fed at the same step; a forward holding both a prefill and a decode step counts as mixed."""
+    long, short = [4, 4, 4, 4], [4, 4, 5]
+    r = TokenRouter([long, short], decode_steps=2)
+    assert segs(r, [0, 1, 2, 3], long) == [(0, 0, 0, 4, True)]
+    assert segs(r, [4, 0, 1, 2], [4] + short) == [(0, 1, 0, 1, True), (1, 0, 1, 4, True)]
+    assert segs(r, [3, 5], [4, 4]) == [(1, 1, 0, 1, True), (0, 2, 1, 2, True)]
+    assert segs(r, [4], [4]) == [(1, 2, 0, 1, True)]
+    assert (r.forwards, r.mixed) == (4, 1)

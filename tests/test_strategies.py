@@ -10,7 +10,7 @@ from parity import registry
 from parity.example import Example
 from parity.strategies import (KV_BLOCKS, SHARED_PREFIX, ExecutionSurface, PromptSurface, examples, executions, sample,
                                supported_head_dims, tensor_parallel_fits)
-from parity.worker.contract import Execution
+from parity.worker.contract import ContractError, Execution, RunRequest
 
 
 @given(st.data())
@@ -122,6 +122,24 @@ def test_kv_blocks_are_drawn_with_prompts_that_outgrow_one():
     assert find(plain, lambda ex: True, settings=settings(max_examples=50)).execution == Execution()
     with pytest.raises(NoSuchExample):
         find(plain, lambda ex: max(len(p) for p in ex.prompts) > prompts.tokens, settings=settings(max_examples=50))
+
+
+def test_joining_a_running_batch_is_drawn_over_two_prompts_longest_first():
+    from hypothesis import find
+
+    spec, prompts = registry.get("llama"), PromptSurface(count=8, tokens=12)
+    joining = examples("llama", spec, spec.head_dims, 2, ExecutionSurface(modes=("join_running",), plain_share=1),
+                       prompts)
+    joined = find(joining, lambda ex: ex.execution.join_running)
+    assert joined.execution == Execution(join_running=True)
+    assert [len(p) for p in joined.prompts] == [3, 2]  # shrunk to the fewest, shortest prompts that can join
+    many = find(joining, lambda ex: ex.execution.join_running and len(ex.prompts) > 3)
+    assert [len(p) for p in many.prompts] == sorted((len(p) for p in many.prompts), reverse=True)
+    with pytest.raises(NoSuchExample):
+        find(joining, lambda ex: ex.execution.join_running and len(ex.prompts) == 1)
+    with pytest.raises(ContractError, match="cannot join a running batch"):
+        RunRequest(checkpoint="c", prompts=[[1, 2], [3, 4, 5]], decode_steps=2, dtype="float32", out="o",
+                   execution=Execution(join_running=True))
 
 
 def test_an_examples_id_names_only_the_modes_it_runs():

@@ -71,6 +71,9 @@ class EngineAdapter(ABC, Generic[Loaded]):
     teacher_forcing: ClassVar[bool] = False
     """Whether :meth:`generate` feeds ``RunRequest.forced`` tokens (the reference's job)."""
 
+    runs_execution: ClassVar[bool] = True
+    """Whether the adapter serves a request the way its ``execution`` says (False: it ignores the execution)."""
+
     def __init__(self, device: str = "cpu"):
         self.device = device
         self._held: tuple[Hashable, Loaded] | None = None
@@ -165,6 +168,10 @@ class EngineAdapter(ABC, Generic[Loaded]):
                 self.generate(held[0], rec, request)
             finally:
                 hooks.remove()
+            if self.runs_execution and request.execution.join_running and isinstance(rec, Recorder) \
+                    and rec.router.forwards and not rec.router.mixed:
+                raise RuntimeError(f"{self.engine} ran no prefill in a forward with another prompt's decode step: "
+                                   f"the prompts did not join a running batch")
             t2 = time.perf_counter()
             non_finite = save(rec.tensors(), request.out) if isinstance(rec, Recorder) else []
             t3 = time.perf_counter()

@@ -40,6 +40,7 @@ class Adapter(EngineAdapter[Any]):
     engine = "transformers"
     dtypes = ("float32", "float64", "bfloat16", "float16")
     teacher_forcing = True
+    runs_execution = False
 
     def __init__(self, device: str = "cpu"):
         import transformers

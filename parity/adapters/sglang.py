@@ -178,10 +178,11 @@ class Adapter(EngineAdapter[Any]):
     def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:
         prompts, modes = [list(p) for p in request.prompts], request.execution
         if isinstance(loaded, runner.Ranks):
-            loaded.apply(_generate_rank, prompts, request.decode_steps, modes.prefill_chunk, modes.prefix_cache)
+            loaded.apply(_generate_rank, prompts, request.decode_steps, modes.prefill_chunk, modes.prefix_cache,
+                         modes.join_running)
             return
-        runner.generate(loaded, prompts, request.decode_steps, rec.record_logits,
-                        prefill_chunk=modes.prefill_chunk, prefix_cache=modes.prefix_cache)
+        runner.generate(loaded, prompts, request.decode_steps, rec.record_logits, prefill_chunk=modes.prefill_chunk,
+                        prefix_cache=modes.prefix_cache, join_running=modes.join_running)
 
     def teardown(self, loaded: Any) -> None:
         from sglang.srt.distributed.parallel_state import cleanup_dist_env_and_memory
@@ -237,9 +238,10 @@ def _install_rank(prompts: list[list[int]], decode_steps: int, head_dim: int, mo
 
 
 def _generate_rank(prompts: list[list[int]], decode_steps: int, prefill_chunk: int | None, prefix_cache: bool,
-                   loaded: Any) -> None:
+                   join_running: bool, loaded: Any) -> None:
     on_logits = RANK["rec"].record_logits if "rec" in RANK else None  # no Recorder: a run without capture
-    runner.generate(loaded, prompts, decode_steps, on_logits, prefill_chunk=prefill_chunk, prefix_cache=prefix_cache)
+    runner.generate(loaded, prompts, decode_steps, on_logits, prefill_chunk=prefill_chunk, prefix_cache=prefix_cache,
+                    join_running=join_running)
 
 
 def _collect_rank(loaded: Any) -> tuple[bytes, tuple[int, int | None]]:

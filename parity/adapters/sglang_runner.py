@@ -1,6 +1,6 @@
 """SGLang (0.5.x) driven in-process with nothing but SGLang and torch: a bare ``ModelRunner``
 (no server, scheduler, ports or tokenizer), its prefill and greedy decode (the prefill whole, or
-chunked and from a radix-cached prefix as SGLang's scheduler serves a request), and how to read
+chunked, from a radix-cached prefix and joining running requests as SGLang's scheduler serves them), and how to read
 the residual stream off a decoder layer.
 
 This half of the SGLang adapter imports nothing from parity: ``parity repro`` copies it
@@ -291,17 +291,19 @@ def model(runner: Any) -> torch.nn.Module:
 @torch.no_grad()
 def generate(runner: Any, prompts: list[list[int]], decode_steps: int,
              on_logits: Callable[[torch.Tensor], None] | None = None, prefill_chunk: int | None = None,
-             prefix_cache: bool = False) -> None:
+             prefix_cache: bool = False, join_running: bool = False) -> None:
     """Greedy prefill (extend) and ``decode_steps`` decode steps with the KV cache; ``on_logits`` sees each
     forward's logits, computed only for each request's last token.
 
-    Plainly, all prompts in one batched prefill, then batched decode steps. With ``prefill_chunk`` or
-    ``prefix_cache``, the prompts one after another, each served as SGLang's scheduler serves a request:
-    a prefill of at most ``prefill_chunk`` tokens per forward, every later chunk extending the request's own
-    KV (its row of ``req_to_token``), and under ``prefix_cache`` a radix cache that holds each prompt once
-    prefilled, so a later prompt starts from the KV slots of the prefix it shares. Raises if a prompt after
-    the first finds no cached prefix under ``prefix_cache``."""
-    if prefill_chunk is None and not prefix_cache:
+    Plainly, all prompts in one batched prefill, then batched decode steps. Otherwise the prompts one after
+    another, each served as SGLang's scheduler serves a request: a prefill of at most ``prefill_chunk`` tokens
+    per forward, every later chunk extending the request's own KV (its row of ``req_to_token``), and under
+    ``prefix_cache`` a radix cache that holds each prompt once prefilled, so a later prompt starts from the KV
+    slots of the prefix it shares (raises if a prompt after the first finds none). With ``join_running``, a
+    prompt arrives while the ones before it decode, as the scheduler serves it with ``--enable-mixed-chunk``:
+    each forward of its prefill also runs the running requests' next decode step (``mix_with_running``, a MIXED
+    forward), and once prefilled it decodes with them (else each prompt decodes alone before the next)."""
+    if prefill_chunk is None and not prefix_cache and not join_running:
         batch = _batch(runner, [_request(i, ids, decode_steps) for i, ids in enumerate(prompts)])
         batch.prepare_for_extend()
         _decode(runner, batch, _forward(runner, batch, on_logits), decode_steps, on_logits)
@@ -315,6 +317,8 @@ def generate(runner: Any, prompts: list[list[int]], decode_steps: int,
     tree = RadixCache(CacheInitParams(disable=not prefix_cache, req_to_token_pool=runner.req_to_token_pool,
                                       token_to_kv_pool_allocator=runner.token_to_kv_pool_allocator,
                                       page_size=get_schedule().page_size))
+    running: Any = None  # under join_running, the batch of requests decoding
+    left: dict[str, int] = {}  # their decode steps still to run
     for i, ids in enumerate(prompts):
         req = _request(i, ids, decode_steps)
         req.init_next_round_input(tree)  # the prefix match (Scheduler.get_new_batch_prefill)
@@ -327,14 +331,55 @@ def generate(runner: Any, prompts: list[list[int]], decode_steps: int,
             req.extend_end = min(len(ids), req.prefix_len + (prefill_chunk or len(ids)))
             batch = _batch(runner, [req], tree)
             batch.prepare_for_extend()
+            if running is not None:
+                _mix(batch, running)
             logits = _forward(runner, batch, on_logits)
             # The scheduler's after every prefill forward (process_batch_result_prefill, stash_chunked_request):
             # the tree keeps what is computed, for the prompts after this one; the next chunk resumes after it.
             checkpoint_kv_cache(req, tree)
-            if req.extend_end == len(ids):
+            prefilled = req.extend_end == len(ids)
+            if join_running:
+                running = _still_running(batch, logits, left, req if prefilled else None, decode_steps)
+            if prefilled:
                 break
             req.init_next_round_input()
-        _decode(runner, batch, logits, decode_steps, on_logits)
+        if not join_running:
+            _decode(runner, batch, logits, decode_steps, on_logits)
+    while running is not None:
+        running.prepare_for_decode()
+        running = _still_running(running, _forward(runner, running, on_logits), left, None, decode_steps)
+
+
+def _mix(batch: Any, running: Any) -> None:
+    """Make ``batch``, a prefill, also run ``running``'s next decode step (Scheduler.get_new_batch_prefill
+    under ``enable_mixed_chunk``); its tokens, which the scheduler's overlap relay would fill in, set here."""
+    running.prepare_for_decode()
+    decoding = running.input_ids
+    batch.mix_with_running(running)
+    batch.input_ids = torch.cat([batch.prefill_input_ids_cpu.to(batch.device), decoding])
+    batch.prefill_input_ids_cpu = None
+
+
+def _still_running(batch: Any, logits: torch.Tensor, left: dict[str, int], prefilled: Any,
+                   decode_steps: int) -> Any:
+    """``batch`` after a forward, cut to the requests with decode steps still to run (the scheduler's
+    filter_batch before it merges a prefill into its running batch), their next tokens set; None if none is.
+    ``prefilled`` is the request whose prefill that forward finished; a request still mid-prefill is not kept."""
+    batch.input_ids = logits.argmax(-1).to(torch.int64)
+    keep = []
+    for k, req in enumerate(batch.reqs):
+        if req is prefilled:
+            left[req.rid] = decode_steps
+        elif req.rid in left:
+            left[req.rid] -= 1
+        else:
+            continue
+        if left[req.rid]:
+            keep.append(k)
+    if not keep:
+        return None
+    batch.filter_batch(keep_indices=keep)
+    return batch
 
 
 def _request(i: int, ids: list[int], decode_steps: int) -> Any:

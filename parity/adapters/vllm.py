@@ -199,12 +199,13 @@ class Adapter(EngineAdapter[Any]):
 
     def generate(self, loaded: Any, rec: Recorder | NullRecorder, request: RunRequest) -> None:
         cached = request.execution.prefix_cache
-        # One after another under the prefix cache: requests scheduled together would all compute the prefix.
-        # And under chunked prefill: prompts' decode steps fall out of step there, so two prompts may feed the
-        # same token at the same position in the same forward, which no capture can attribute to either.
+        # One after another under the prefix cache (or joining: each prefilled before the next arrives): requests
+        # scheduled together would all compute the prefix. And under chunked prefill: prompts' decode steps fall
+        # out of step there, so two prompts may feed the same token at the same position in the same forward,
+        # which no capture can attribute to either (joining prompts, longest first, cannot).
         one_by_one = cached or request.execution.prefill_chunk is not None
         outputs = runner.generate(loaded, [list(p) for p in request.prompts], request.decode_steps,
-                                  one_by_one=one_by_one)
+                                  one_by_one=one_by_one, join_running=request.execution.join_running)
         block = loaded.llm_engine.vllm_config.cache_config.block_size  # vLLM may enlarge the one asked for
         for i, out in enumerate(outputs):
             if cached and i and not out.num_cached_tokens:

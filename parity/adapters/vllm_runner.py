@@ -107,9 +107,11 @@ def model(llm: Any) -> torch.nn.Module:
 
 
 def generate(llm: Any, prompts: list[list[int]], decode_steps: int,
-             on_logits: Callable[[torch.Tensor], None] | None = None, one_by_one: bool = False) -> list[Any]:
-    """Greedy prefill and ``decode_steps`` decode steps, the prompts batched or ``one_by_one``; ``on_logits``
-    sees each forward's logits, computed only for the tokens that are sampled. vLLM's outputs, per prompt."""
+             on_logits: Callable[[torch.Tensor], None] | None = None, one_by_one: bool = False,
+             join_running: bool = False) -> list[Any]:
+    """Greedy prefill and ``decode_steps`` decode steps, the prompts batched, ``one_by_one`` or each joining the
+    running batch (``join_running``: added once the one before it has its first token); ``on_logits`` sees each
+    forward's logits, computed only for the tokens that are sampled. vLLM's outputs, per prompt."""
     from vllm import SamplingParams
 
     hooks = [] if on_logits is None else \
@@ -117,12 +119,35 @@ def generate(llm: Any, prompts: list[list[int]], decode_steps: int,
     params = SamplingParams(temperature=0.0, max_tokens=decode_steps + 1, ignore_eos=True, detokenize=False)
     requests = [{"prompt_token_ids": list(p)} for p in prompts]
     try:
+        if join_running:
+            return _joining(llm.llm_engine, requests, params)
         if one_by_one:
             return [out for r in requests for out in llm.generate([r], params, use_tqdm=False)]
         return llm.generate(requests, params, use_tqdm=False)
     finally:
         for h in hooks:
             h.remove()
+
+
+def _joining(engine: Any, requests: list[dict[str, Any]], params: Any) -> list[Any]:
+    """Serve ``requests`` through the engine's own step loop (what ``LLM.generate`` runs), each added once the
+    one before it has its first token: its prefill is then scheduled with the running requests' decode steps."""
+    waiting = list(enumerate(requests))
+    finished: dict[str, Any] = {}
+
+    def arrive() -> str:
+        i, request = waiting.pop(0)
+        engine.add_request(str(i), request, params)
+        return str(i)
+
+    newest = arrive()
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                finished[out.request_id] = out
+            if waiting and out.request_id == newest and out.outputs[0].token_ids:
+                newest = arrive()
+    return [finished[str(i)] for i in range(len(requests))]
 
 
 def takes_residual(layer: torch.nn.Module) -> bool:

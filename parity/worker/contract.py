@@ -13,16 +13,16 @@ one: different protocol versions.
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, ClassVar, Mapping, TypeVar
+from typing import Any, ClassVar, Mapping, Sequence, TypeVar
 
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 
 
 class ContractError(ValueError):
     """A message does not fit the contract."""
 
 
-EXECUTION_MODES = ("tensor_parallel", "chunked_prefill", "prefix_cache", "kv_block")
+EXECUTION_MODES = ("tensor_parallel", "chunked_prefill", "prefix_cache", "kv_block", "join_running")
 """The ways to run a model other than the plainest, as ``Capabilities.unsupported_execution`` names them."""
 
 
@@ -48,9 +48,16 @@ class Execution:
     """Tokens per KV-cache block (page); None is the engine's default, one block for a whole sequence on vLLM's
     CPU (128 tokens), one token per page on SGLang's."""
 
+    join_running: bool = False
+    """Requests join a running batch: each prompt after the first arrives once the one before it has its first
+    token, so its prefill shares a forward with the decode steps of the prompts running (a mixed batch). The
+    prompts come longest first (:func:`joinable`): a later prompt's positions then stay below every earlier one's
+    decode position, so each token of a mixed forward names its prompt (``parity.worker.routing``)."""
+
     def modes(self) -> list[str]:
         """The ways this differs from the plainest run (of ``EXECUTION_MODES``)."""
-        on = (self.tensor_parallel > 1, self.prefill_chunk is not None, self.prefix_cache, self.kv_block is not None)
+        on = (self.tensor_parallel > 1, self.prefill_chunk is not None, self.prefix_cache, self.kv_block is not None,
+              self.join_running)
         return [name for name, active in zip(EXECUTION_MODES, on) if active]
 
     def describe(self) -> str:
@@ -58,7 +65,14 @@ class Execution:
         return " ".join(filter(None, [self.tensor_parallel > 1 and f"tp={self.tensor_parallel}",
                                       self.prefill_chunk is not None and f"prefill_chunk={self.prefill_chunk}",
                                       self.prefix_cache and "prefix_cache",
-                                      self.kv_block is not None and f"kv_block={self.kv_block}"]))
+                                      self.kv_block is not None and f"kv_block={self.kv_block}",
+                                      self.join_running and "join_running"]))
+
+
+def joinable(prompts: Sequence[Sequence[int]]) -> bool:
+    """Whether prompts may join a running batch one after another: two at least, longest first."""
+    lengths = [len(p) for p in prompts]
+    return len(lengths) > 1 and all(a > b for a, b in zip(lengths, lengths[1:]))
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,11 @@ class RunRequest:
     fresh: bool = False
     """Build an engine for this request alone and tear it down after it, even where one of the same structure is
     held (which is torn down first): a bare run timing an engine's whole life."""
+
+    def __post_init__(self) -> None:
+        if self.execution.join_running and not joinable(self.prompts):
+            raise ContractError(f"prompts of {[len(p) for p in self.prompts]} tokens cannot join a running batch: "
+                                f"two at least, longest first")
 
 
 @dataclass(frozen=True)

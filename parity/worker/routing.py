@@ -48,6 +48,8 @@ class TokenRouter:
         self.prefilled = [0] * len(self.prompts)  # prompt tokens seen so far
         self.decoded = [0] * len(self.prompts)  # decode steps seen so far
         self._routed: set[int] = set()
+        self.forwards = 0
+        self.mixed = 0  # forwards holding both a prefill chunk and a decode step
 
     def route(self, positions: Sequence[int], input_ids: Sequence[int]) -> list[Segment]:
         segments: list[Segment] = []
@@ -61,6 +63,8 @@ class TokenRouter:
                 end += 1
             segments.append(self._attribute(positions[start], list(input_ids[start:end]), start, end))
             start = end
+        self.forwards += 1
+        self.mixed += len({s.step == 0 for s in segments}) == 2
         return segments
 
     def _is_prefill(self, p0: int, ids: Sequence[int]) -> bool:
