@@ -1185,12 +1185,31 @@ class Match:
         return f"{self.engine} {self.version}: {self.issue.diagnosis} (verified on {self.engine} {self.issue.versions})"
 
 
+_PARITY_FRAME = re.compile(r'^\s*File "[^"]*[/\\]parity[/\\](?:(?:adapters|worker)[/\\][^"]*|\w+\.py)", line')
+
+
+def engine_text(message: str) -> str:
+    """An error's message and traceback without parity's own frames: an entry's message names the engine's
+    words or code, and parity's source lines (a ``raise`` that words two refusals) must not match one."""
+    kept, skipping = [], False
+    for line in message.splitlines():
+        if line.lstrip().startswith("File "):
+            skipping = bool(_PARITY_FRAME.match(line))
+        elif skipping and not line.startswith("    "):
+            skipping = False  # the frame's source lines (and carets) ended
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)
+
+
 def matches(engines: Iterable[tuple[str, str]], arch: str, config: Mapping[str, Any], kind: str,
             message: str = "", position: int | None = None) -> list[Match]:
     """Every known issue that may explain a divergence of ``kind`` starting at sequence ``position`` (or an
-    error with ``message``) on any of ``engines`` (name, version), in table order."""
+    error with ``message``, parity's frames aside: :func:`engine_text`) on any of ``engines`` (name, version),
+    in table order."""
+    text = engine_text(message)
     return [Match(engine, version, issue) for engine, version in engines for issue in listed(engine, version, arch)
-            if kind in issue.kinds and issue.message in message and issue.applies(config)
+            if kind in issue.kinds and issue.message in text and issue.applies(config)
             and issue.reached(config, position)]
 
 

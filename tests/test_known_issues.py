@@ -69,6 +69,22 @@ def test_an_error_is_explained_only_with_its_message():
     assert explain([("sglang", "0.5.23")], "phi3", full, "error", crash) is None
 
 
+def test_an_error_is_matched_by_the_engines_words_never_by_paritys_own_source_lines():
+    """A refusal's message in one of parity's ``raise`` statements, shown in the traceback of another error
+    raised there, is parity's source, not the engine's report."""
+    deepseek = {"kv_lora_rank": 32}
+    frame = ('  File "/root/.cache/parity/workerpath/77/parity/adapters/vllm.py", line 9, in _engine\n'
+             '    raise RuntimeError(f"vLLM turned {modes} off for this model (asked for, not run)" if modes else\n')
+    other = "RuntimeError: vLLM set KV blocks of 64 tokens for this model, not 32 (not run)\n" + frame
+    assert explain([("vllm", "0.32.0")], "deepseek_v3", deepseek, "error", other) is None
+    refusal = "RuntimeError: vLLM turned chunked_prefill off for this model (asked for, not run)\n" + frame
+    assert explain([("vllm", "0.32.0")], "deepseek_v3", deepseek, "error", refusal)
+    engine_frame = ('  File "/root/.cache/parity/envs/sglang-cpu-1/lib/python3.11/site-packages/sglang/rope.py", line 3, '
+                    'in _compute_inv_freq\n    inv_freq = ...\n')
+    longrope = {"rope_parameters": {"rope_type": "longrope", "partial_rotary_factor": 0.5}}
+    assert explain([("sglang", "0.5.23")], "phi3", longrope, "error", "RuntimeError: size mismatch\n" + engine_frame)
+
+
 def test_a_bug_of_long_sequences_explains_only_divergences_that_start_where_it_acts():
     """vLLM's YaRN table holds original x factor = 16 positions here: a YaRN bug at earlier positions
     (a PR that drops mscale) is not that known issue, and an example that never reaches 16 is untouched."""
