@@ -323,8 +323,9 @@ def examples(draw: st.DrawFn, arch: str, spec: ArchSpec, head_dims: Sequence[int
     prefix = SHARED_PREFIX if execution.prefix_cache else 0
     batch = draw(prompt_batches(canonical["vocab_size"], prompts.count, prompts.longest(prefix, decode_steps, execution.kv_block),
                                 shared_prefix=prefix))
-    # Drawn last, and only where it can act (two prompts at least), so the draws before it stay as they were.
-    if "join_running" in surface.modes and len(batch) > 1 and draw(surface.mostly_plain(False, [True])):
+    # Drawn last, and only where it can act (two prompts at least, and decode steps for a later one to join), so
+    # the draws before it stay as they were.
+    if "join_running" in surface.modes and len(batch) > 1 and decode_steps and draw(surface.mostly_plain(False, [True])):
         execution = replace(execution, join_running=True)
         batch = tuple(sorted(batch, key=len, reverse=True))
     return Example(arch=arch, config=config, weight_seed=weight_seed, prompts=batch, decode_steps=decode_steps,
