@@ -73,6 +73,10 @@ PROFILES = {
                       execution=ExecutionSurface(modes=("tensor_parallel",), one_rank_share=1)),
     "zoo-prefill": Profile("zoo-prefill", max_examples=10, shrink_seconds=480,
                            execution=ExecutionSurface(modes=("chunked_prefill", "prefix_cache"), plain_share=1)),
+    # Joining needs two prompts: up to four are drawn, and twenty examples, as one draw in four or so joins clear
+    # of the known issues that llama's random knobs meet.
+    "zoo-join": Profile("zoo-join", max_examples=20, shrink_seconds=480, prompts=PromptSurface(count=4),
+                        execution=ExecutionSurface(modes=("join_running",), plain_share=1)),
 }
 DEFAULT = os.environ.get("PARITY_PROFILE", "ci")
 
