@@ -113,7 +113,8 @@ class ExampleRecord(Record):
     prompts: list[list[int]]
     decode_steps: int
     execution: dict[str, Any] = Field({}, description="how the engines ran it (parity.worker.contract.Execution: "
-                                      "tensor_parallel, prefill_chunk, prefix_cache, kv_block); empty for the plainest run")
+                                      "tensor_parallel, prefill_chunk, prefix_cache, kv_block, join_running); "
+                                      "empty for the plainest run")
     replay: str = Field(description="one command that re-runs exactly this example")
     seconds: dict[str, float] = Field({}, description="orchestrator time: checkpoint, reference, teacher_forced "
                                       "(the reference along backends' own tokens), compare, total")
