@@ -549,7 +549,9 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
            "SGLang's YaRN never reads attention_factor (it reads a non-HF attn_factor that multiplies the "
            "mscale): a stated attention_factor is replaced by the one derived from factor/mscale",
            reads_as=_rope_read_as(attention_factor=None)),
-    *_each("vllm", VLLM_NEW, _ROPE_SCALED, ("q_rot", "k_rot"), _yarn_table_outgrown,
+    # StableLM's port rotates through the same get_rope: found by the first full nightly (YaRN factor 4 over an
+    # original context of 8, prompts past 32 positions: 1e32 from position 32 on).
+    *_each("vllm", VLLM_NEW, (*_ROPE_SCALED, "stablelm"), ("q_rot", "k_rot"), _yarn_table_outgrown,
            "vLLM's YaRNScalingRotaryEmbedding tabulates cos/sin for original_max_position_embeddings x factor "
            "positions only (yarn_scaling_rope.py), yet accepts sequences up to max_position_embeddings (its "
            "max_model_len check leaves YaRN's max_position_embeddings unscaled): later positions are rotated with "
