@@ -92,7 +92,7 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
     ``floors`` gives each tensor's noise floor (see :mod:`parity.tolerance`);
     ``factor`` widens the band for comparisons where both sides carry error.
     Returns the rows in execution order, the first divergence, and notes.
-    Decode steps are compared only while both sides fed the same tokens, and a prompt only until its
+    Decode steps are compared only until the two sides first fed different tokens, and a prompt only until its
     routing disagrees on a near-tie of the reference's top-k (see :func:`ambiguous_routing`).
     """
     rows: list[TensorRow] = []
@@ -102,11 +102,11 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
         raise ValueError(f"backend produced no {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     first: Divergence | None = None
     near_ties: dict[int, str] = {}  # prompt -> where its routing became ambiguous
+    parted = parting_steps(candidate, reference)
     for key in sorted((k for k in reference if not k.endswith(schema.TOKEN_IDS)), key=_order):
         step, prompt, name = schema.parse_key(key)
         kind, layer = schema.parse_name(name)
-        ids = schema.key(step, prompt, schema.TOKEN_IDS)
-        comparable = np.array_equal(candidate[ids], reference[ids])
+        comparable = step < parted.get(prompt, step + 1)
         m = metrics(candidate[key], reference[key])
         limit = factor * tolerance.band(floors[key], dtype)
         if not comparable or prompt in near_ties:
@@ -157,20 +157,31 @@ def _logits(routing_key: str) -> str:
     return schema.key(step, prompt, schema.layer_name(schema.parse_name(name).layer, "router_logits"))
 
 
+def parting_steps(a: Tensors, b: Tensors) -> dict[int, int]:
+    """Per prompt, the first decode step at which ``a`` and ``b`` fed different tokens. From there on the two
+    sequences' contexts differ, even at a later step that happens to feed the same token again."""
+    parted: dict[int, int] = {}
+    for key in b:  # every key of ``b`` is in ``a`` (compare checks the candidate has the reference's)
+        if key.endswith(schema.TOKEN_IDS) and not np.array_equal(a[key], b[key]):
+            step, prompt, _ = schema.parse_key(key)
+            parted[prompt] = min(step, parted.get(prompt, step))
+    return parted
+
+
 def floors(low: Tensors, exact: Tensors) -> dict[str, float]:
     """Noise floor per tensor: the reference's own relative error at the dtype under test; for routing
     weights, at least the error the router logits' own error accounts for (:func:`routing_floor`).
 
     Where the low-precision reference's decode inputs differ from fp64's (an
-    argmax near-tie), the floor is unknown and set to infinity for that step.
+    argmax near-tie), the floor is unknown and set to infinity from that step on.
     """
     out: dict[str, float] = {}
+    parted = parting_steps(low, exact)
     for key, ref in exact.items():
         if key.endswith(schema.TOKEN_IDS):
             continue
         step, prompt, name = schema.parse_key(key)
-        ids = schema.key(step, prompt, schema.TOKEN_IDS)
-        if not np.array_equal(low[ids], exact[ids]):
+        if step >= parted.get(prompt, step + 1):
             out[key] = float("inf")
             continue
         out[key] = metrics(low[key], ref).rel_l2

@@ -64,6 +64,27 @@ def test_different_decode_inputs_are_skipped_not_failed():
     assert first is None and {r.verdict for r in rows} == {"skipped"} and notes
 
 
+def test_a_prompt_is_not_compared_after_its_tokens_part_even_where_they_meet_again():
+    """Found by a bf16 nightly: vLLM's and SGLang's greedy tokens parted at decode step 2 and agreed again at
+    step 4, whose activations (over different contexts) were then compared and read as diverged."""
+    def decoding(fed, seed):
+        out = acts(seed=seed, tokens=1, ids=(7,))
+        for step, token in enumerate(fed, start=1):
+            out[schema.key(step, 0, schema.TOKEN_IDS)] = np.array([token])
+            out[schema.key(step, 0, "embed")] = np.full((1, 8), float(step + seed))
+        return out
+
+    a, b = decoding((5, 6, 9, 4), seed=0), decoding((5, 8, 3, 4), seed=0)
+    b[schema.key(4, 0, "embed")] = b[schema.key(4, 0, "embed")] + 1.0  # step 4: same token, another context
+    floors = {k: 1e-7 for k in a if not k.endswith("token_ids")}
+    rows, first, notes = compare.compare(a, b, floors, "float32")
+    assert first is None, first
+    assert [(r.step, r.verdict) for r in rows if r.tensor == "embed"] == \
+        [(0, "ok"), (1, "ok"), (2, "skipped"), (3, "skipped"), (4, "skipped")]
+    assert compare.parting_steps(a, b) == {0: 2}
+    assert compare.floors(a, b)[schema.key(4, 0, "embed")] == float("inf")
+
+
 def test_band_has_an_ulp_floor_for_exact_ops():
     assert tolerance.band(0.0, "float32") == pytest.approx(tolerance.FLOOR_FACTOR * tolerance.ULPS * 2**-24)
     with pytest.raises(ValueError, match="unknown dtype"):
