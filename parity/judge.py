@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Mapping, Sequence
 
-from parity import compare, known_issues
+from parity import compare, known_issues, schema
 from parity.compare import Tensors, Trajectory
 from parity.records import BackendResult, DecodeTrajectory, Divergence
 from parity.tolerance import PAIR_FACTOR
@@ -130,6 +130,25 @@ def candidates(outcome: Outcome, engines: Mapping[str, tuple[str, str]], arch: s
         return []
     return known_issues.matches([engines[b] for b in outcome.backends], arch, config, kind, r.reason or "",
                                 divergence_position(r.first_divergence, prompt_lengths))
+
+
+def inherit(pair: BackendResult, sides: Sequence[BackendResult]) -> BackendResult:
+    """A pair's divergence that no known issue of its own explains, explained by a side's known divergence from the
+    reference that starts no later (step, then execution order): the engines part because that side's known bug
+    did, which the pair band (twice a side's) can absorb at its first tensor and not further on (a bf16 nightly:
+    vLLM's Qwen3-MoE o_proj bias bug at 0.087 of attn_out, over its band of 0.078 and within the pair's 0.156,
+    read as a new divergence of the pair at step 1's router_logits)."""
+    d = pair.first_divergence
+    if pair.status != "diverged" or pair.known_issue or d is None:
+        return pair
+    for side in sides:
+        s = side.first_divergence
+        if side.status == "diverged" and side.known_issue and s is not None and \
+                (s.step, schema.execution_order(s.tensor)) <= (d.step, schema.execution_order(d.tensor)):
+            note = f"explained by {side.backend}'s own known divergence from the reference at {s.tensor} (step {s.step})"
+            return pair.model_copy(update={"known_issue": side.known_issue, "diagnosis": side.diagnosis,
+                                           "notes": [*pair.notes, note]})
+    return pair
 
 
 def divergence_position(d: Divergence | None, prompt_lengths: Sequence[int]) -> int | None:

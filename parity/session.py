@@ -204,6 +204,8 @@ class Session:
         judged = {o.backends: diagnosis.diagnose(o.result, judge.candidates(o, engines, example.arch, example.config,
                                                                             lengths), verdicts)
                   for o in outcomes}
+        judged.update({backends: judge.inherit(r, [judged[(b,)] for b in backends])
+                       for backends, r in judged.items() if len(backends) == 2})
         results = [judged[(w.label,)].model_copy(update={"seconds": _rounded(seconds.get(w.label, {})),
                                                          "reused": w.label in reused})
                    for w in self.engines] + [r for backends, r in judged.items() if len(backends) == 2]

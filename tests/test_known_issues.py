@@ -85,6 +85,30 @@ def test_an_error_is_matched_by_the_engines_words_never_by_paritys_own_source_li
     assert explain([("sglang", "0.5.23")], "phi3", longrope, "error", "RuntimeError: size mismatch\n" + engine_frame)
 
 
+def test_a_pair_inherits_a_sides_known_divergence_that_starts_no_later():
+    """The bf16 nightly's Qwen3-MoE: vLLM's known o_proj bias bug at step 0's attn_out, inside the pair band there,
+    made vLLM and SGLang part at step 1's router_logits."""
+    from parity.records import BackendResult
+
+    def diverged(backend, tensor, step, known=None):
+        kind = tensor.rpartition(".")[2]
+        d = Divergence(tensor=tensor, kind=kind, layer=0, step=step, prompt=0, band=0.08, reason="exceeds noise floor",
+                       rel_l2=0.09, max_abs=0.1, cosine=1.0, worst_token=0, worst_index=[0, 0], candidate_value=1.0,
+                       reference_value=1.0, non_finite=False)
+        return BackendResult(backend=backend, status="diverged", first_divergence=d, known_issue=known,
+                             diagnosis=known and "confirmed")
+
+    vllm = diverged("vllm", "layers.0.attn_out", 0, known="vllm 0.32.0: o_proj has no bias")
+    sglang = BackendResult(backend="sglang", status="pass")
+    pair = diverged("vllm~sglang", "layers.0.router_logits", 1)
+    explained = judge.inherit(pair, [vllm, sglang])
+    assert (explained.known_issue, explained.diagnosis) == ("vllm 0.32.0: o_proj has no bias", "confirmed")
+    assert "explained by vllm's own known divergence" in explained.notes[-1]
+    earlier = diverged("vllm~sglang", "layers.0.q_rot", 0)  # before the side's known bug acts: not explained
+    assert judge.inherit(earlier, [vllm, sglang]).known_issue is None
+    assert judge.inherit(pair, [vllm.model_copy(update={"known_issue": None}), sglang]).known_issue is None
+
+
 def test_a_bug_of_long_sequences_explains_only_divergences_that_start_where_it_acts():
     """vLLM's YaRN table holds original x factor = 16 positions here: a YaRN bug at earlier positions
     (a PR that drops mscale) is not that known issue, and an example that never reaches 16 is untouched."""
