@@ -2,6 +2,7 @@
 run's activations, on vLLM and SGLang."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from parity.strategies import KV_BLOCKS, SHARED_PREFIX, sample
 from parity.worker.contract import Execution
 
 pytestmark = pytest.mark.parity
+FAULTS = Path(__file__).resolve().parent.parent / "fixtures" / "faults"
 
 PREFIX = tuple(range(7, 7 + SHARED_PREFIX))
 PLAIN = replace(sample("llama", 1, seed=0)[0], prompts=(PREFIX + (3, 4, 5, 6, 7), PREFIX + (8, 9, 10), PREFIX + (1, 2)))
@@ -71,14 +73,27 @@ def test_two_ranks_give_the_one_rank_activations(parity_sessions, plain, heads, 
          activations(session, replace(one, execution=Execution(tensor_parallel=2)), engine))
 
 
+JOINING = replace(PLAIN, prompts=((9, 2, 6, 5, 3), (5, 1, 4)), config={**PLAIN.config, "num_attention_heads": 2,
+                                                                      "num_key_value_heads": 2, "hidden_size": 64})
+"""Two prompts, longest first, with heads to split over two ranks."""
+
+
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
 def test_two_ranks_with_prompts_joining_a_running_batch(parity_sessions, engine):
     """Each rank serves the joining prompts, mixed forwards included, and the ranks' shards gather as ever."""
     session = parity_sessions([engine])
-    one = replace(PLAIN, prompts=((9, 2, 6, 5, 3), (5, 1, 4)), config={**PLAIN.config, "num_attention_heads": 2,
-                                                                      "num_key_value_heads": 2, "hidden_size": 64})
-    same(activations(session, one, engine),
-         activations(session, replace(one, execution=Execution(tensor_parallel=2, join_running=True)), engine))
+    same(activations(session, JOINING, engine),
+         activations(session, replace(JOINING, execution=Execution(tensor_parallel=2, join_running=True)), engine))
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_prompts_asked_to_join_that_never_did_are_an_error(parity_sessions, engine, ranks):
+    """An adapter serving a joining request as a plain batch (a fault patch) is caught by the capture, each rank's
+    at two ranks: the run is an error, never compared as if the mode had acted."""
+    session = parity_sessions([f"{engine}@unjoined"], [f"unjoined={FAULTS / 'join_not_served.py'}"])
+    (result,) = session.evaluate(replace(JOINING, execution=Execution(tensor_parallel=ranks, join_running=True))).results
+    assert result.status == "error" and "did not join a running batch" in result.reason, result.reason
 
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])

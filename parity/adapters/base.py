@@ -160,7 +160,8 @@ class EngineAdapter(ABC, Generic[Loaded]):
             t1 = time.perf_counter()
             if request.capture:
                 rec: Recorder | NullRecorder = Recorder(request.prompts, request.decode_steps,
-                                                        config_head_dim(request.checkpoint))
+                                                        config_head_dim(request.checkpoint),
+                                                        joining=self.runs_execution and request.execution.join_running)
                 hooks = self.hook(held[0], rec, request.modules)
             else:
                 rec, hooks = NullRecorder(), Hooks()
@@ -168,10 +169,6 @@ class EngineAdapter(ABC, Generic[Loaded]):
                 self.generate(held[0], rec, request)
             finally:
                 hooks.remove()
-            if self.runs_execution and request.execution.join_running and isinstance(rec, Recorder) \
-                    and rec.router.forwards and not rec.router.mixed:
-                raise RuntimeError(f"{self.engine} ran no prefill in a forward with another prompt's decode step: "
-                                   f"the prompts did not join a running batch")
             t2 = time.perf_counter()
             non_finite = save(rec.tensors(), request.out) if isinstance(rec, Recorder) else []
             t3 = time.perf_counter()

@@ -39,10 +39,11 @@ def thread_binds(ranks: int) -> str:
     return "|".join(",".join(map(str, cores[r * per : (r + 1) * per])) for r in range(ranks))
 
 
-def install_rank(install: Install, prompts: list[list[int]], decode_steps: int, head_dim: int,
+def install_rank(install: Install, prompts: list[list[int]], decode_steps: int, head_dim: int, joining: bool,
                  modules: Mapping[str, str], model: torch.nn.Module) -> None:
-    """In a rank: hook ``model`` (with the engine adapter's ``install``) into a Recorder of the rank's own."""
-    rec = Recorder(prompts, decode_steps, head_dim)
+    """In a rank: hook ``model`` (with the engine adapter's ``install``) into a Recorder of the rank's own, made
+    as the adapter's (``Recorder``'s arguments)."""
+    rec = Recorder(prompts, decode_steps, head_dim, joining)
     RANK.update(rec=rec, hooks=install(Parts(model, dict(modules)), rec))
 
 

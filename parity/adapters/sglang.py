@@ -163,7 +163,8 @@ class Adapter(EngineAdapter[Any]):
             return self._install(Parts(runner.model(loaded), modules), rec)
         # Each rank records into a Recorder of its own; removing the hooks gathers the ranks' tensors into
         # ``rec`` (attention and MLP outputs a port reduces at the layer's boundary summed: ranks.gather).
-        loaded.apply(_install_rank, rec.router.prompts, rec.router.decode_steps, rec.head_dim, dict(modules))
+        loaded.apply(_install_rank, rec.router.prompts, rec.router.decode_steps, rec.head_dim, rec.joining,
+                     dict(modules))
 
         def collect() -> None:
             if not loaded.serving:
@@ -232,9 +233,9 @@ class Adapter(EngineAdapter[Any]):
 
 
 # A tensor-parallel rank's side of the capture (``Ranks.apply`` runs each as fn(*args, runner) in every rank).
-def _install_rank(prompts: list[list[int]], decode_steps: int, head_dim: int, modules: dict[str, str],
+def _install_rank(prompts: list[list[int]], decode_steps: int, head_dim: int, joining: bool, modules: dict[str, str],
                   loaded: Any) -> None:
-    install_rank(Adapter._install, prompts, decode_steps, head_dim, modules, runner.model(loaded))
+    install_rank(Adapter._install, prompts, decode_steps, head_dim, joining, modules, runner.model(loaded))
 
 
 def _generate_rank(prompts: list[list[int]], decode_steps: int, prefill_chunk: int | None, prefix_cache: bool,

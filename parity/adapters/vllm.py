@@ -191,7 +191,7 @@ class Adapter(EngineAdapter[Any]):
         # the hooks gathers the ranks' tensors into ``rec`` (ranks.gather: Cohere's port leaves its parallel
         # block's attention and MLP outputs unreduced, and reduces their sum).
         loaded.apply_model(partial(install_rank, Adapter._install, rec.router.prompts, rec.router.decode_steps,
-                                   rec.head_dim, dict(modules)))
+                                   rec.head_dim, rec.joining, dict(modules)))
         hooks = Hooks()
         hooks.on_remove(lambda: rec.adopt(gather(loaded.apply_model(collect_rank),
                                                  engine.model_config.get_total_num_kv_heads())))

@@ -31,11 +31,15 @@ class Recorder:
     taken from the prompt whose prefill computed them (the segment's ``donor``),
     so every prompt still has one row per token, as the canonical schema asks.
     A wrong reuse of cached KV shows in the computed positions' attention.
+
+    ``joining``: the prompts were asked to join a running batch; a run in which no forward held both a prefill and
+    a decode step never did what it was asked, and its tensors are refused rather than compared as if it had.
     """
 
-    def __init__(self, prompts: Sequence[Sequence[int]], decode_steps: int, head_dim: int):
+    def __init__(self, prompts: Sequence[Sequence[int]], decode_steps: int, head_dim: int, joining: bool = False):
         self.router = TokenRouter(prompts, decode_steps)
         self.head_dim = head_dim
+        self.joining = joining
         self.layer: int | None = None
         self.segments: list[Segment] = []
         self.rows = 0
@@ -102,6 +106,10 @@ class Recorder:
                 self._chunks[schema.key(s.step, s.prompt, "logits")].append(as_stored(logits[row : row + 1]))
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        # A Recorder that only adopted its ranks' tensors routed no forward: each rank's Recorder checked its own.
+        if self.joining and self.router.forwards and not self.router.mixed:
+            raise CaptureError("no forward held a prompt's prefill with another prompt's decode step: "
+                               "the prompts did not join a running batch")
         return {k: torch.cat(v) for k, v in self._chunks.items()}
 
     def adopt(self, tensors: Mapping[str, torch.Tensor]) -> None:
