@@ -564,6 +564,16 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     *_each("sglang", SGLANG, ("qwen2", "qwen3", "qwen3_moe"), ("attn_out",), lambda c: bool(c.get("use_sliding_window")),
            "SGLang's Qwen2/Qwen3/Qwen3-MoE never read use_sliding_window, sliding_window, max_window_layers or "
            "layer_types: full attention where transformers slides a window", reads_as=_full_attention),
+    # Found by the full fp32 nightly: Qwen2-MoE's config slides the even layers below max_window_layers only, so a
+    # model of two layers or more mixes sliding and full layers.
+    KnownIssue(
+        "vllm", VLLM_NEW, "qwen2_moe", ("attn_out",),
+        lambda c: bool(c.get("use_sliding_window")) and c["max_window_layers"] >= 1 and c["num_hidden_layers"] >= 2,
+        "vLLM's Qwen2MoeAttention passes no per-layer window, and vLLM sets the model-wide one only when every "
+        "layer_types entry is sliding_attention (EngineArgs.create_engine_config): where transformers' Qwen2-MoE "
+        "config mixes sliding (even layers below max_window_layers) and full layers, vLLM slides no layer at all",
+        reads_as=_full_attention,
+    ),
     KnownIssue(
         "sglang", SGLANG, "phi3", ("attn_out",), lambda c: c.get("sliding_window") is not None,
         "SGLang's Phi3 (its LlamaForCausalLM) never reads sliding_window: full attention once a prompt outgrows "
