@@ -739,7 +739,9 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "vLLM's DeepSeek MLA builds q_a_proj, kv_a_proj_with_mqa and o_proj without bias whatever "
                "attention_bias says (deepseek_v2.py), and its loader drops the checkpoint's biases (as a GPTQ "
                "model's \"extra\" biases)", reads_as=_read_as(attention_bias=False)),
-    KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("q_rot", "k_rot"), lambda c: True,
+    # Where each half acts, as measured: q only with two heads or more (one head's rows are packed alike), k in
+    # every prefill (prompts are two tokens or more). A q_rot divergence of a one-head config is no part of it.
+    *(KnownIssue("vllm", VLLM_NEW, "deepseek_v3", kinds, applies,
                "vLLM's CPU rotary kernel (RotaryEmbedding.forward_cpu, ops.rotary_embedding, in place) takes q and k "
                "as packed rows, heads head_size apart and tokens heads x head_size apart; DeepSeek's MLA hands it "
                "views (mla.py): q's rotary parts, heads qk_nope_head_dim + qk_rope_head_dim apart, and k_pe inside "
@@ -747,7 +749,8 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                "q is rotated wrong; in a prefill of two tokens or more the key rotation lands in the latent part of "
                "other rows and the prompt's shared rotary keys stay unrotated in the KV cache, so every decode step "
                "attends to unrotated prompt keys (measured on the kernel alone: both views rotated wrong, contiguous "
-               "copies right)"),
+               "copies right)")
+      for kinds, applies in ((("q_rot",), _not("num_attention_heads", 1)), (("k_rot",), _always))),
     KnownIssue("vllm", VLLM_NEW, "deepseek_v3", ("q_rot", "k_rot"), _not("rope_interleave", True),
                "vLLM's DeepseekV2MLAAttention builds its rotary with is_neox_style=False whatever rope_interleave "
                "says (deepseek_v2.py): rotate-half checkpoints (rope_interleave False) are rotated in interleaved "

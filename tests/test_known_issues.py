@@ -178,3 +178,12 @@ def test_deepseek_yarn_is_matched_where_vllm_computes_otherwise_and_read_as_it_c
     assert read["rope_parameters"] == {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
                                        "original_max_position_embeddings": 16, "mscale": 0.5,
                                        "attention_factor": pytest.approx(0.1 * 0.5 * math.log(4.0) + 1.0)}
+
+
+def test_vllms_mla_rotary_kernel_explains_q_only_with_two_heads_or_more():
+    """One head's q is rotated right (measured): a q_rot divergence there is some other bug's (the bug zoo's M5)."""
+    kernel = lambda heads, kind: [m for m in matches([("vllm", "0.32.0")], "deepseek_v3",  # noqa: E731
+                                                     {**_deepseek(), "num_attention_heads": heads}, kind)
+                                  if "CPU rotary kernel" in m.issue.diagnosis]
+    assert not kernel(1, "q_rot") and kernel(2, "q_rot")
+    assert kernel(1, "k_rot") and kernel(2, "k_rot")
