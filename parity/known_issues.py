@@ -177,13 +177,18 @@ def _unscaled(c: dict[str, Any]) -> dict[str, Any]:
                                      **{k: rope[k] for k in ("rope_theta", "partial_rotary_factor") if k in rope}}}
 
 
+def _rotary_dim(c: Mapping[str, Any]) -> int:
+    """The dimensions of each head RoPE rotates."""
+    head = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    return int(head * (c.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0))
+
+
 def _dynamic_at_full_length(c: dict[str, Any]) -> dict[str, Any]:
     """Dynamic NTK as SGLang applies it: the base rescaled once, for a sequence of max_position_embeddings
     x factor tokens (rope_variant.py's DynamicNTKScalingRotaryEmbedding), at every length."""
     rope = c["rope_parameters"]
     factor = rope["factor"]
-    head = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-    dim = int(head * rope.get("partial_rotary_factor", 1.0))
+    dim = _rotary_dim(c)
     base = rope["rope_theta"] * (factor * factor - factor + 1) ** (dim / (dim - 2))
     return _unscaled({**c, "rope_parameters": {**rope, "rope_theta": base}})
 
@@ -584,6 +589,15 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
            lambda c: bool(c.get("use_sliding_window")) and 0 < c["max_window_layers"] < c["num_hidden_layers"],
            "refuses at load: its Qwen2Model supports a sliding window on all layers or none",
            "Sliding window for some but all layers is not supported"),
+    # Found by the bf16 nightly (glm4_moe); the same crash measured on phi3, and on llama given a partial rotary.
+    *_each("vllm", VLLM_NEW, ("phi3", "glm4_moe"), ("error",),
+           lambda c: _rotary_dim(c) // 2 > 8 and _rotary_dim(c) // 2 % 8 != 0,
+           "kills the worker (SIGSEGV) at the first bf16 forward: its CPU rotary kernel for rotate-half pairs "
+           "(csrc/cpu/pos_encoding.cpp rotary_embedding_impl) rotates each half of rotary_dim in vectors of 8 and "
+           "stores a bf16 vector with an aligned 16-byte store (BF16Vec8::save), so where half of rotary_dim is "
+           "over 8 and no multiple of 8 (head_dim 32 x partial_rotary_factor 0.75: 12) the second half's first "
+           "vector starts off a 16-byte boundary and the store faults; fp32 stores unaligned and runs",
+           "rotary_embedding_impl<c10::BFloat16>"),
     KnownIssue(
         "vllm", VLLM_NEW, "stablelm", ("mlp_out",), _not("hidden_act", "silu"),
         "vLLM's StablelmMLP hard-codes SiluAndMul and never reads hidden_act: any other activation is silently "
