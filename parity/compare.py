@@ -56,29 +56,36 @@ def relative_l2(candidate: np.ndarray, reference: np.ndarray) -> float:
     return metrics(candidate, reference).rel_l2
 
 
-def ambiguous_routing(candidate: np.ndarray, reference: np.ndarray, logits: np.ndarray, logits_band: float) -> bool:
+def ambiguous_routing(candidate: np.ndarray, reference: np.ndarray, logits: np.ndarray, logits_band: float,
+                      bias: np.ndarray | None = None) -> bool:
     """Whether a disagreement in ``expert_weights`` is a near-tie of the reference's own top-k, not a divergence.
 
     ``reference``/``candidate`` are ``[tokens, experts]`` routing weights (zero where not chosen),
     ``logits`` the reference's router logits. A backend within ``logits_band`` of the reference's
     logits is off by at most ``logits_band * ||logits||`` in any one logit, so it may swap an expert
     the reference chose for one it did not only where their logits are within twice that. True when
-    the chosen experts differ and every expert chosen on one side only is such a swap. Only where the
-    reference chose by its logits' order: a router that also weighs a correction bias or expert groups
-    (GLM-4-MoE's) may choose an expert below an unchosen one, and there a near-tie of the logits says
-    nothing of the choice (an engine that dropped the bias would swap exactly those experts).
+    the chosen experts differ and every expert chosen on one side only is such a swap.
+
+    A router with a correction ``bias`` (GLM-4-MoE's, DeepSeek-V3's) chooses by ``sigmoid(logits) + bias``:
+    the swaps are judged on those scores, whose noise is at most a quarter of the logits' (sigmoid's slope).
+    Only where the reference chose by the order of what it chooses by: expert groups may leave out an expert
+    above a chosen one, and there a near-tie says nothing of the choice; nor does a near-tie of the logits
+    where a bias moved the choice (an engine that dropped the bias would swap exactly those experts).
     """
     chosen_ref, chosen_cand = reference != 0, candidate != 0
     differ = (chosen_ref != chosen_cand).any(axis=1)
     if not differ.any():
         return False
     noise = 2 * logits_band * float(np.linalg.norm(logits))
+    keys = logits.astype(np.float64)
+    if bias is not None:
+        keys, noise = 1 / (1 + np.exp(-keys)) + bias.astype(np.float64), noise / 4
     for token in np.flatnonzero(differ):
-        row, chosen, other = logits[token].astype(np.float64), chosen_ref[token], chosen_cand[token]
+        row, chosen, other = keys[token], chosen_ref[token], chosen_cand[token]
         if chosen.all() or not chosen.any():
             return False
         last_in, first_out = row[chosen].min(), row[~chosen].max()
-        if first_out > last_in + noise:  # chosen against the logits' order
+        if first_out > last_in + noise:  # chosen against the order of what it chooses by
             return False
         if (row[other & ~chosen] < last_in - noise).any() or (row[chosen & ~other] > first_out + noise).any():
             return False
@@ -86,15 +93,21 @@ def ambiguous_routing(candidate: np.ndarray, reference: np.ndarray, logits: np.n
 
 
 def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float], dtype: str,
-            factor: float = 1.0) -> tuple[list[TensorRow], Divergence | None, list[str]]:
+            factor: float = 1.0, selection_bias: Mapping[int, np.ndarray] | None = None,
+            ) -> tuple[list[TensorRow], Divergence | None, list[str]]:
     """Compare every canonical tensor of ``candidate`` with ``reference``.
 
     ``floors`` gives each tensor's noise floor (see :mod:`parity.tolerance`);
-    ``factor`` widens the band for comparisons where both sides carry error.
+    ``factor`` widens the band for comparisons where both sides carry error;
+    ``selection_bias``, each layer's router correction bias where the router has one (see
+    :func:`ambiguous_routing`).
     Returns the rows in execution order, the first divergence, and notes.
     Decode steps are compared only until the two sides first fed different tokens, and a prompt only until its
-    routing disagrees on a near-tie of the reference's top-k (see :func:`ambiguous_routing`).
+    routing disagrees on a near-tie of the reference's top-k (see :func:`ambiguous_routing`), within the band
+    or not: a token routed to another expert on a near-tie moves the MoE output past any band, and every
+    tensor after it.
     """
+    biases = selection_bias or {}
     rows: list[TensorRow] = []
     notes: list[str] = []
     missing = sorted(k for k in reference if k not in candidate)
@@ -111,9 +124,9 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
         limit = factor * tolerance.band(floors[key], dtype)
         if not comparable or prompt in near_ties:
             verdict = "skipped"
-        elif not tolerance.within(m.rel_l2, limit, m.non_finite) and kind == schema.ROUTING and ambiguous_routing(
+        elif kind == schema.ROUTING and ambiguous_routing(
                 candidate[key], reference[key], reference[_logits(key)],
-                factor * tolerance.band(floors[_logits(key)], dtype)):
+                factor * tolerance.band(floors[_logits(key)], dtype), biases.get(layer)):
             verdict = "skipped"
             near_ties[prompt] = f"step {step} prompt {prompt} {name}"
         elif not tolerance.within(m.rel_l2, limit, m.non_finite):

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 import parity
@@ -196,10 +197,11 @@ class Session:
         t_forced = time.monotonic()
         forced = self._teacher_forced(example, reference, captured, acts, request)
         t_judge = time.monotonic()
+        bias = selection_biases(ckpt)
         outcomes = [*(judge.Outcome((label,), r) for label, r in failed.items()),
-                    *judge.judge(judge.Captures(reference, captured, forced), self.cfg.dtype)]
+                    *judge.judge(judge.Captures(reference, captured, forced, bias), self.cfg.dtype)]
         engines = {w.label: (w.capabilities.engine, w.capabilities.engine_version) for w in self.engines}
-        verdicts = self._verdicts(example, ckpt, acts, captured, engines)
+        verdicts = self._verdicts(example, ckpt, acts, captured, engines, bias)
         lengths = [len(p) for p in example.prompts]
         judged = {o.backends: diagnosis.diagnose(o.result, judge.candidates(o, engines, example.arch, example.config,
                                                                             lengths), verdicts)
@@ -287,7 +289,7 @@ class Session:
         return forced
 
     def _verdicts(self, example: Example, ckpt: Path, acts: Path, captured: Mapping[str, Any],
-                  engines: Mapping[str, tuple[str, str]]
+                  engines: Mapping[str, tuple[str, str]], bias: Mapping[int, Any]
                   ) -> Callable[[known_issues.Match], diagnosis.Verdict]:
         """Each engine's known issues on this example tested (:mod:`parity.diagnosis`): the fp64 reference run
         on the checkpoint's config as the engine reads it, and the engine's captures compared with that run.
@@ -303,7 +305,7 @@ class Session:
             run = self._as_read(example, ckpt, acts, rewritten, [p for i in issues for p in i.ignores], runs)
             if isinstance(run, str):
                 return f"the reference cannot run the checkpoint as the engine reads it: {run}"
-            _, first, _ = compare.compare(captured[label], *run, self.cfg.dtype)
+            _, first, _ = compare.compare(captured[label], *run, self.cfg.dtype, selection_bias=bias)
             if first is None:
                 return None
             return (f"{label} also diverges from the reference run on the checkpoint as it reads it, at {first.tensor} "
@@ -420,6 +422,16 @@ class Session:
         rep = self.report(complete)
         report_mod.write(rep, self.cfg.out, render=complete if render is None else render)
         return rep
+
+
+_SELECTION_BIAS = re.compile(r"\blayers\.(\d+)\..*\.e_score_correction_bias$")
+
+
+def selection_biases(ckpt: Path) -> dict[int, Any]:
+    """Each layer's router correction bias in the checkpoint (``judge.Captures.selection_bias``)."""
+    with safe_open(ckpt / "model.safetensors", framework="numpy") as weights:
+        return {int(m.group(1)): weights.get_tensor(name) for name in weights.keys()
+                if (m := _SELECTION_BIAS.search(name))}
 
 
 def _request(example: Example, ckpt: Path, dtype: str, out: Path, forced: compare.Trajectory = ()) -> RunRequest:
