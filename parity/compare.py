@@ -56,32 +56,35 @@ def relative_l2(candidate: np.ndarray, reference: np.ndarray) -> float:
     return metrics(candidate, reference).rel_l2
 
 
-def ambiguous_routing(candidate: np.ndarray, reference: np.ndarray, logits: np.ndarray, logits_band: float,
-                      bias: np.ndarray | None = None) -> bool:
+def ambiguous_routing(candidate: np.ndarray, reference: np.ndarray, candidate_logits: np.ndarray,
+                      reference_logits: np.ndarray, bias: np.ndarray | None = None, eps: float = 0.0) -> bool:
     """Whether a disagreement in ``expert_weights`` is a near-tie of the reference's own top-k, not a divergence.
 
-    ``reference``/``candidate`` are ``[tokens, experts]`` routing weights (zero where not chosen),
-    ``logits`` the reference's router logits. A backend within ``logits_band`` of the reference's
-    logits is off by at most ``logits_band * ||logits||`` in any one logit, so it may swap an expert
-    the reference chose for one it did not only where their logits are within twice that. True when
-    the chosen experts differ and every expert chosen on one side only is such a swap.
+    ``reference``/``candidate`` are ``[tokens, experts]`` routing weights (zero where not chosen), beside each
+    side's router logits. A token's logits that differ by at most ``d`` in any one logit move the gap between
+    two experts by at most ``2 d``: the candidate may swap an expert the reference chose for one it did not only
+    where the reference's gap between them is within that, for the ``d`` its own logits show. True when the
+    chosen experts differ and every expert chosen on one side only is such a swap. ``d`` is never taken below
+    the logits' rounding at the dtype under test (unit roundoff ``eps``): an engine may choose from logits
+    rounded otherwise than those it hands on.
 
-    A router with a correction ``bias`` (GLM-4-MoE's, DeepSeek-V3's) chooses by ``sigmoid(logits) + bias``:
-    the swaps are judged on those scores, whose noise is at most a quarter of the logits' (sigmoid's slope).
-    Only where the reference chose by the order of what it chooses by: expert groups may leave out an expert
-    above a chosen one, and there a near-tie says nothing of the choice; nor does a near-tie of the logits
-    where a bias moved the choice (an engine that dropped the bias would swap exactly those experts).
+    A router with a correction ``bias`` (GLM-4-MoE's, DeepSeek-V3's) chooses by ``sigmoid(logits) + bias``: the
+    gaps are those scores', which move by at most a quarter of the logits (sigmoid's slope). Only where the
+    reference chose by the order of what it chooses by: expert groups may leave out an expert above a chosen
+    one, and there a near-tie says nothing of the choice. An engine that drops the bias, or applies it to the
+    weights instead, swaps experts the bias moved: their gaps are the bias's, far above what its logits'
+    differences explain.
     """
     chosen_ref, chosen_cand = reference != 0, candidate != 0
     differ = (chosen_ref != chosen_cand).any(axis=1)
     if not differ.any():
         return False
-    noise = 2 * logits_band * float(np.linalg.norm(logits))
-    keys = logits.astype(np.float64)
+    keys = reference_logits.astype(np.float64)
+    moved = np.maximum(np.abs(candidate_logits.astype(np.float64) - keys), eps * np.abs(keys)).max(axis=1)
     if bias is not None:
-        keys, noise = 1 / (1 + np.exp(-keys)) + bias.astype(np.float64), noise / 4
+        keys, moved = 1 / (1 + np.exp(-keys)) + bias.astype(np.float64), moved / 4
     for token in np.flatnonzero(differ):
-        row, chosen, other = keys[token], chosen_ref[token], chosen_cand[token]
+        row, chosen, other, noise = keys[token], chosen_ref[token], chosen_cand[token], 2 * moved[token]
         if chosen.all() or not chosen.any():
             return False
         last_in, first_out = row[chosen].min(), row[~chosen].max()
@@ -115,6 +118,7 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
         raise ValueError(f"backend produced no {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     first: Divergence | None = None
     near_ties: dict[int, str] = {}  # prompt -> where its routing became ambiguous
+    agreed: set[str] = set()  # keys within their band: a routing near-tie needs its router logits among them
     parted = parting_steps(candidate, reference)
     for key in sorted((k for k in reference if not k.endswith(schema.TOKEN_IDS)), key=_order):
         step, prompt, name = schema.parse_key(key)
@@ -124,15 +128,16 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
         limit = factor * tolerance.band(floors[key], dtype)
         if not comparable or prompt in near_ties:
             verdict = "skipped"
-        elif kind == schema.ROUTING and ambiguous_routing(
-                candidate[key], reference[key], reference[_logits(key)],
-                factor * tolerance.band(floors[_logits(key)], dtype), biases.get(layer)):
+        elif kind == schema.ROUTING and _logits(key) in agreed and ambiguous_routing(
+                candidate[key], reference[key], candidate[_logits(key)], reference[_logits(key)], biases.get(layer),
+                tolerance.EPS[dtype]):
             verdict = "skipped"
             near_ties[prompt] = f"step {step} prompt {prompt} {name}"
         elif not tolerance.within(m.rel_l2, limit, m.non_finite):
             verdict = "propagated" if first else "diverged"
         else:
             verdict = "ok"
+            agreed.add(key)
         row = TensorRow(step=step, prompt=prompt, tensor=name, kind=kind, layer=layer, floor=floors[key], band=limit,
                         verdict=verdict, **m.model_dump())
         rows.append(row)

@@ -91,11 +91,14 @@ def test_band_has_an_ulp_floor_for_exact_ops():
         tolerance.band(0.0, "int8")
 
 
-def routed(margin: float, pick: int, chosen: int = 1, token: list[float] | None = None, bias=None,
-           weights_floor: float = 1e-7, logits_floor: float = 1e-7):
+def routed(margin: float, pick: int, chosen: int = 1, token: list[float] | None = None,
+           moved: list[float] | None = None, bias=None, weights_floor: float = 1e-7, logits_floor: float = 1e-7,
+           elsewhere: float = 0.0):
     """Reference and candidate of one layer whose router chooses one of four experts; token 1's two best
     reference logits are ``margin`` apart (or its logits are ``token``), the reference chooses expert ``chosen``
-    there (the best, or, as a correction bias may make it, another) and the candidate expert ``pick``."""
+    there (the best, or, as a correction bias may make it, another) and the candidate expert ``pick``, its logits
+    there ``moved`` (by default the reference's, 1e-6 towards its pick), and token 0's first logit ``elsewhere``
+    off the reference's, its choice the same."""
     ref = acts(layers=1)
     logits = np.array([[3.0, 0.0, 0.0, 0.0], token or [0.0, 2.0, 2.0 - margin, 0.0], [0.0, 0.0, 0.0, 3.0]])
     weights = np.zeros((3, 4))
@@ -103,6 +106,8 @@ def routed(margin: float, pick: int, chosen: int = 1, token: list[float] | None 
     ref[schema.key(0, 0, "layers.0.router_logits")] = logits
     ref[schema.key(0, 0, "layers.0.expert_weights")] = weights
     cand = {k: v.copy() for k, v in ref.items()}
+    cand[schema.key(0, 0, "layers.0.router_logits")][1] = moved or logits[1] + 1e-6 * (np.eye(4)[pick] - np.eye(4)[chosen])
+    cand[schema.key(0, 0, "layers.0.router_logits")][0, 0] += elsewhere
     cand[schema.key(0, 0, "layers.0.expert_weights")][1] = np.eye(4)[pick]
     cand[schema.key(0, 0, "layers.0.mlp_out")][1] += 1.0  # the other expert's output, and all that follows
     cand[schema.key(0, 0, "layers.0.residual")][1] += 1.0
@@ -136,6 +141,19 @@ def test_routing_where_the_reference_chose_against_its_logits_order_is_a_diverge
     assert (first.tensor, first.kind) == ("layers.0.expert_weights", "expert_weights")
 
 
+def test_a_tie_below_the_logits_rounding_is_a_near_tie_even_with_equal_logits():
+    """An engine may choose from logits rounded otherwise than those it hands on (a softmax in another precision)."""
+    assert routed(margin=1e-9, pick=2, moved=[0.0, 2.0, 2.0 - 1e-9, 0.0])[1] is None
+    assert routed(margin=1e-5, pick=2, moved=[0.0, 2.0, 2.0 - 1e-5, 0.0])[1].tensor == "layers.0.expert_weights"
+
+
+def test_routing_after_router_logits_out_of_their_band_is_no_near_tie():
+    """Logits far off choose otherwise wherever they like: that is the divergence, not a near-tie after it."""
+    rows, first, notes = routed(margin=1e-9, pick=2, moved=[0.0, 1.0, 3.0, 0.0])
+    assert first.tensor == "layers.0.router_logits" and not any("near-tie" in n for n in notes)
+    assert {r.tensor: r.verdict for r in rows}["layers.0.expert_weights"] == "propagated"
+
+
 def test_a_near_tie_within_the_weights_band_still_ends_the_prompts_comparison():
     """A band the reference's own flips widened (bf16) may hold another choice: the MoE output after it is
     still no divergence."""
@@ -145,20 +163,23 @@ def test_a_near_tie_within_the_weights_band_still_ends_the_prompts_comparison():
 
 
 # GLM-4-MoE in bf16 (session 13's nightly, vLLM, layer 1): the reference chose expert 3, the lowest logit, by
-# sigmoid(logits) + bias, 0.0036 above experts 1 and 2; the engine's logits, within their band, chose expert 2.
-GLM4_MOE_TOKEN = [0.8931, 0.5424, 0.9067, 0.4277]
+# sigmoid(logits) + bias, 0.0036 above experts 2 and 1; the engine's logits, 0.0225 off at most, chose expert 2.
+GLM4_MOE = dict(token=[0.8931, 0.5424, 0.9067, 0.4277], moved=[0.9156, 0.5238, 0.9052, 0.4104], chosen=3,
+                logits_floor=1e-3)  # a bf16-wide band for the logits
 GLM4_MOE_BIAS = [-0.10278, 0.01826, -0.06167, 0.04885]
 
 
 def test_a_biased_routers_near_tie_is_judged_on_the_scores_it_chooses_by():
-    # Logits within 1e-2 of the reference's (relative L2): no score moves by more than 0.022.
-    glm4_moe = dict(token=GLM4_MOE_TOKEN, chosen=3, logits_floor=1e-3)
-    _, first, notes = routed(0, pick=2, bias=GLM4_MOE_BIAS, **glm4_moe)
+    _, first, notes = routed(0, pick=2, bias=GLM4_MOE_BIAS, **GLM4_MOE)
     assert first is None and any("near-tie" in n for n in notes)
     # Without the bias the choice is against the logits' order, no near-tie: a divergence.
-    assert routed(0, pick=2, **glm4_moe)[1].tensor == "layers.0.expert_weights"
-    # Expert 0, the best logit but 0.047 below on the scores, is no near-tie of them.
-    assert routed(0, pick=0, bias=GLM4_MOE_BIAS, **glm4_moe)[1].tensor == "layers.0.expert_weights"
+    assert routed(0, pick=2, **GLM4_MOE)[1].tensor == "layers.0.expert_weights"
+    # Expert 0, the best logit but 0.047 below on the scores, more than those logits' 0.0225 can move them.
+    assert routed(0, pick=0, bias=GLM4_MOE_BIAS, **GLM4_MOE)[1].tensor == "layers.0.expert_weights"
+    # The same swap by logits 0.004 off there (0.002 at most on the scores, under the 0.0036 gap) is no near-tie,
+    # however far another token's logits moved.
+    closer = dict(GLM4_MOE, moved=[x + 0.004 for x in GLM4_MOE["token"]], elsewhere=0.04)
+    assert routed(0, pick=2, bias=GLM4_MOE_BIAS, **closer)[1].tensor == "layers.0.expert_weights"
 
 
 def routing(logits: np.ndarray, renormalise: bool = True) -> np.ndarray:
