@@ -548,7 +548,10 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
                  f"{name}'s GemmaAttention builds q/k/v/o without bias whatever attention_bias says, and its loader "
                  f"drops the checkpoint's attention biases", reads_as=_read_as(attention_bias=False))
       for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
-    *(KnownIssue(engine, verified, arch, ("q_rot", "k_rot"), _longrope_rescaled, f"{name}: " + _LONGROPE_MSCALE,
+    # A scale of q and k: where it stays inside q's and k's band (bf16: 7% against 7.8%), the attention output,
+    # which it scales twice over in the scores, is the first tensor past it (session 13's bf16 nightly).
+    *(KnownIssue(engine, verified, arch, ("q_rot", "k_rot", "attn_out"), _longrope_rescaled,
+                 f"{name}: " + _LONGROPE_MSCALE,
                  reads_as=_rope_read_as(attention_factor=None, factor=None))
       for engine, verified, name, archs in (("vllm", VLLM_NEW, "vLLM", _LONGROPE_FAMILIES),
                                             ("sglang", SGLANG, "SGLang", _SGLANG_LONGROPE))

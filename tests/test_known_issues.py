@@ -187,3 +187,14 @@ def test_vllms_mla_rotary_kernel_explains_q_only_with_two_heads_or_more():
                                   if "CPU rotary kernel" in m.issue.diagnosis]
     assert not kernel(1, "q_rot") and kernel(2, "q_rot")
     assert kernel(1, "k_rot") and kernel(2, "k_rot")
+
+
+def test_a_longrope_scale_within_qs_bf16_band_is_known_where_it_first_shows_at_the_attention_output():
+    """Session 13's bf16 nightly: both engines' LongRoPE scale (1.069 for a stated 1.0) moved q by 7%, inside bf16's
+    7.8% band, and the attention output past it."""
+    longrope = {"rope_parameters": {"rope_type": "longrope", "attention_factor": 1.0, "rope_theta": 1e4,
+                                    "original_max_position_embeddings": 128}}
+    for engine in (("vllm", "0.32.0"), ("sglang", "0.5.23")):
+        assert [m for m in matches([engine], "llama", longrope, "attn_out") if "LongRoPE" in m.issue.diagnosis]
+    assert not [m for m in matches([("vllm", "0.32.0")], "llama", {"rope_parameters": {"rope_type": "default"}},
+                                   "attn_out") if "LongRoPE" in m.issue.diagnosis]
