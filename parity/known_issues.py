@@ -488,7 +488,7 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue("vllm", VLLM_NEW, "gemma3_text", ("error",), lambda c: c.get("hidden_activation") == "relu",
                "refuses at load: its Gemma3MLP takes get_act_and_mul_fn(hidden_activation), which knows gelu, "
                "gelu_pytorch_tanh and silu (and aliases) but not relu (activation.py)", "is not supported"),
-    KnownIssue("vllm", VLLM_NEW, "gemma3_text", ("q_rot", "k_rot"), _by_layer_type(_longrope_rescaled)[0],
+    KnownIssue("vllm", VLLM_NEW, "gemma3_text", ("q_rot", "k_rot", "attn_out"), _by_layer_type(_longrope_rescaled)[0],
                "vLLM: " + _LONGROPE_MSCALE + " (a layer type's own rope_parameters entry, Gemma-3)",
                reads_as=_by_layer_type(_longrope_rescaled, _rope_read_as(attention_factor=None, factor=None))[1]),
     KnownIssue("vllm", VLLM_NEW, "gemma3_text", ("q_rot", "k_rot"), _by_layer_type(_yarn_table_outgrown)[0],
