@@ -448,9 +448,12 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     *(KnownIssue(engine, verified, arch, ("mlp_out",), _not("hidden_act", "silu"), _MOE_SILU.format(engine=name))
       for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))
       for arch in ("qwen3_moe", "mixtral", "olmoe")),
-    *(KnownIssue(engine, verified, "olmoe", ("expert_weights",), lambda c: bool(c.get("norm_topk_prob")),
+    # At bf16 the weights' error can stay inside their band (the router logits' error carried through), and the
+    # MoE output is the first tensor past it (session 13's bf16 nightly: 0.23 against 0.25, then 0.23 against 0.085).
+    *(KnownIssue(engine, verified, "olmoe", ("expert_weights", "mlp_out"), lambda c: bool(c.get("norm_topk_prob")),
                  f"{name}'s OlmoeMoE routes with renormalize=False whatever norm_topk_prob says: the chosen experts "
-                 "keep their share of the whole softmax where transformers renormalises them to sum to one")
+                 "keep their share of the whole softmax where transformers renormalises them to sum to one",
+                 reads_as=_read_as(norm_topk_prob=False))
       for engine, verified, name in (("vllm", VLLM_NEW, "vLLM"), ("sglang", SGLANG, "SGLang"))),
     KnownIssue("sglang", SGLANG, "qwen3_moe", ("mlp_out",), _dense_layers, _SGLANG_ALL_SPARSE),
     KnownIssue("sglang", SGLANG, "olmoe", ("error",), lambda c: c["num_key_value_heads"] < c["num_attention_heads"],
