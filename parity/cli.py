@@ -30,11 +30,14 @@ from parity.summary import merge
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="where engines run; cuda is untested on a GPU. Default: %(default)r")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                   help="dtype of the engines and of the low-precision reference. Default: %(default)r")
+def _common(p: argparse.ArgumentParser, report: bool = False) -> None:
+    """The options every command that runs engines takes; ``report``: device and dtype default to a report's."""
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None if report else "cpu",
+                   help="where engines run; cuda is untested on a GPU. Default: "
+                        + ("the report's" if report else "%(default)r"))
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None if report else "float32",
+                   help="dtype of the engines and of the low-precision reference. Default: "
+                        + ("the report's" if report else "%(default)r"))
     p.add_argument("--reference", metavar="PYTHON", default=None,
                    help="interpreter with transformers for the reference (default: parity's managed environment)")
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
@@ -71,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("report", type=Path)
     rep.add_argument("example", help="example id (see the report)")
     rep.add_argument("--out", type=Path, help="report directory. Default: <report dir>/replay-<id>")
-    _common(rep)
+    _common(rep, report=True)
 
     gate = sub.add_parser("gate", help="exit 1 if a candidate run regressed against a baseline run of the same examples",
                           description="Rule: see parity/gate.py. Exit 0 no regression, 1 regression, "
@@ -248,8 +251,9 @@ def cmd_replay(args: argparse.Namespace, argv: list[str]) -> int:
                          + ", ".join(e.id for e in old.examples[:10]))
     example = Example.from_json(match[0].model_dump())
     specs = [BackendSpec(b.engine, b.label, b.python, tuple(b.patches)) for b in old.backends]
-    cfg = RunConfig(backends=specs, reference=_reference(args), device=old.device, dtype=old.dtype,
-                    out=args.out or args.report.parent / f"replay-{example.id}", timeout=args.timeout,
+    cfg = RunConfig(backends=specs, reference=_reference(args), device=args.device or old.device,
+                    dtype=args.dtype or old.dtype, out=args.out or args.report.parent / f"replay-{example.id}",
+                    timeout=args.timeout,
                     command=shlex.join(["parity", *argv]), profile=old.profile, seed=old.seed)
     report = _harness(lambda: replay(cfg, [example]), args)
     if report is None:

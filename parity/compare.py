@@ -120,13 +120,17 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
     near_ties: dict[int, str] = {}  # prompt -> where its routing became ambiguous
     agreed: set[str] = set()  # keys within their band: a routing near-tie needs its router logits among them
     parted = parting_steps(candidate, reference)
+    unfed: set[tuple[int, int]] = set()  # (step, prompt) fed other tokens than the reference's
     for key in sorted((k for k in reference if not k.endswith(schema.TOKEN_IDS)), key=_order):
         step, prompt, name = schema.parse_key(key)
         kind, layer = schema.parse_name(name)
         comparable = step < parted.get(prompt, step + 1)
         m = metrics(candidate[key], reference[key])
         limit = factor * tolerance.band(floors[key], dtype)
-        if not comparable or prompt in near_ties:
+        if not comparable:
+            verdict = "skipped"
+            unfed.add((step, prompt))
+        elif prompt in near_ties:
             verdict = "skipped"
         elif kind == schema.ROUTING and _logits(key) in agreed and ambiguous_routing(
                 candidate[key], reference[key], candidate[_logits(key)], reference[_logits(key)], biases.get(layer),
@@ -145,10 +149,9 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
             first = Divergence(tensor=name, kind=kind, layer=layer, step=step, prompt=prompt,
                                reason="non-finite" if m.non_finite else "exceeds noise floor", band=limit,
                                per_token=per_token(candidate[key], reference[key]), **m.model_dump())
-    skipped = sorted({(r.step, r.prompt) for r in rows if r.verdict == "skipped"})
-    if skipped:
+    if unfed:
         notes.append("decode inputs differ from the reference (greedy tokens disagree) at "
-                     + ", ".join(f"step {s} prompt {p}" for s, p in skipped) + "; those steps were not compared")
+                     + ", ".join(f"step {s} prompt {p}" for s, p in sorted(unfed)) + "; those steps were not compared")
     if near_ties:
         notes.append("routing disagrees only where the reference's own top-k is a near-tie (margin within the "
                      "router logits' noise) at " + ", ".join(near_ties.values())

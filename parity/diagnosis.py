@@ -16,6 +16,11 @@ and the run compared end to end.
   the port lacks) and may account for the rest: the result is explained by
   matching alone (``matched``), as it is when nothing at all can be tested.
 
+A misreading confirmed this way explains the result whatever tensor first crossed
+its band (which depends on the dtype's bands: a scale inside q's band shows first
+at the attention output); an entry with nothing to test explains only the
+symptoms it names.
+
 Pure: running the reference and comparing is handed in as ``test``.
 """
 
@@ -57,11 +62,15 @@ def verdict(applicable: list[Match], test: Callable[[list[KnownIssue]], str | No
 
 
 def diagnose(result: BackendResult, found: list[Match], verdicts: Callable[[Match], Verdict]) -> BackendResult:
-    """``result`` with the first of ``found`` (the known issues matching its config and symptom) whose engine's
-    verdict stands; none when every one was refuted."""
+    """``result`` with the first of ``found`` (the known issues matching its config, by symptom first) whose
+    engine's verdict stands, confirmed for an entry of another symptom; none when none stands."""
     notes = list(result.notes)
     for match in found:
         v = verdicts(match)
+        if not match.symptom:  # another symptom than the entry's: only the engine's agreement explains it
+            if v.status == "confirmed":
+                return result.model_copy(update={"known_issue": match.text, "diagnosis": v.status, "notes": notes})
+            continue
         if v.note and v.note not in notes:
             notes.append(v.note)
         if v.status != "refuted":

@@ -125,8 +125,9 @@ def judge(captures: Captures, dtype: str) -> list[Outcome]:
 def candidates(outcome: Outcome, engines: Mapping[str, tuple[str, str]], arch: str,
                config: Mapping[str, Any], prompt_lengths: Sequence[int]) -> list[known_issues.Match]:
     """The known engine issues that may explain the outcome, by its engines, config and symptom (the first
-    divergence's kind and where it starts, or the error's message); see :mod:`parity.diagnosis` for which
-    one does.
+    divergence's kind and where it starts, or the error's message), then the misreadings that act on its config
+    whatever the symptom (:func:`parity.known_issues.confirmable`); see :mod:`parity.diagnosis` for which one
+    does.
 
     ``engines`` maps a backend label to its engine's name and version.
     """
@@ -134,8 +135,12 @@ def candidates(outcome: Outcome, engines: Mapping[str, tuple[str, str]], arch: s
     kind = r.first_divergence.kind if r.first_divergence else "error" if r.status == "error" else None
     if kind is None:
         return []
-    return known_issues.matches([engines[b] for b in outcome.backends], arch, config, kind, r.reason or "",
-                                divergence_position(r.first_divergence, prompt_lengths))
+    versions = [engines[b] for b in outcome.backends]
+    if kind == "error":
+        return known_issues.matches(versions, arch, config, kind, r.reason or "")
+    position = divergence_position(r.first_divergence, prompt_lengths)
+    return [*known_issues.matches(versions, arch, config, kind, position=position),
+            *known_issues.confirmable(versions, arch, config, kind, position)]
 
 
 def inherit(pair: BackendResult, sides: Sequence[BackendResult]) -> BackendResult:

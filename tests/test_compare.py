@@ -124,6 +124,7 @@ def test_routing_on_a_near_tie_of_the_reference_is_not_a_divergence():
     assert verdicts["layers.0.router_logits"] == "ok"
     assert [verdicts[f"layers.0.{k}"] for k in ("expert_weights", "mlp_out", "residual")] == ["skipped"] * 3
     assert any("near-tie" in n and "layers.0.expert_weights" in n for n in notes)
+    assert not any("decode inputs differ" in n for n in notes), "the prompt was fed the reference's tokens"
 
 
 def test_routing_against_a_clear_margin_is_a_divergence():

@@ -57,6 +57,20 @@ def test_a_refuted_diagnosis_leaves_a_failure_with_the_reason():
     assert diagnosis.diagnose(_diverged(), [], lambda m: pytest.fail("nothing to test")).known_issue is None
 
 
+def test_a_misreading_of_another_symptom_explains_a_result_only_once_confirmed():
+    """A testable entry offered for a symptom it does not name (known_issues.confirmable) explains nothing by
+    matching and leaves no note where its test fails: only the engine's agreement with the as-read run counts."""
+    offered = replace(TESTABLE, symptom=False)
+    for status in ("matched", "refuted"):
+        result = diagnosis.diagnose(_diverged(), [offered], lambda m: diagnosis.Verdict(status, "a note"))
+        assert result.known_issue is None and result.diagnosis is None and result.notes == [], status
+    confirmed = diagnosis.diagnose(_diverged(), [offered], lambda m: diagnosis.Verdict("confirmed"))
+    assert confirmed.known_issue == TESTABLE.text and confirmed.diagnosis == "confirmed"
+    # an entry naming the symptom comes first, and matching it is enough there
+    both = diagnosis.diagnose(_diverged(), [UNTESTABLE, offered], lambda m: diagnosis.Verdict("matched"))
+    assert both.known_issue == UNTESTABLE.text
+
+
 def test_rewrites_read_the_config_as_the_engine_does():
     config = {"hidden_size": 64, "num_attention_heads": 2, "head_dim": 32, "sliding_window": 4,
               "use_sliding_window": True, "layer_types": ["sliding_attention", "full_attention"],

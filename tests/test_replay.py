@@ -29,3 +29,10 @@ def test_replay_reproduces_the_minimal_failure(tmp_path):
     (again,) = replayed["examples"]
     assert again["id"] == minimal["id"] and again["role"] == "replay"
     assert again["results"][0]["first_divergence"]["rel_l2"] == minimal["results"][0]["first_divergence"]["rel_l2"]
+    # the same example at another dtype than the report's, when asked
+    bf16 = subprocess.run([sys.executable, "-m", "parity", *argv[1:], "--dtype", "bfloat16", "--out",
+                           str(tmp_path / "bf16")], capture_output=True, text=True, timeout=900)
+    assert bf16.returncode == 1, bf16.stderr[-2000:]
+    replayed = json.loads((tmp_path / "bf16" / "report.json").read_text())
+    assert replayed["dtype"] == "bfloat16" and replayed["examples"][0]["id"] == minimal["id"]
+    assert replayed["examples"][0]["results"][0]["first_divergence"]["tensor"] == "layers.0.q_rot"
