@@ -1268,7 +1268,8 @@ def confirmable(engines: Iterable[tuple[str, str]], arch: str, config: Mapping[s
              and issue.reached(config, position)]
     # The result is put down to the first entry whose symptoms start no later than its divergence (a misread
     # rotary before an attention output, not the experts' activation after it), though all are tested together.
-    return sorted(found, key=lambda m: min(map(schema.KINDS.index, m.issue.kinds)) > schema.KINDS.index(kind))
+    return sorted(found, key=lambda m: min(schema.KINDS.index(k) for k in m.issue.kinds if k != "error")
+                  > schema.KINDS.index(kind))
 
 
 def applicable(engine: str, version: str, arch: str, config: Mapping[str, Any], last_position: int) -> list[Match]:
