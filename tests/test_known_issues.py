@@ -208,6 +208,17 @@ def test_a_misreading_is_put_to_the_test_whatever_tensor_first_shows_it():
     yarn = {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "mscale_all_dim": 0.5}, "hidden_act": "relu"}
     offered = confirmable([("sglang", "0.5.23")], "mixtral", yarn, "attn_out")
     assert ["only the base" in m.issue.diagnosis for m in offered] == [True, False], [m.issue.kinds for m in offered]
+    # what the session hands diagnosis: the entries naming the symptom first, then those offered to be confirmed
+    from parity.records import BackendResult
+    d = Divergence(tensor="layers.0.attn_out", kind="attn_out", layer=0, step=0, prompt=0, band=0.078,
+                   reason="exceeds noise floor", per_token=[0.0, 0.085], rel_l2=0.085, max_abs=0.1, cosine=1.0,
+                   worst_token=1, worst_index=[1, 0], candidate_value=1.0, reference_value=1.0, non_finite=False)
+    outcome = judge.Outcome(("sglang",), BackendResult(backend="sglang", status="diverged", first_divergence=d))
+    found = judge.candidates(outcome, {"sglang": ("sglang", "0.5.23")}, "mixtral", yarn, [2])
+    assert [m.symptom for m in found] == [False, False] and "only the base" in found[0].issue.diagnosis
+    window = {**yarn, "sliding_window": 1}  # SGLang's Mixtral never reads the window: an entry naming attn_out
+    found = judge.candidates(outcome, {"sglang": ("sglang", "0.5.23")}, "mixtral", window, [2])
+    assert [m.symptom for m in found][:1] == [True] and not found[-1].symptom
     # vLLM's MLA rotary kernel bug names q and k and predicts no run of the reference: never offered elsewhere
     assert not [m for m in confirmable([("vllm", "0.32.0")], "deepseek_v3", {**_deepseek(), "num_attention_heads": 2},
                                        "attn_out") if not m.issue.testable]
