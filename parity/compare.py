@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -56,24 +57,49 @@ def relative_l2(candidate: np.ndarray, reference: np.ndarray) -> float:
     return metrics(candidate, reference).rel_l2
 
 
+@dataclass(frozen=True)
+class Router:
+    """How one layer's router chooses, where it is more than the top-k of its logits (GLM-4-MoE's and
+    DeepSeek-V3's): by ``sigmoid(logits) + bias``, among the experts of the ``topk_groups`` best of ``groups``
+    equal groups (ranked by the sum of their two best scores), as transformers' ``noaux_tc`` routing does."""
+
+    bias: np.ndarray
+    groups: int = 1
+    topk_groups: int = 1
+
+    def choose(self, scores: np.ndarray, k: int) -> np.ndarray:
+        """The ``k`` experts chosen by one token's ``scores`` (sigmoid plus bias), as a mask."""
+        if self.groups > 1:
+            grouped = scores.reshape(self.groups, -1)
+            best = np.sort(grouped, axis=1)[:, -2:].sum(axis=1)
+            eligible = np.zeros(self.groups, dtype=bool)
+            eligible[np.argsort(-best, kind="stable")[:self.topk_groups]] = True
+            scores = np.where(np.repeat(eligible, grouped.shape[1]), scores, 0.0)  # transformers' masked_fill(0.0)
+        return _top(scores, k)
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    chosen = np.zeros(len(scores), dtype=bool)
+    chosen[np.argsort(-scores, kind="stable")[:k]] = True
+    return chosen
+
+
 def ambiguous_routing(candidate: np.ndarray, reference: np.ndarray, candidate_logits: np.ndarray,
-                      reference_logits: np.ndarray, bias: np.ndarray | None = None, eps: float = 0.0) -> bool:
-    """Whether a disagreement in ``expert_weights`` is a near-tie of the reference's own top-k, not a divergence.
+                      reference_logits: np.ndarray, router: Router | None = None, eps: float = 0.0) -> bool:
+    """Whether a disagreement in ``expert_weights`` is a near-tie of the reference's own choice, not a divergence.
 
     ``reference``/``candidate`` are ``[tokens, experts]`` routing weights (zero where not chosen), beside each
-    side's router logits. A token's logits that differ by at most ``d`` in any one logit move the gap between
-    two experts by at most ``2 d``: the candidate may swap an expert the reference chose for one it did not only
-    where the reference's gap between them is within that, for the ``d`` its own logits show. True when the
-    chosen experts differ and every expert chosen on one side only is such a swap. ``d`` is never taken below
-    the logits' rounding at the dtype under test (unit roundoff ``eps``): an engine may choose from logits
-    rounded otherwise than those it hands on.
+    side's router logits. A token's logits that differ by at most ``d`` in any one logit may make either side's
+    choice: true when, for every token whose chosen experts differ, the reference's logits moved by at most ``d``
+    towards each side's experts (up for its own, down for the rest) make exactly that side's choice, for the
+    ``d`` the candidate's logits show. ``d`` is never taken below the logits' rounding at the dtype under test
+    (unit roundoff ``eps``): an engine may choose from logits rounded otherwise than those it hands on.
 
-    A router with a correction ``bias`` (GLM-4-MoE's, DeepSeek-V3's) chooses by ``sigmoid(logits) + bias``: the
-    gaps are those scores', which move by at most a quarter of the logits (sigmoid's slope). Only where the
-    reference chose by the order of what it chooses by: expert groups may leave out an expert above a chosen
-    one, and there a near-tie says nothing of the choice. An engine that drops the bias, or applies it to the
-    weights instead, swaps experts the bias moved: their gaps are the bias's, far above what its logits'
-    differences explain.
+    A ``router`` (:class:`Router`) chooses by sigmoid scores plus a bias, which move by at most a quarter of the
+    logits (sigmoid's slope), and within expert groups: a near-tie of two groups' sums may swap experts far
+    apart. A choice this reading cannot make from the reference's logits (an engine that drops the bias, or
+    applies it to the weights instead, swaps experts the bias moved, far beyond what its logits' differences
+    explain), or that the reference itself did not make by it, is no near-tie.
     """
     chosen_ref, chosen_cand = reference != 0, candidate != 0
     differ = (chosen_ref != chosen_cand).any(axis=1)
@@ -81,28 +107,25 @@ def ambiguous_routing(candidate: np.ndarray, reference: np.ndarray, candidate_lo
         return False
     keys = reference_logits.astype(np.float64)
     moved = np.maximum(np.abs(candidate_logits.astype(np.float64) - keys), eps * np.abs(keys)).max(axis=1)
-    if bias is not None:
-        keys, moved = 1 / (1 + np.exp(-keys)) + bias.astype(np.float64), moved / 4
+    choose = _top
+    if router is not None:
+        keys, moved, choose = 1 / (1 + np.exp(-keys)) + router.bias.astype(np.float64), moved / 4, router.choose
     for token in np.flatnonzero(differ):
-        row, chosen, other, noise = keys[token], chosen_ref[token], chosen_cand[token], 2 * moved[token]
-        if chosen.all() or not chosen.any():
-            return False
-        last_in, first_out = row[chosen].min(), row[~chosen].max()
-        if first_out > last_in + noise:  # chosen against the order of what it chooses by
-            return False
-        if (row[other & ~chosen] < last_in - noise).any() or (row[chosen & ~other] > first_out + noise).any():
-            return False
+        k = int(chosen_ref[token].sum())
+        for side in (chosen_ref[token], chosen_cand[token]):
+            if not 0 < k < len(side) or not (choose(keys[token] + np.where(side, 1, -1) * moved[token], k) == side).all():
+                return False
     return True
 
 
 def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float], dtype: str,
-            factor: float = 1.0, selection_bias: Mapping[int, np.ndarray] | None = None,
+            factor: float = 1.0, routers: Mapping[int, Router] | None = None,
             ) -> tuple[list[TensorRow], Divergence | None, list[str]]:
     """Compare every canonical tensor of ``candidate`` with ``reference``.
 
     ``floors`` gives each tensor's noise floor (see :mod:`parity.tolerance`);
     ``factor`` widens the band for comparisons where both sides carry error;
-    ``selection_bias``, each layer's router correction bias where the router has one (see
+    ``routers``, each layer's :class:`Router` where it is more than the top-k of its logits (see
     :func:`ambiguous_routing`).
     Returns the rows in execution order, the first divergence, and notes.
     Decode steps are compared only until the two sides first fed different tokens, and a prompt only until its
@@ -110,7 +133,7 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
     or not: a token routed to another expert on a near-tie moves the MoE output past any band, and every
     tensor after it.
     """
-    biases = selection_bias or {}
+    routers = routers or {}
     rows: list[TensorRow] = []
     notes: list[str] = []
     missing = sorted(k for k in reference if k not in candidate)
@@ -133,7 +156,7 @@ def compare(candidate: Tensors, reference: Tensors, floors: Mapping[str, float],
         elif prompt in near_ties:
             verdict = "skipped"
         elif kind == schema.ROUTING and _logits(key) in agreed and ambiguous_routing(
-                candidate[key], reference[key], candidate[_logits(key)], reference[_logits(key)], biases.get(layer),
+                candidate[key], reference[key], candidate[_logits(key)], reference[_logits(key)], routers.get(layer),
                 tolerance.EPS[dtype]):
             verdict = "skipped"
             near_ties[prompt] = f"step {step} prompt {prompt} {name}"

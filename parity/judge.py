@@ -43,9 +43,9 @@ class Captures:
     """Backend label -> the reference teacher-forced along that backend's greedy tokens, for the
     backends whose tokens differ from the reference's own."""
 
-    selection_bias: Mapping[int, Any] = field(default_factory=dict)
-    """Layer -> the router's correction bias (``[experts]``), for routers that choose experts by their sigmoid
-    scores plus one (GLM-4-MoE, DeepSeek-V3): what a near-tie of their choice is judged on
+    routers: Mapping[int, compare.Router] = field(default_factory=dict)
+    """Layer -> how its router chooses, for routers that choose experts by their sigmoid scores plus a bias,
+    within groups (GLM-4-MoE, DeepSeek-V3): what a near-tie of their choice is judged on
     (``compare.ambiguous_routing``)."""
 
     def along(self, name: str) -> Reference:
@@ -81,9 +81,10 @@ def label(backends: tuple[str, ...]) -> str:
 
 
 def _result(name: str, candidate: Tensors, reference: Tensors, floors: Mapping[str, float], dtype: str,
-            factor: float, trajectory: DecodeTrajectory, notes: list[str], bias: Mapping[int, Any]) -> BackendResult:
+            factor: float, trajectory: DecodeTrajectory, notes: list[str],
+            routers: Mapping[int, compare.Router]) -> BackendResult:
     try:
-        rows, first, skipped = compare.compare(candidate, reference, floors, dtype, factor, bias)
+        rows, first, skipped = compare.compare(candidate, reference, floors, dtype, factor, routers)
     except ValueError as exc:  # tensors missing or misshapen: the backend broke the schema
         return BackendResult(backend=name, status="error", reason=str(exc))
     compared = [r.rel_l2 for r in rows if r.verdict != "skipped"]
@@ -109,7 +110,7 @@ def judge(captures: Captures, dtype: str) -> list[Outcome]:
         notes = [f"greedy tokens differ from the reference's from {_parted(ref.tokens, captures.reference.tokens)} "
                  f"on; the reference was teacher-forced along this backend's tokens"] if own else []
         outcomes.append(Outcome((name,), _result(name, tensors, ref.exact, ref.floors, dtype, 1.0,
-                                                 "own" if own else "reference", notes, captures.selection_bias)))
+                                                 "own" if own else "reference", notes, captures.routers)))
     fit = [o.backends[0] for o in outcomes if o.result.status != "error"]
     for a, b in combinations(fit, 2):
         ref_a, ref_b = captures.along(a), captures.along(b)
@@ -118,7 +119,7 @@ def judge(captures: Captures, dtype: str) -> list[Outcome]:
         ref = ref_a if trajectory != "split" else captures.reference
         outcomes.append(Outcome((a, b), _result(label((a, b)), captures.backends[a], captures.backends[b],
                                                 ref.floors, dtype, PAIR_FACTOR, trajectory, [],
-                                                captures.selection_bias)))
+                                                captures.routers)))
     return outcomes
 
 

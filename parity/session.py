@@ -197,11 +197,11 @@ class Session:
         t_forced = time.monotonic()
         forced = self._teacher_forced(example, reference, captured, acts, request)
         t_judge = time.monotonic()
-        bias = selection_biases(ckpt)
+        routing = routers(ckpt, example.config)
         outcomes = [*(judge.Outcome((label,), r) for label, r in failed.items()),
-                    *judge.judge(judge.Captures(reference, captured, forced, bias), self.cfg.dtype)]
+                    *judge.judge(judge.Captures(reference, captured, forced, routing), self.cfg.dtype)]
         engines = {w.label: (w.capabilities.engine, w.capabilities.engine_version) for w in self.engines}
-        verdicts = self._verdicts(example, ckpt, acts, captured, engines, bias)
+        verdicts = self._verdicts(example, ckpt, acts, captured, engines, routing)
         lengths = [len(p) for p in example.prompts]
         judged = {o.backends: diagnosis.diagnose(o.result, judge.candidates(o, engines, example.arch, example.config,
                                                                             lengths), verdicts)
@@ -289,7 +289,7 @@ class Session:
         return forced
 
     def _verdicts(self, example: Example, ckpt: Path, acts: Path, captured: Mapping[str, Any],
-                  engines: Mapping[str, tuple[str, str]], bias: Mapping[int, Any]
+                  engines: Mapping[str, tuple[str, str]], routing: Mapping[int, compare.Router]
                   ) -> Callable[[known_issues.Match], diagnosis.Verdict]:
         """Each engine's known issues on this example tested (:mod:`parity.diagnosis`): the fp64 reference run
         on the checkpoint's config as the engine reads it, and the engine's captures compared with that run.
@@ -305,7 +305,7 @@ class Session:
             run = self._as_read(example, ckpt, acts, rewritten, [p for i in issues for p in i.ignores], runs)
             if isinstance(run, str):
                 return f"the reference cannot run the checkpoint as the engine reads it: {run}"
-            _, first, _ = compare.compare(captured[label], *run, self.cfg.dtype, selection_bias=bias)
+            _, first, _ = compare.compare(captured[label], *run, self.cfg.dtype, routers=routing)
             if first is None:
                 return None
             return (f"{label} also diverges from the reference run on the checkpoint as it reads it, at {first.tensor} "
@@ -427,11 +427,14 @@ class Session:
 _SELECTION_BIAS = re.compile(r"\blayers\.(\d+)\..*\.e_score_correction_bias$")
 
 
-def selection_biases(ckpt: Path) -> dict[int, Any]:
-    """Each layer's router correction bias in the checkpoint (``judge.Captures.selection_bias``)."""
+def routers(ckpt: Path, config: Mapping[str, Any]) -> dict[int, compare.Router]:
+    """Each layer's router where it chooses by sigmoid scores plus the checkpoint's correction bias
+    (``judge.Captures.routers``), within the config's expert groups (transformers' names, for every model that
+    routes so)."""
     with safe_open(ckpt / "model.safetensors", framework="numpy") as weights:
-        return {int(m.group(1)): weights.get_tensor(name) for name in weights.keys()
-                if (m := _SELECTION_BIAS.search(name))}
+        return {int(m.group(1)): compare.Router(weights.get_tensor(name), config.get("n_group") or 1,
+                                                config.get("topk_group") or 1)
+                for name in weights.keys() if (m := _SELECTION_BIAS.search(name))}
 
 
 def _request(example: Example, ckpt: Path, dtype: str, out: Path, forced: compare.Trajectory = ()) -> RunRequest:

@@ -114,7 +114,7 @@ def routed(margin: float, pick: int, chosen: int = 1, token: list[float] | None 
     floors = {k: 1e-7 for k in ref if not k.endswith("token_ids")}
     floors[schema.key(0, 0, "layers.0.expert_weights")] = weights_floor
     floors[schema.key(0, 0, "layers.0.router_logits")] = logits_floor
-    return compare.compare(cand, ref, floors, "float32", selection_bias=None if bias is None else {0: np.array(bias)})
+    return compare.compare(cand, ref, floors, "float32", routers=None if bias is None else {0: compare.Router(np.array(bias))})
 
 
 def test_routing_on_a_near_tie_of_the_reference_is_not_a_divergence():
@@ -217,3 +217,39 @@ def test_routing_weights_floor_is_what_the_router_logits_error_accounts_for():
     # Top-k renormalisation skipped (the bug zoo's M1) stays far outside the band.
     _, first, _ = compare.compare(run([0.0] * 8, renormalise=False), exact, floors, "float32")
     assert first.tensor == "layers.0.expert_weights" and first.rel_l2 > 1e4 * first.band
+
+
+# GLM-4-MoE in bf16 (session 14's nightly, vLLM, layer 1): 8 experts in 4 groups of 2, the best 2 groups (by the sum
+# of their two best sigmoid + bias scores) eligible, top 2 of them chosen.
+GROUPED_LOGITS = np.array([[1.3617, -0.6537, 0.9194, -0.5587, 0.2437, 0.2103, -0.0278, -1.4956]])
+GROUPED_MOVED = np.array([[1.3535, -0.6558, 0.9281, -0.5525, 0.2352, 0.2163, -0.0241, -1.5037]])  # 0.0087 off at most
+GROUPED_BIAS = np.array([0.15011, 0.07209, 0.07438, -0.03912, 0.11512, 0.12078, 0.01609, 0.04618])
+
+
+def _experts(*chosen):
+    return np.isin(np.arange(8), chosen)[None].astype(float)
+
+
+def test_a_near_tie_within_the_expert_groups_chosen_is_judged_among_them():
+    """The reference chose experts 0 and 4 (groups 0 and 2), 4 over 5 by 0.0025; vLLM chose 0 and 5. Expert 2 scores
+    above both (0.79 against 0.68) but its group was left out: by the scores alone the reference chose against their
+    order, and the swap was read as a divergence of the MoE output (0.21 against 0.12)."""
+    router = compare.Router(GROUPED_BIAS, groups=4, topk_groups=2)
+    assert compare.ambiguous_routing(_experts(0, 5), _experts(0, 4), GROUPED_MOVED, GROUPED_LOGITS, router)
+    assert not compare.ambiguous_routing(_experts(0, 5), _experts(0, 4), GROUPED_MOVED, GROUPED_LOGITS,
+                                         compare.Router(GROUPED_BIAS))
+    # expert 2 for 4 takes group 1 for group 2, whose sums are far apart (1.11 against 1.35): no near-tie
+    assert not compare.ambiguous_routing(_experts(0, 2), _experts(0, 4), GROUPED_MOVED, GROUPED_LOGITS, router)
+
+
+def test_a_near_tie_of_two_groups_sums_may_swap_experts_far_apart():
+    """Expert 3's logit raised so that group 1's sum (1.3476) is 0.0013 under group 2's: logits 0.0087 off may choose
+    group 1, and with it expert 2 for expert 4, although 4 and 2 are 0.11 apart."""
+    logits = GROUPED_LOGITS.copy()
+    logits[0, 3] = 0.3947
+    router = compare.Router(GROUPED_BIAS, groups=4, topk_groups=2)
+    assert compare.ambiguous_routing(_experts(0, 2), _experts(0, 4), logits + GROUPED_MOVED - GROUPED_LOGITS, logits,
+                                     router)
+    exact = logits + 1e-6 * np.sign(GROUPED_MOVED - GROUPED_LOGITS)  # the same, by logits 1e-6 off: no near-tie
+    assert not compare.ambiguous_routing(_experts(0, 2), _experts(0, 4), exact, logits, router)
+
