@@ -33,6 +33,7 @@ from parity import envs
 from parity.backends import BACKENDS, BackendSpec
 from parity.example import Example
 from parity.pool import Worker, WorkerError
+from parity.session import routers
 from parity.strategies import ExecutionSurface, sample
 from parity.worker.contract import CheckpointRequest, RunRequest
 
@@ -77,7 +78,8 @@ def check(example: Example, cpu: Worker, gpu: Worker, dtypes: list[str], work: P
         seconds = time.monotonic() - t0
         forced = {GPU: along(own, "along-gpu") for own in judge.parted(
             tokens, {GPU: captured}, prompts, example.decode_steps, example.config["vocab_size"]).values()}
-        (outcome,) = judge.judge(judge.Captures(reference, {GPU: captured}, forced), dtype)
+        (outcome,) = judge.judge(judge.Captures(reference, {GPU: captured}, forced, routers(ckpt, example.config)),
+                                 dtype)
         result = outcome.result
         if result.status == "error":
             lines.append(f"FAIL {dtype}: {result.reason}")
