@@ -181,6 +181,18 @@ def test_deepseek_yarn_is_matched_where_vllm_computes_otherwise_and_read_as_it_c
                                        "attention_factor": pytest.approx(0.1 * 0.5 * math.log(4.0) + 1.0)}
 
 
+def test_vllms_deepseek_rotary_table_outgrown_is_known_by_its_index_error():
+    """Session 14's bf16 nightly: YaRN over an original context of 16 x factor 2 and a context of 128, prompts of 42
+    tokens: vLLM's table of 32 positions is indexed at 32."""
+    crash = "IndexError: index 32 is out of bounds for dimension 0 with size 32"
+    yarn = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 16}
+    outgrown = {**_deepseek(**yarn), "max_position_embeddings": 128}
+    assert "deepseek_scaling_rope.py" in explain([("vllm", "0.32.0")], "deepseek_v3", outgrown, "error", crash)
+    released = {**outgrown, "max_position_embeddings": 32}  # max_position_embeddings = original x factor
+    assert explain([("vllm", "0.32.0")], "deepseek_v3", released, "error", crash) is None
+    assert explain([("vllm", "0.32.0")], "deepseek_v3", outgrown, "error", "IndexError: list index out of range") is None
+
+
 def test_vllms_mla_rotary_kernel_explains_q_only_with_two_heads_or_more():
     """One head's q is rotated right (measured): a q_rot divergence there is some other bug's (the bug zoo's M5)."""
     kernel = lambda heads, kind: [m for m in matches([("vllm", "0.32.0")], "deepseek_v3",  # noqa: E731
