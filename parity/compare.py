@@ -112,8 +112,10 @@ def ambiguous_routing(candidate: np.ndarray, reference: np.ndarray, candidate_lo
         keys, moved, choose = 1 / (1 + np.exp(-keys)) + router.bias.astype(np.float64), moved / 4, router.choose
     for token in np.flatnonzero(differ):
         k = int(chosen_ref[token].sum())
+        if not 0 < k < chosen_ref.shape[1]:
+            return False
         for side in (chosen_ref[token], chosen_cand[token]):
-            if not 0 < k < len(side) or not (choose(keys[token] + np.where(side, 1, -1) * moved[token], k) == side).all():
+            if not (choose(keys[token] + np.where(side, 1, -1) * moved[token], k) == side).all():
                 return False
     return True
 

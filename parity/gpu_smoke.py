@@ -63,6 +63,7 @@ def check(example: Example, cpu: Worker, gpu: Worker, dtypes: list[str], work: P
 
     exact = run(cpu, "float64", "cpu-float64")
     tokens = compare.decode_tokens(exact, prompts, example.decode_steps)
+    routing = routers(ckpt, example.config)
     lines = []
     for dtype in dtypes:
         def along(trajectory: compare.Trajectory, name: str) -> judge.Reference:
@@ -78,8 +79,7 @@ def check(example: Example, cpu: Worker, gpu: Worker, dtypes: list[str], work: P
         seconds = time.monotonic() - t0
         forced = {GPU: along(own, "along-gpu") for own in judge.parted(
             tokens, {GPU: captured}, prompts, example.decode_steps, example.config["vocab_size"]).values()}
-        (outcome,) = judge.judge(judge.Captures(reference, {GPU: captured}, forced, routers(ckpt, example.config)),
-                                 dtype)
+        (outcome,) = judge.judge(judge.Captures(reference, {GPU: captured}, forced, routing), dtype)
         result = outcome.result
         if result.status == "error":
             lines.append(f"FAIL {dtype}: {result.reason}")
