@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="Hypothesis seed. Default: ci, the UTC date (YYYYMMDD, rotating daily); "
                           "other profiles, random")
     run.add_argument("--out", type=Path, default=Path("reports/latest"), help="report directory. Default: %(default)s")
+    run.add_argument("--keep-activations", action="store_true",
+                     help="keep every example's captures under OUT/activations (default: failing examples' only)")
     run.add_argument("--resume", action="store_true",
                      help="reuse the finished examples of an interrupted run's report in --out")
     _common(run)
@@ -168,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except OSError as exc:  # a full disk, say; a run has kept what it finished (search.run)
+        print(f"parity: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _harness(fn, args: argparse.Namespace):
@@ -235,7 +240,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = RunConfig(backends=parse_backends(args.backend or ["vllm"], args.patch), reference=_reference(args),
                     device=args.device, dtype=args.dtype, out=args.out, timeout=args.timeout,
                     command=shlex.join(["parity", *argv]), profile=profile.name, seed=seed,
-                    resume=args.resume)
+                    resume=args.resume, keep_activations=args.keep_activations)
     report = _harness(lambda: run(cfg, archs, profile), args)
     if report is None:
         return EXIT_USAGE
@@ -254,7 +259,7 @@ def cmd_replay(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = RunConfig(backends=specs, reference=_reference(args), device=args.device or old.device,
                     dtype=args.dtype or old.dtype, out=args.out or args.report.parent / f"replay-{example.id}",
                     timeout=args.timeout,
-                    command=shlex.join(["parity", *argv]), profile=old.profile, seed=old.seed)
+                    command=shlex.join(["parity", *argv]), profile=old.profile, seed=old.seed, keep_activations=True)
     report = _harness(lambda: replay(cfg, [example]), args)
     if report is None:
         return EXIT_USAGE

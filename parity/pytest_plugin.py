@@ -126,7 +126,7 @@ def parity_sessions(parity_config: ParityConfig, pytestconfig: pytest.Config) ->
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(backends + [Path(p.split("=", 1)[1]).stem for p in patches or []]))
             cfg = RunConfig(backends=parse_backends(backends, patches or []), device=parity_config.device,
                             dtype=dtype, timeout=timeout, out=parity_config.out / worker_id / name,
-                            profile=parity_config.profile.name,
+                            profile=parity_config.profile.name, keep_activations=True,  # tests read them
                             command=f"pytest (parity plugin) backends={backends} patches={patches or []}")
             try:
                 parity_config.sessions[key] = Session(cfg).__enter__()

@@ -29,6 +29,15 @@ class _Failed(Exception):
         self.example_id = example_id
 
 
+class _Stopped(BaseException):
+    """Carries an error that stops the run (a reference that failed, a full disk) out of the Hypothesis test at
+    once: Hypothesis takes an ``Exception`` for a failing example, and would replay and shrink it."""
+
+    def __init__(self, error: Exception):
+        super().__init__(error)
+        self.error = error
+
+
 class _Unsupported(Exception):
     """Stops the search at the first example when no backend can run the architecture."""
 
@@ -59,7 +68,10 @@ def search(session: Session, arch: str, profile: Profile, seed: int | None) -> s
         if record is None:
             if shrink_deadline and time.monotonic() > shrink_deadline[0]:
                 return  # shrink budget spent: treat untried examples as not failing
-            record = session.evaluate(example, role="shrink" if shrink_deadline else "generated")
+            try:
+                record = session.evaluate(example, role="shrink" if shrink_deadline else "generated")
+            except Exception as exc:
+                raise _Stopped(exc) from exc
         if record.failed:
             if not shrink_deadline:
                 shrink_deadline.append(time.monotonic() + profile.shrink_seconds)
@@ -84,6 +96,8 @@ def search(session: Session, arch: str, profile: Profile, seed: int | None) -> s
         return failure.example_id
     except _Unsupported:
         pass
+    except _Stopped as stopped:
+        raise stopped.error from None
     return None
 
 
@@ -104,4 +118,18 @@ def run(cfg: RunConfig, archs: list[str] | Callable[[Session], list[str]], profi
             session.write(complete=False, render=True)
             session.log(f"parity: interrupted; {len(session.records)} finished examples kept in {cfg.out}/report.json")
             raise
+        except Exception:
+            _keep(session)
+            raise
         return session.write(complete=True)
+
+
+def _keep(session: Session) -> None:
+    """On an error, every finished example into report.json (written only now and then while running), for
+    ``--resume``; if that fails too (a full disk), the last one written stays whole."""
+    try:
+        session.write(complete=False)
+    except OSError as exc:
+        session.log(f"parity: could not update {session.cfg.out}/report.json: {exc}")
+    else:
+        session.log(f"parity: {len(session.records)} finished examples kept in {session.cfg.out}/report.json")

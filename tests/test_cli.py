@@ -37,6 +37,18 @@ def test_unwritable_output_directory_is_a_usage_error(tmp_path):
     assert proc.returncode == 2 and "not writable" in proc.stderr
 
 
+def test_a_file_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path):
+    from parity.report import write
+    from synthetic_reports import example, report, result
+
+    write(report(example("a", result("vllm"))), tmp_path, render=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = run_cli("merge", str(blocker / "merged"), str(tmp_path / "report.json"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("parity: error: [Errno 20] Not a directory") and proc.stderr.count("\n") == 1
+
+
 def test_schema_is_json_schema_of_the_report():
     proc = run_cli("schema")
     schema = json.loads(proc.stdout)

@@ -4,6 +4,7 @@ resume and interrupt, with fake workers (tests/fake_worker.py) in place of real 
 import gc
 import json
 import sys
+import time
 from dataclasses import replace
 
 import pytest
@@ -201,6 +202,44 @@ def test_interrupt_keeps_finished_examples_and_marks_the_report_incomplete(tmp_p
         run(config(tmp_path, "vllm@e", seed=0), ["llama"], PROFILE, launch=launch)
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["complete"] is False and len(saved["examples"]) == 2
+
+
+def test_an_error_that_stops_the_run_keeps_every_finished_example_though_the_report_was_written_seldom(
+        tmp_path, monkeypatch):
+    """report.json is rewritten only when the time since the last write is ten times what writing it cost
+    (a nightly's is hundreds of MB); an error (here a full disk while a worker saves its captures) writes it."""
+    from parity import session as session_mod
+
+    writes = []
+
+    def slow_write(report, directory, render=True):
+        writes.append(len(report.examples))
+        time.sleep(0.5)  # a large report: the next write waits five seconds
+        write(report, directory, render=render)
+
+    def disk_full_on_fifth(request):
+        if len(launch.workers["e"].runs) == 5:
+            raise OSError(28, "No space left on device")
+
+    write = session_mod.report_mod.write
+    monkeypatch.setattr(session_mod.report_mod, "write", slow_write)
+    launch = launcher(e={"on_run": disk_full_on_fifth})
+    with pytest.raises(OSError, match="No space"):
+        run(config(tmp_path, "vllm@e", seed=0), ["llama"], PROFILE, launch=launch)
+    assert writes[0] == 1 and writes[-1] == 4 and len(writes) < 4, writes
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["complete"] is False and len(saved["examples"]) == 4
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_activations_are_kept_for_failing_examples_only_unless_asked(tmp_path, keep):
+    launch = launcher(v={"bug": lambda c: ("mlp_out", 0) if c["num_hidden_layers"] == 2 else None})
+    with Session(config(tmp_path, "vllm@v", keep_activations=keep), log=lambda m: None, launch=launch) as session:
+        passing, failing = session.evaluate(example(layers=1)), session.evaluate(example(layers=2))
+    assert not passing.failed and failing.failed
+    kept = sorted(p.name for p in (tmp_path / "out" / "activations").iterdir())
+    assert kept == sorted([failing.id, *([passing.id] if keep else [])])
+    assert (tmp_path / "out" / "activations" / failing.id / "v.safetensors").exists()
 
 
 def test_an_interrupt_swallowed_by_a_gc_callback_still_stops_the_run(tmp_path, monkeypatch):
