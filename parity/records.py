@@ -116,8 +116,10 @@ class ExampleRecord(Record):
                                       "tensor_parallel, prefill_chunk, prefix_cache, kv_block, join_running); "
                                       "empty for the plainest run")
     replay: str = Field(description="one command that re-runs exactly this example")
-    seconds: dict[str, float] = Field({}, description="orchestrator time: checkpoint, reference, teacher_forced "
-                                      "(the reference along backends' own tokens), compare, total")
+    seconds: dict[str, float] = Field({}, description="orchestrator time: checkpoint, released (waiting for the "
+                                      "engines to finish tearing down the previous example's engine, released "
+                                      "after its run), reference, teacher_forced (the reference along backends' "
+                                      "own tokens), compare, total")
     results: list[BackendResult]
 
     @property

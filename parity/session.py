@@ -33,7 +33,7 @@ from parity.example import Example
 from parity.pool import Worker, WorkerError, WorkerHandle
 from parity.records import BackendInfo, BackendResult, ExampleRecord, Report, SurfaceCoverage
 from parity.summary import summarize
-from parity.worker.contract import CheckpointRequest, RunReply, RunRequest
+from parity.worker.contract import CheckpointRequest, ReleaseRequest, RunReply, RunRequest
 
 
 class HarnessError(RuntimeError):
@@ -84,6 +84,7 @@ class Session:
         self.records: dict[str, ExampleRecord] = {}
         self.workers: dict[str, WorkerHandle] = {}
         self._saved = (-float("inf"), 0.0)  # when report.json was last written, and what writing it cost
+        self._releasing: set[str] = set()  # engine workers tearing down their engine after the last example
 
     # -- lifecycle -------------------------------------------------------
 
@@ -142,8 +143,22 @@ class Session:
         self.close()
 
     def close(self) -> None:
+        self.settle()
         for w in self.workers.values():
             w.stop()
+
+    def settle(self) -> dict[str, str]:
+        """Take the replies of the releases sent after the last example, before anything else is asked of those
+        workers; a worker that could not tear its engine down is restarted. The failures, by label."""
+        failed = {}
+        for w in self.engines:
+            if w.label in self._releasing:
+                self._releasing.discard(w.label)
+                try:
+                    w.receive(self.cfg.timeout)
+                except WorkerError as exc:
+                    failed[w.label] = f"tearing down the previous example's engine: {self._failure(w, exc)}"
+        return failed
 
     @property
     def reference(self) -> WorkerHandle:
@@ -171,11 +186,16 @@ class Session:
         request = functools.partial(_request, example, ckpt)
         failed: dict[str, BackendResult] = {}  # unsupported or errored, by label
         runnable: list[WorkerHandle] = []
+        t_settle = time.monotonic()
+        released = self.settle()
+        t_settled = time.monotonic()
         for w in self.engines:
             reason = support.supports(w.capabilities, example.arch, example.config, self.cfg.dtype,
                                       example.execution)
             if reason:
                 failed[w.label] = BackendResult(backend=w.label, status="unsupported", reason=reason)
+            elif w.label in released:
+                failed[w.label] = BackendResult(backend=w.label, status="error", reason=released[w.label])
             else:
                 runnable.append(w)
         # Backends run concurrently: every request goes out before any reply is awaited.
@@ -197,6 +217,8 @@ class Session:
                 seconds[w.label] = {**reply.seconds, "wait": t1 - t_ckpt, "transfer": time.monotonic() - t1}
                 if reply.reused:
                     reused.add(w.label)
+                if role == "generated":
+                    self._release(w)
             except (WorkerError, ValueError) as exc:
                 failed[w.label] = BackendResult(backend=w.label, status="error", reason=self._failure(w, exc))
         t_forced = time.monotonic()
@@ -222,7 +244,7 @@ class Session:
             decode_steps=example.decode_steps, execution=example.to_json().get("execution", {}),
             replay=f"parity replay {shlex.quote(str(self.cfg.out / 'report.json'))} {example.id}",
             results=results,
-            seconds=_rounded({"checkpoint": t_ckpt - t0, "reference": t_ref - t_ckpt,
+            seconds=_rounded({"checkpoint": t_ckpt - t0, "released": t_settled - t_settle, "reference": t_ref - t_ckpt,
                               "teacher_forced": t_judge - t_forced,
                               "compare": time.monotonic() - t_judge, "total": time.monotonic() - t0}),
         )
@@ -243,6 +265,13 @@ class Session:
             t0 = time.monotonic()
             self.write(complete=False)
             self._saved = (time.monotonic(), time.monotonic() - t0)
+
+    def _release(self, worker: WorkerHandle) -> None:
+        """Have ``worker`` tear its engine down while this example is judged and the next drawn and written: a
+        drawn example seldom shares an engine's structure with the one before it (a shrinking search's retries
+        do, and keep theirs), and a teardown put off to the next request delays its load."""
+        worker.submit(ReleaseRequest())
+        self._releasing.add(worker.label)
 
     def _checkpoint(self, example: Example) -> Path:
         ckpt = self.cache / "checkpoints" / example.checkpoint_id

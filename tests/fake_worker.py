@@ -23,8 +23,8 @@ from safetensors.numpy import save_file
 from parity import registry, schema
 from parity.backends import BackendSpec
 from parity.pool import WorkerError
-from parity.worker.contract import (Capabilities, CheckpointReply, CheckpointRequest, RunReply, RunRequest,
-                                    ShutdownRequest)
+from parity.worker.contract import (Capabilities, CheckpointReply, CheckpointRequest, ReleaseReply, ReleaseRequest,
+                                    RunReply, RunRequest, ShutdownRequest)
 
 HIDDEN, HEADS, HEAD_DIM, VOCAB = 8, 2, 4, 16
 
@@ -70,7 +70,7 @@ class FakeWorker:
     def __init__(self, spec: BackendSpec, engine: str = "fake", version: str = "1", bug: Bug | None = None,
                  failure: Failure | None = None, on_run: Callable[[RunRequest], None] | None = None,
                  tokens: Tokens | None = None, refuses: Mapping[str, str] | None = None,
-                 unsupported_execution: dict[str, str] | None = None):
+                 unsupported_execution: dict[str, str] | None = None, teardown_fails: bool = False):
         self.spec = spec
         self.unsupported_execution = unsupported_execution or {}
         self.python = "fake-python"
@@ -79,6 +79,7 @@ class FakeWorker:
         self.refuses = dict(refuses or {})
         self.starts = 0
         self.runs: list[RunRequest] = []
+        self.releases, self.teardown_fails = 0, teardown_fails
         self._replies: deque[Any] = deque()
 
     @property
@@ -114,6 +115,11 @@ class FakeWorker:
             if self.on_run:
                 self.on_run(request)
             self._replies.append(self._run(request))
+        elif isinstance(request, ReleaseRequest):
+            self.releases += 1
+            self._replies.append(WorkerError(self.label, "Unusable: vllm could not be torn down", "Traceback: ...",
+                                             usable=False, kind="Unusable") if self.teardown_fails
+                                 else ReleaseReply(seconds=0.0))
         elif isinstance(request, ShutdownRequest):
             self._replies.clear()
 

@@ -177,6 +177,26 @@ def test_search_without_failures_finds_nothing_and_ignores_known_issues(tmp_path
         assert not any(r.failed or r.minimal for r in session.records.values())
 
 
+def test_an_engine_is_released_after_a_drawn_example_and_held_while_shrinking(tmp_path):
+    launch = launcher(e={})
+    with Session(config(tmp_path, "vllm@e"), log=lambda m: None, launch=launch) as session:
+        session.evaluate(example(seed=1))
+        assert launch.workers["e"].releases == 1
+        session.evaluate(example(seed=2), role="shrink")  # the release's reply is taken before this run
+        assert launch.workers["e"].releases == 1 and len(launch.workers["e"].runs) == 2
+
+
+def test_an_engine_that_cannot_be_torn_down_after_an_example_fails_the_next_and_is_restarted(tmp_path):
+    launch = launcher(e={"teardown_fails": True})
+    with Session(config(tmp_path, "vllm@e"), log=lambda m: None, launch=launch) as session:
+        first, second = session.evaluate(example(seed=1)), session.evaluate(example(seed=2))
+    assert first.results[0].status == "pass" and launch.workers["e"].starts == 2
+    (result,) = second.results
+    assert result.status == "error" and result.reason.startswith(
+        "tearing down the previous example's engine: Unusable: vllm could not be torn down"), result.reason
+    assert len(launch.workers["e"].runs) == 1, "nothing is asked of the worker before it is restarted"
+
+
 def test_resume_reuses_finished_examples(tmp_path):
     first, second = example(seed=1), example(seed=2)
     launch = launcher()

@@ -29,7 +29,8 @@ from typing import ClassVar, Generic, Hashable, Mapping, TypeVar
 
 from parity.worker.capture import Hooks, NullRecorder, Recorder, config_head_dim, save
 from parity.worker.contract import (EXECUTION_MODES, Capabilities, ContractError, GenericReply, GenericRequest,
-                                    ModulesReply, ModulesRequest, RunReply, RunRequest, SurfaceReply, SurfaceRequest)
+                                    ModulesReply, ModulesRequest, ReleaseReply, ReleaseRequest, RunReply, RunRequest,
+                                    SurfaceReply, SurfaceRequest)
 
 Loaded = TypeVar("Loaded")
 """What an engine's load returns: the model, or the engine object holding it."""
@@ -213,11 +214,16 @@ class EngineAdapter(ABC, Generic[Loaded]):
         return [], False, time.perf_counter() - t0
 
     def close(self) -> None:
-        """Tear down the engine held for a next request, if any: the worker is stopping."""
+        """Tear down the engine held for a next request, if any (the worker is stopping, or asked to release it)."""
         held = [self._held[1]] if self._held else []
         self._held = None
         if held:
             self._teardown(held)
+
+    def release(self, request: ReleaseRequest) -> ReleaseReply:
+        t0 = time.perf_counter()
+        self.close()
+        return ReleaseReply(seconds=time.perf_counter() - t0)
 
     def surface(self, request: SurfaceRequest) -> SurfaceReply:
         raise ContractError(f"{self.engine} does not measure config surfaces; the transformers reference does")

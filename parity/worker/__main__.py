@@ -19,8 +19,8 @@ from typing import Any, Callable, Mapping
 from parity import checkpoint
 from parity.adapters.base import EngineAdapter, Unusable
 from parity.worker import contract, patches, protocol
-from parity.worker.contract import (CheckpointReply, CheckpointRequest, GenericRequest, ModulesRequest, RunRequest,
-                                    SurfaceRequest)
+from parity.worker.contract import (CheckpointReply, CheckpointRequest, GenericRequest, ModulesRequest,
+                                    ReleaseRequest, RunRequest, SurfaceRequest)
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def _write_checkpoint(request: CheckpointRequest) -> CheckpointReply:
 def operations(adapter: EngineAdapter) -> Mapping[type, Callable[[Any], Any]]:
     """Every request a worker serves, by request type (``shutdown`` ends the loop instead)."""
     return {RunRequest: adapter.run, CheckpointRequest: _write_checkpoint, SurfaceRequest: adapter.surface,
-            ModulesRequest: adapter.modules, GenericRequest: adapter.generic}
+            ModulesRequest: adapter.modules, GenericRequest: adapter.generic, ReleaseRequest: adapter.release}
 
 
 def main(argv: list[str] | None = None) -> int:

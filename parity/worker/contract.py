@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar, Mapping, Sequence, TypeVar
 
-PROTOCOL_VERSION = 8
+PROTOCOL_VERSION = 9
 
 
 class ContractError(ValueError):
@@ -242,6 +242,21 @@ class GenericReply:
 
 
 @dataclass(frozen=True)
+class ReleaseRequest:
+    """Tear down the engine held for a next request, if any: the next is unlikely to share its structure, and
+    tearing it down now overlaps the orchestrator's comparison and next checkpoint instead of delaying the next
+    load."""
+
+    op: ClassVar[str] = "release"
+
+
+@dataclass(frozen=True)
+class ReleaseReply:
+    seconds: float
+    """The teardown's; zero when nothing was held."""
+
+
+@dataclass(frozen=True)
 class ShutdownRequest:
     op: ClassVar[str] = "shutdown"
 
@@ -261,10 +276,10 @@ class ErrorReply:
 
 
 REQUESTS: Mapping[str, type] = {r.op: r for r in (RunRequest, CheckpointRequest, SurfaceRequest, ModulesRequest,
-                                                  GenericRequest, ShutdownRequest)}
+                                                  GenericRequest, ReleaseRequest, ShutdownRequest)}
 REPLIES: Mapping[type, type] = {RunRequest: RunReply, CheckpointRequest: CheckpointReply,
                                 SurfaceRequest: SurfaceReply, ModulesRequest: ModulesReply, GenericRequest: GenericReply,
-                                ShutdownRequest: ShutdownReply}
+                                ReleaseRequest: ReleaseReply, ShutdownRequest: ShutdownReply}
 
 Record = TypeVar("Record")
 
