@@ -75,6 +75,11 @@ class Adapter(EngineAdapter[Any]):
     def __init__(self, device: str = "cpu"):
         if device == "cpu":
             runner.prepare_cpu()
+            # As the reference (parity/adapters/hf.py), on the cores the reference runs on: a second intra-op thread
+            # buys a tiny model nothing, and its spinning barriers beside the reference cost the forward ten times
+            # (8 prompts of 15-64 tokens, 4 steps: 0.27 s -> 0.03 s; benchmarks/bench.py). Tensor-parallel ranks
+            # bind their own (one core each).
+            torch.set_num_threads(1)
         import sglang
 
         super().__init__(device)
