@@ -2,8 +2,9 @@
 PR comment) and report.html (for people).
 
 Writes are atomic: an interrupted run leaves the last complete files. A run writes
-the JSON after every example, cheaply, and renders Markdown and HTML only when asked
-(at the end and on interrupt): re-rendering every example after each one grows
+the JSON as examples finish, no more often than keeps that under a tenth of its time
+(``Session._save_now_and_then``), and renders Markdown and HTML only when asked (at
+the end and on interrupt): re-rendering every example after each one grows
 quadratically over a long run.
 """
 

@@ -390,7 +390,7 @@ def exercised(arch: str, configs: Sequence[Mapping[str, Any]], varied: Sequence[
     return [k for k in varied if k in moved]
 
 
-# Reports are rewritten after every example: the stored file (registry.measured_surfaces), the draws and the
+# Reports are rewritten as examples finish: the stored file (registry.measured_surfaces), the draws and the
 # classes are the same each time, so each is read or computed once per process (write_measured forgets them).
 @functools.lru_cache(maxsize=None)
 def _drawn(arch: str, seed: int) -> dict[str, list[Any]]:

@@ -79,6 +79,14 @@ def prepare_cpu() -> None:
         )
 
 
+def _free_port() -> int:
+    """The ranks' process-group port, picked as ``PortArgs.init_new`` picks its ``nccl_port``; that also names five
+    IPC files for a server's processes, left in /tmp, empty, never removed (SGLang 0.5.23): five an engine."""
+    from sglang.srt.utils.network import get_free_port_below_ephemeral
+
+    return get_free_port_below_ephemeral()
+
+
 def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], decode_steps: int,
          tensor_parallel: int = 1, page_size: int | None = None, tp_rank: int = 0,
          dist_port: int | None = None) -> Any:
@@ -93,9 +101,7 @@ def load(checkpoint: str, dtype: str, device: str, prompts: list[list[int]], dec
 
     server_args = _server_args(checkpoint, dtype, device, prompts, decode_steps, tensor_parallel, page_size)
     if dist_port is None:
-        from sglang.srt.server_args import PortArgs
-
-        dist_port = PortArgs.init_new(server_args).nccl_port
+        dist_port = _free_port()
     publish(server_args, role="scheduler",
             ranks=SpawnRanks(world_rank=spawn_world_rank(server_args, tp_rank=tp_rank, pp_rank=0), gpu_id=tp_rank))
     _init_process_global_configs()
@@ -140,12 +146,9 @@ class Ranks:
                  timeout: float = 600.0):
         import multiprocessing
 
-        from sglang.srt.server_args import PortArgs
-
         # A port number, not SGLang's PortArgs: unpickling those in a rank would import sglang before
         # prepare_cpu has run there.
-        dist_port = PortArgs.init_new(_server_args(checkpoint, dtype, device, prompts, decode_steps, ranks,
-                                                   page_size)).nccl_port
+        dist_port = _free_port()
         context = multiprocessing.get_context("spawn")
         self.timeout = timeout
         self._conns, self._procs = [], []
