@@ -143,11 +143,11 @@ class Session:
         self.close()
 
     def close(self) -> None:
-        self.settle()
+        self.settle(restart=False)  # its reply first, so the worker is asked to shut down, not killed
         for w in self.workers.values():
             w.stop()
 
-    def settle(self) -> dict[str, str]:
+    def settle(self, restart: bool = True) -> dict[str, str]:
         """Take the replies of the releases sent after the last example, before anything else is asked of those
         workers; a worker that could not tear its engine down is restarted. The failures, by label."""
         failed = {}
@@ -157,7 +157,8 @@ class Session:
                 try:
                     w.receive(self.cfg.timeout)
                 except WorkerError as exc:
-                    failed[w.label] = f"tearing down the previous example's engine: {self._failure(w, exc)}"
+                    if restart:
+                        failed[w.label] = f"tearing down the previous example's engine: {self._failure(w, exc)}"
         return failed
 
     @property
@@ -217,10 +218,11 @@ class Session:
                 seconds[w.label] = {**reply.seconds, "wait": t1 - t_ckpt, "transfer": time.monotonic() - t1}
                 if reply.reused:
                     reused.add(w.label)
-                if role == "generated":
-                    self._release(w)
             except (WorkerError, ValueError) as exc:
                 failed[w.label] = BackendResult(backend=w.label, status="error", reason=self._failure(w, exc))
+                continue
+            if role == "generated":
+                self._release(w)
         t_forced = time.monotonic()
         forced = self._teacher_forced(example, reference, captured, acts, request)
         t_judge = time.monotonic()
@@ -270,8 +272,12 @@ class Session:
         """Have ``worker`` tear its engine down while this example is judged and the next drawn and written: a
         drawn example seldom shares an engine's structure with the one before it (a shrinking search's retries
         do, and keep theirs), and a teardown put off to the next request delays its load."""
-        worker.submit(ReleaseRequest())
-        self._releasing.add(worker.label)
+        try:
+            worker.submit(ReleaseRequest())
+        except WorkerError:  # it died after its reply: the next example needs it running
+            self._recover(worker)
+        else:
+            self._releasing.add(worker.label)
 
     def _checkpoint(self, example: Example) -> Path:
         ckpt = self.cache / "checkpoints" / example.checkpoint_id

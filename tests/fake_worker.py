@@ -70,7 +70,8 @@ class FakeWorker:
     def __init__(self, spec: BackendSpec, engine: str = "fake", version: str = "1", bug: Bug | None = None,
                  failure: Failure | None = None, on_run: Callable[[RunRequest], None] | None = None,
                  tokens: Tokens | None = None, refuses: Mapping[str, str] | None = None,
-                 unsupported_execution: dict[str, str] | None = None, teardown_fails: bool = False):
+                 unsupported_execution: dict[str, str] | None = None, teardown_fails: bool = False,
+                 dies_after_run: bool = False):
         self.spec = spec
         self.unsupported_execution = unsupported_execution or {}
         self.python = "fake-python"
@@ -79,7 +80,7 @@ class FakeWorker:
         self.refuses = dict(refuses or {})
         self.starts = 0
         self.runs: list[RunRequest] = []
-        self.releases, self.teardown_fails = 0, teardown_fails
+        self.releases, self.teardown_fails, self.dies_after_run = 0, teardown_fails, dies_after_run
         self._replies: deque[Any] = deque()
 
     @property
@@ -116,6 +117,8 @@ class FakeWorker:
                 self.on_run(request)
             self._replies.append(self._run(request))
         elif isinstance(request, ReleaseRequest):
+            if self.dies_after_run and self.starts == 1:
+                raise WorkerError(self.label, "worker is not running", "Segmentation fault")
             self.releases += 1
             self._replies.append(WorkerError(self.label, "Unusable: vllm could not be torn down", "Traceback: ...",
                                              usable=False, kind="Unusable") if self.teardown_fails

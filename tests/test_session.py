@@ -186,6 +186,14 @@ def test_an_engine_is_released_after_a_drawn_example_and_held_while_shrinking(tm
         assert launch.workers["e"].releases == 1 and len(launch.workers["e"].runs) == 2
 
 
+def test_a_worker_that_dies_after_its_reply_keeps_its_result_and_is_restarted_for_the_next(tmp_path):
+    launch = launcher(e={"dies_after_run": True})
+    with Session(config(tmp_path, "vllm@e"), log=lambda m: None, launch=launch) as session:
+        first, second = session.evaluate(example(seed=1)), session.evaluate(example(seed=2))
+    assert [r.status for r in first.results] == ["pass"] and [r.status for r in second.results] == ["pass"]
+    assert launch.workers["e"].starts == 2 and launch.workers["e"].releases == 1
+
+
 def test_an_engine_that_cannot_be_torn_down_after_an_example_fails_the_next_and_is_restarted(tmp_path):
     launch = launcher(e={"teardown_fails": True})
     with Session(config(tmp_path, "vllm@e"), log=lambda m: None, launch=launch) as session:
