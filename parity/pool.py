@@ -61,6 +61,18 @@ class WorkerHandle(Protocol):
     def stop(self) -> None: ...
 
 
+CRASH_BANNERS = ("Segfault encountered", "Fatal Python error")
+"""Lines a native crash handler (torch's, Python's faulthandler) prints before the crashing thread's stack."""
+
+
+def crash_site(log: str, frames: int = 6) -> list[str]:
+    """The innermost frames of the last crash ``log`` shows: a native stack runs to a hundred frames and more
+    (the interpreter's own last), so the log's tail, which a result's reason carries, shows none of the engine's."""
+    lines = log.splitlines()
+    starts = [i for i, line in enumerate(lines) if any(b in line for b in CRASH_BANNERS)]
+    return [line.rstrip() for line in lines[starts[-1] + 1:starts[-1] + 1 + frames]] if starts else []
+
+
 def worker_path(cache: Path) -> Path:
     """A directory holding only a link to this parity package and the ``sitecustomize`` that applies a
     worker's patches in the processes its engine spawns (``parity.worker.patches``), for the worker's
@@ -177,7 +189,11 @@ class Worker:
             code = None
         self.kill()
         how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-        return WorkerError(self.label, f"worker died ({how})", self.log_tail())
+        try:
+            log = self.log_path.read_text(errors="replace")
+        except OSError:
+            log = ""
+        return WorkerError(self.label, "\n".join([f"worker died ({how})", *crash_site(log)]), self.log_tail())
 
     def log_tail(self, lines: int = 25) -> str:
         try:

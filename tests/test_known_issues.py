@@ -236,3 +236,22 @@ def test_a_misreading_is_put_to_the_test_whatever_tensor_first_shows_it():
                                        "attn_out") if not m.issue.testable]
     assert [m for m in matches([("vllm", "0.32.0")], "deepseek_v3", {**_deepseek(), "num_attention_heads": 2},
                                "q_rot") if not m.issue.testable]
+
+
+def test_a_crashed_workers_reason_names_the_crash_site_that_its_known_issue_names():
+    """vLLM's bf16 rotary kernel kills the worker; torch prints the native stack, the engine's frames first and
+    some 180 of the interpreter's after them (session 15's bf16 nightly, phi3): the log's tail alone names none."""
+    from parity.pool import crash_site
+
+    frames = ['  File "./signal/../sysdeps/unix/sysv/linux/x86_64/libc_sigaction.c", line 0, in 0x00007f3e5ca5a04f',
+              '  File "/tmp/vllm/csrc/cpu/cpu_types_x86.hpp", line 151, in vec_op::BF16Vec8::save(void*) const',
+              '  File "/tmp/vllm/csrc/cpu/pos_encoding.cpp", line 54, in operator()',
+              '  File "/tmp/vllm/csrc/cpu/pos_encoding.cpp", line 76, in rotary_embedding_impl<c10::BFloat16>']
+    interpreter = [f'  File "Python/ceval.c", line {i}, in _PyEval_EvalFrameDefault' for i in range(180)]
+    log = "\n".join(["INFO engine built", "!!!!!!! Segfault encountered !!!!!!!", *frames, *interpreter])
+    tail = log.splitlines()[-12:]
+    phi3 = {"head_dim": 32, "num_attention_heads": 1, "hidden_size": 32,
+            "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.75}}
+    reason = "\n".join(["worker died (signal SIGSEGV)", *crash_site(log), *tail])
+    assert [m.issue.arch for m in matches([("vllm", "0.32.0")], "phi3", phi3, "error", reason)] == ["phi3"]
+    assert matches([("vllm", "0.32.0")], "phi3", phi3, "error", "\n".join(["worker died (signal SIGSEGV)", *tail])) == []
