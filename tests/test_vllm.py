@@ -69,3 +69,23 @@ def test_failed_load_leaves_the_worker_serving_the_next_example(parity_sessions)
     (after,) = session.evaluate(stablelm(seed=12)).results
     assert after.status == "pass", after.reason
     assert worker.capabilities.pid == pid, "the worker was restarted"
+
+
+def test_a_worker_killed_by_its_bf16_rotary_kernel_is_its_known_issue_named_by_the_crash_site(parity_sessions):
+    """vLLM 0.32's CPU rotary kernel segfaults at bf16 where half the rotary dims is over 8 and no multiple of 8
+    (head_dim 32 x 0.75: 12); the crash site, not the log's tail, names it (session 15's bf16 nightly, phi3)."""
+    import json
+
+    from parity import strategies
+
+    base = strategies.sample("phi3", 1, 0)[0]
+    config = json.loads(json.dumps(base.config))
+    config.update(head_dim=32, num_attention_heads=1, num_key_value_heads=1, hidden_size=32)
+    config["rope_parameters"].update(rope_type="default", partial_rotary_factor=0.75)
+    for key in [k for k in config["rope_parameters"] if k not in ("rope_type", "rope_theta", "partial_rotary_factor")]:
+        del config["rope_parameters"][key]
+    session = parity_sessions(["vllm"], dtype="bfloat16")
+    (result,) = session.evaluate(Example(arch="phi3", config=config, weight_seed=1, prompts=((5, 9),),
+                                         decode_steps=0)).results
+    assert result.status == "error" and "rotary_embedding_impl<c10::BFloat16>" in result.reason, result.reason
+    assert result.known_issue and result.known_issue.startswith("vllm 0.32.0"), result.reason
