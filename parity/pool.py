@@ -73,6 +73,10 @@ def crash_site(log: str, frames: int = 6) -> list[str]:
     return [line.rstrip() for line in lines[starts[-1] + 1:starts[-1] + 1 + frames]] if starts else []
 
 
+def _tail(log: str, lines: int = 25) -> str:
+    return "\n".join(log.splitlines()[-lines:])
+
+
 def worker_path(cache: Path) -> Path:
     """A directory holding only a link to this parity package and the ``sitecustomize`` that applies a
     worker's patches in the processes its engine spawns (``parity.worker.patches``), for the worker's
@@ -189,18 +193,17 @@ class Worker:
             code = None
         self.kill()
         how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-        try:
-            log = self.log_path.read_text(errors="replace")
-        except OSError:
-            log = ""
-        return WorkerError(self.label, "\n".join([f"worker died ({how})", *crash_site(log)]), self.log_tail())
+        log = self._log()
+        return WorkerError(self.label, "\n".join([f"worker died ({how})", *crash_site(log)]), _tail(log))
 
     def log_tail(self, lines: int = 25) -> str:
+        return _tail(self._log(), lines)
+
+    def _log(self) -> str:
         try:
-            text = self.log_path.read_text(errors="replace").splitlines()
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text[-lines:])
 
     @property
     def alive(self) -> bool:
